@@ -1,0 +1,27 @@
+# ageatlas: age from whole-body MRI, and where in the body it shows.
+# Usage: README.md. Data flow and conventions: docs/design.md.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# The embedded synthetic cohort is the default; a real cohort comes with
+# --configfile (merging both would mix a synthetic block into a real run).
+if not config:
+
+    configfile: "config/demo.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/synthetic.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/qc.smk"
+
+
+rule all:
+    input:
+        qc_table=f"{RESULTS}/qc/participants.tsv",
+    default_target: True

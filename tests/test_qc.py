@@ -1,0 +1,44 @@
+import pytest
+
+from ageatlas import qc
+
+
+def test_record_status_only_worsens(tmp_path):
+    rec = qc.QCRecord("1", "ingest")
+    assert rec.status == qc.OK and rec.passed
+    rec.warn("one slice short")
+    assert rec.status == qc.WARNING
+    rec.exclude("no water")
+    rec.warn("later note")
+    assert rec.status == qc.EXCLUDED and not rec.passed
+    rec.write_json(tmp_path / "q.json")
+    assert qc.QCRecord.read_json(tmp_path / "q.json") == rec
+
+
+def test_participant_table_takes_worst_stage_and_keeps_all_reasons():
+    records = [
+        qc.QCRecord("2", "phenotypes", qc.WARNING, ["eid appears 2 times"]),
+        qc.QCRecord("2", "ingest", qc.EXCLUDED, ["zip truncated"]),
+        qc.QCRecord("10", "ingest", qc.OK, []),
+        qc.QCRecord("3", "phenotypes", qc.EXCLUDED, ["missing bmi"]),
+    ]
+    table = qc.participant_table(records)
+    assert list(table["eid"]) == ["2", "3", "10"]
+    row = table.set_index("eid").loc["2"]
+    assert row["status"] == qc.EXCLUDED and row["stage"] == "ingest"
+    assert row["reasons"] == "phenotypes: eid appears 2 times; ingest: zip truncated"
+    assert table.set_index("eid").loc["10", "status"] == qc.OK
+
+
+def test_records_round_trip_through_tsv(tmp_path):
+    records = [qc.QCRecord("5", "phenotypes", qc.EXCLUDED, ["a", "b"])]
+    qc.records_frame(records).to_csv(tmp_path / "r.tsv", sep="\t", index=False)
+    assert qc.read_records_tsv(tmp_path / "r.tsv") == records
+
+
+def test_too_many_excluded_raises_with_examples():
+    records = [qc.QCRecord(str(i), "ingest", qc.EXCLUDED, ["bad zip"]) for i in range(3)]
+    records.append(qc.QCRecord("9", "ingest"))
+    qc.check_excluded_fraction(records, "ingest", 0.8)
+    with pytest.raises(qc.TooManyExcluded, match="3 of 4 .*bad zip"):
+        qc.check_excluded_fraction(records, "ingest", 0.5)

@@ -1,0 +1,45 @@
+# Cohort and paths, known when the DAG is built (so -n, --dag, --rulegraph
+# and partial targets work before anything has run).
+from ageatlas import cohort as cohort_lib
+from ageatlas import phenotypes as phenotypes_lib
+from ageatlas.layout import zip_name
+
+RESULTS = config["results_dir"]
+LOGS = config["logs_dir"]
+BENCHMARKS = config["benchmarks_dir"]
+SYNTHETIC = config["cohort"]["source"] == "synthetic"
+INSTANCE = config["cohort"]["instance"] if not SYNTHETIC else 2
+PHENOTYPE_SCHEMA = workflow.source_path("../schemas/phenotypes.schema.yaml")
+
+if SYNTHETIC:
+    from ageatlas import synth
+
+    ZIP_DIR = f"{RESULTS}/synthetic"
+    PHENOTYPES = f"{ZIP_DIR}/phenotypes.csv"
+    SYNTHETIC_COHORT = synth.make_cohort(
+        config["synthetic"]["n_participants"], seed=config["seed"]
+    )
+    EIDS = [str(p.eid) for p in SYNTHETIC_COHORT]
+else:
+    ZIP_DIR = config["cohort"]["zip_dir"]
+    PHENOTYPES = config["cohort"]["phenotypes"]
+    COHORT = cohort_lib.discover(
+        PHENOTYPES,
+        ZIP_DIR,
+        phenotypes_lib.load_schema(PHENOTYPE_SCHEMA),
+        config["phenotypes"]["columns"],
+        INSTANCE,
+    )
+    EIDS = COHORT.eids
+
+
+wildcard_constraints:
+    eid=r"\d+",
+
+
+def participant_zip(eid):
+    return f"{ZIP_DIR}/{zip_name(eid, INSTANCE)}"
+
+
+def stitched_dirs():
+    return expand(f"{RESULTS}/stitched/{{eid}}", eid=EIDS)

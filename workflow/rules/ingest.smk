@@ -1,0 +1,22 @@
+# One job per participant: field-20201 zip -> stitched water/fat NIfTI.
+# The output folder always holds qc.json; the images only when the
+# participant passed (see docs/design.md, "Broken participants").
+
+
+rule stitch:
+    input:
+        zip=lambda wc: participant_zip(wc.eid),
+    output:
+        directory(f"{RESULTS}/stitched/{{eid}}"),
+    params:
+        stitch=config["stitch"],
+    log:
+        f"{LOGS}/stitch/{{eid}}.log",
+    benchmark:
+        f"{BENCHMARKS}/stitch/{{eid}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
+    script:
+        "../scripts/stitch.py"

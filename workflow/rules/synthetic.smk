@@ -1,0 +1,24 @@
+# The embedded synthetic cohort, in the real UK Biobank field-20201 layout.
+if SYNTHETIC:
+
+    rule synthetic_cohort:
+        output:
+            zips=[participant_zip(eid) for eid in EIDS],
+            phenotypes=PHENOTYPES,
+            truth=f"{ZIP_DIR}/truth.tsv",
+            labels=directory(f"{ZIP_DIR}/truth"),
+        params:
+            n=config["synthetic"]["n_participants"],
+            scale=config["synthetic"]["scale"],
+            defects=config["synthetic"]["defects"],
+            seed=config["seed"],
+        log:
+            f"{LOGS}/synthetic_cohort.log",
+        benchmark:
+            f"{BENCHMARKS}/synthetic_cohort.tsv"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        script:
+            "../scripts/synthetic_cohort.py"

@@ -1,0 +1,23 @@
+"""Zip -> stitched NIfTI for one participant; data defects end in qc.json, not a failure."""
+
+from ageatlas import logs
+from ageatlas.ingest import ingest_participant
+from ageatlas.stitch import Grid, StitchOptions
+
+logs.to_file(snakemake.log[0])
+cfg = snakemake.params.stitch
+ingest_participant(
+    snakemake.wildcards.eid,
+    snakemake.input.zip,
+    snakemake.output[0],
+    Grid(tuple(cfg["grid"]["shape"]), tuple(cfg["grid"]["spacing"])),
+    StitchOptions(
+        trim_slices=cfg["trim_slices"],
+        blend=cfg["blend"],
+        harmonise=cfg["harmonise"],
+        fix_swaps=cfg["fix_swaps"],
+        n4=cfg["n4"],
+        contrasts=tuple(cfg["contrasts"]),
+    ),
+    preview=cfg["preview"],
+)

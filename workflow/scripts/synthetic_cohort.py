@@ -1,0 +1,15 @@
+"""Write the embedded SYNTHETIC cohort in the real field-20201 layout."""
+
+from pathlib import Path
+
+from ageatlas import logs, synth
+
+logs.to_file(snakemake.log[0])
+participants = synth.make_cohort(snakemake.params.n, seed=snakemake.params.seed)
+synth.write_cohort(
+    Path(snakemake.output.phenotypes).parent,
+    participants,
+    scale=snakemake.params.scale,
+    defects_by_eid={int(k): v for k, v in snakemake.params.defects.items()},
+    seed=snakemake.params.seed,
+)
