@@ -9,6 +9,7 @@ LOGS = config["logs_dir"]
 BENCHMARKS = config["benchmarks_dir"]
 SYNTHETIC = config["cohort"]["source"] == "synthetic"
 INSTANCE = config["cohort"]["instance"] if not SYNTHETIC else 2
+PHENOTYPE_QC = f"{RESULTS}/qc/phenotypes.tsv"
 PHENOTYPE_SCHEMA = workflow.source_path("../schemas/phenotypes.schema.yaml")
 
 if SYNTHETIC:

@@ -5,7 +5,7 @@
 
 rule stitch:
     input:
-        zip=lambda wc: participant_zip(wc.eid),
+        zip=participant_zip("{eid}"),
     output:
         directory(f"{RESULTS}/stitched/{{eid}}"),
     params:
@@ -16,7 +16,7 @@ rule stitch:
         f"{BENCHMARKS}/stitch/{{eid}}.tsv"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 2000 * attempt,
-        runtime=lambda wc, attempt: 10 * attempt,
+        mem_mb=2000,
+        runtime=10,
     script:
         "../scripts/stitch.py"

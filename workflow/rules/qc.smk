@@ -7,7 +7,7 @@ rule phenotype_qc:
         phenotypes=PHENOTYPES,
         zips=[participant_zip(eid) for eid in EIDS],
     output:
-        f"{RESULTS}/qc/phenotypes.tsv",
+        PHENOTYPE_QC,
     params:
         schema=PHENOTYPE_SCHEMA,
         columns=config["phenotypes"]["columns"],
@@ -27,7 +27,9 @@ rule phenotype_qc:
 # passed QC.
 checkpoint qc_table:
     input:
-        phenotypes=rules.phenotype_qc.output[0],
+        # A path, not rules.phenotype_qc.output: that makes Snakemake hash the
+        # whole input list once per participant (quadratic DAG build).
+        phenotypes=PHENOTYPE_QC,
         stitched=stitched_dirs(),
     output:
         table=f"{RESULTS}/qc/participants.tsv",
