@@ -22,6 +22,6 @@ include: "workflow/rules/qc.smk"
 
 
 rule all:
+    default_target: True
     input:
         qc_table=f"{RESULTS}/qc/participants.tsv",
-    default_target: True

@@ -1,8 +1,13 @@
 # Cohort and paths, known when the DAG is built (so -n, --dag, --rulegraph
 # and partial targets work before anything has run).
+import os
+
 from ageatlas import cohort as cohort_lib
+from ageatlas.jobenv import export_source_path
 from ageatlas import phenotypes as phenotypes_lib
 from ageatlas.layout import zip_name
+
+export_source_path(os.path.join(workflow.basedir, "src"))
 
 RESULTS = config["results_dir"]
 LOGS = config["logs_dir"]

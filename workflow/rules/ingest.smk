@@ -8,15 +8,17 @@ rule stitch:
         zip=participant_zip("{eid}"),
     output:
         directory(f"{RESULTS}/stitched/{{eid}}"),
-    params:
-        stitch=config["stitch"],
     log:
         f"{LOGS}/stitch/{{eid}}.log",
     benchmark:
         f"{BENCHMARKS}/stitch/{{eid}}.tsv"
+    conda:
+        "../../envs/ageatlas.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        stitch=config["stitch"],
     script:
         "../scripts/stitch.py"

@@ -8,17 +8,21 @@ rule phenotype_qc:
         zips=[participant_zip(eid) for eid in EIDS],
     output:
         PHENOTYPE_QC,
-    params:
-        schema=PHENOTYPE_SCHEMA,
-        columns=config["phenotypes"]["columns"],
-        zip_dir=ZIP_DIR,
-        instance=INSTANCE,
     log:
         f"{LOGS}/phenotype_qc.log",
+    conda:
+        "../../envs/ageatlas.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        schema=PHENOTYPE_SCHEMA,
+        columns=config["phenotypes"]["columns"],
+        zip_dir=lambda wc, input: (
+            os.path.dirname(input.zips[0]) if input.zips else ZIP_DIR
+        ),
+        instance=INSTANCE,
     script:
         "../scripts/phenotype_qc.py"
 
@@ -33,13 +37,15 @@ checkpoint qc_table:
         stitched=stitched_dirs(),
     output:
         table=f"{RESULTS}/qc/participants.tsv",
-    params:
-        max_excluded_fraction=config["qc"]["max_excluded_fraction"],
     log:
         f"{LOGS}/qc_table.log",
+    conda:
+        "../../envs/ageatlas.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        max_excluded_fraction=config["qc"]["max_excluded_fraction"],
     script:
         "../scripts/qc_table.py"

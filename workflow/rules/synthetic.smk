@@ -7,18 +7,20 @@ if SYNTHETIC:
             phenotypes=PHENOTYPES,
             truth=f"{ZIP_DIR}/truth.tsv",
             labels=directory(f"{ZIP_DIR}/truth"),
+        log:
+            f"{LOGS}/synthetic_cohort.log",
+        benchmark:
+            f"{BENCHMARKS}/synthetic_cohort.tsv"
+        conda:
+            "../../envs/ageatlas.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
         params:
             n=config["synthetic"]["n_participants"],
             scale=config["synthetic"]["scale"],
             defects=config["synthetic"]["defects"],
             seed=config["seed"],
-        log:
-            f"{LOGS}/synthetic_cohort.log",
-        benchmark:
-            f"{BENCHMARKS}/synthetic_cohort.tsv"
-        threads: 1
-        resources:
-            mem_mb=2000,
-            runtime=30,
         script:
             "../scripts/synthetic_cohort.py"

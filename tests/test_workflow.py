@@ -1,0 +1,142 @@
+"""The workflow end to end on tiny SYNTHETIC cohorts, through the snakemake CLI.
+
+These are the user's commands: a synthetic demo run, a real-format run with
+a hand-made phenotype table full of defects, and config mistakes.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from ageatlas import synth
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+GRID = {"shape": [45, 35, 74], "spacing": [11.16, 11.16, 15.0]}
+
+pytestmark = pytest.mark.workflow
+
+
+def run_snakemake(workdir: Path, config: dict, *extra: str) -> subprocess.CompletedProcess:
+    configfile = workdir / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--configfile", str(configfile),
+           "--directory", str(workdir), "--cores", "2", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def base_config(tmp_path: Path) -> dict:
+    return {
+        "results_dir": str(tmp_path / "results"),
+        "logs_dir": str(tmp_path / "logs"),
+        "benchmarks_dir": str(tmp_path / "bench"),
+        "seed": 3,
+        "stitch": {"grid": GRID},
+    }
+
+
+def qc_by_eid(results: Path) -> pd.DataFrame:
+    table = pd.read_csv(results / "qc" / "participants.tsv", sep="\t", dtype=str, keep_default_na=False)
+    return table.set_index("eid")
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("synthetic_run")
+    eids = [str(p.eid) for p in synth.make_cohort(6, seed=3)]
+    config = base_config(tmp) | {
+        "cohort": {"source": "synthetic"},
+        "synthetic": {
+            "n_participants": 6,
+            "scale": 0.2,
+            "defects": {eids[1]: ["fat_water_swap"], eids[2]: ["truncated_zip"], eids[3]: ["repeat_station"]},
+        },
+    }
+    result = run_snakemake(tmp, config)
+    return tmp, eids, result
+
+
+def test_synthetic_run_completes_without_keep_going(synthetic_run):
+    tmp, eids, result = synthetic_run
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = qc_by_eid(tmp / "results")
+    assert sorted(table.index) == sorted(eids)  # nobody silently dropped
+    assert table.loc[eids[0], "status"] == "ok"
+    assert table.loc[eids[2], "status"] == "excluded"
+    assert eids[2] in table.loc[eids[2], "reasons"] or "zip" in table.loc[eids[2], "reasons"].lower()
+    assert table.loc[eids[1], "status"] == "warning" and "swap" in table.loc[eids[1], "reasons"].lower()
+    assert table.loc[eids[3], "status"] == "warning"
+
+
+def test_synthetic_run_writes_stitched_volumes_on_the_grid(synthetic_run):
+    tmp, eids, _ = synthetic_run
+    folder = tmp / "results" / "stitched" / eids[0]
+    water = nib.load(folder / f"{eids[0]}_W.nii.gz")
+    fat = nib.load(folder / f"{eids[0]}_F.nii.gz")
+    assert water.shape == tuple(GRID["shape"]) == fat.shape
+    assert np.allclose(water.header.get_zooms(), GRID["spacing"], atol=1e-3)
+    assert nib.aff2axcodes(water.affine) == ("R", "A", "S")
+    data = water.get_fdata()
+    assert data.max() > 0 and (data > 0).mean() > 0.1  # a body, not an empty grid
+    assert (folder / f"{eids[0]}_preview.png").stat().st_size > 1000
+    # The excluded participant keeps its QC record and no half-written images.
+    broken = tmp / "results" / "stitched" / eids[2]
+    assert (broken / "qc.json").exists() and not list(broken.glob("*.nii.gz"))
+
+
+def test_real_format_run_reports_every_phenotype_problem(tmp_path):
+    zips = tmp_path / "zips"
+    zips.mkdir()
+    people = synth.make_cohort(4, seed=5)
+    for p in people:
+        synth.write_participant_zip(zips / f"{p.eid}_20201_2_0.zip", p, scale=0.2, seed=5)
+    a, b, c, d = (p.eid for p in people)
+    (tmp_path / "pheno.csv").write_text(
+        "eid,31-0.0,21003-2.0,21001-2.0\n"
+        f"{a},0,60.1,24\n{b},1,71,\n{c},2,55,30\n"  # b: no BMI, c: sex code 2, d: no row
+        "1234567,1,50,22\n"  # a participant without a zip
+    )
+    config = base_config(tmp_path) | {
+        "cohort": {"source": "ukbb", "zip_dir": str(zips), "phenotypes": str(tmp_path / "pheno.csv")}
+    }
+    result = run_snakemake(tmp_path, config)
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = qc_by_eid(tmp_path / "results")
+    assert table.loc[str(a), "status"] == "ok"
+    assert "missing bmi" in table.loc[str(b), "reasons"]
+    assert "sex code '2'" in table.loc[str(c), "reasons"]
+    assert "no row in the phenotype table" in table.loc[str(d), "reasons"]
+    assert "no zip 1234567_20201_2_0.zip" in table.loc["1234567", "reasons"]
+    assert not (tmp_path / "results" / "stitched" / str(b)).exists()  # invalid rows are not processed
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"stich": {}}, "stich"),
+        ({"stitch": {"grid": {"shape": [10, 10]}}}, "shape"),
+        ({"cohort": {"source": "ukbb"}}, "zip_dir"),
+    ],
+)
+def test_config_mistakes_name_the_key(tmp_path, change, message):
+    config = base_config(tmp_path) | {"cohort": {"source": "synthetic"}} | change
+    result = run_snakemake(tmp_path, config, "-n")
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_unusable_phenotype_table_names_file_and_column(tmp_path):
+    (tmp_path / "zips").mkdir()
+    (tmp_path / "p.csv").write_text("eid,31-0.0\n1,0\n")
+    config = base_config(tmp_path) | {
+        "cohort": {"source": "ukbb", "zip_dir": str(tmp_path / "zips"), "phenotypes": str(tmp_path / "p.csv")}
+    }
+    result = run_snakemake(tmp_path, config, "-n")
+    assert result.returncode != 0
+    assert "p.csv" in result.stderr and "21003-2.0" in result.stderr
