@@ -70,6 +70,8 @@ def _read_and_stitch(zip_path, grid, options, record: QCRecord) -> stitch.Stitch
     result = stitch.stitch(stations, grid, options)
     for note in result.notes:
         record.warn(note)
+    for fact in result.info:
+        log.info("%s", fact)
     return result
 
 
