@@ -42,3 +42,20 @@ def test_too_many_excluded_raises_with_examples():
     qc.check_excluded_fraction(records, "ingest", 0.8)
     with pytest.raises(qc.TooManyExcluded, match="3 of 4 .*bad zip"):
         qc.check_excluded_fraction(records, "ingest", 0.5)
+
+
+def test_save_nifti_int16_keeps_intensities_and_geometry(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from ageatlas.ingest import save_nifti
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((8, 6, 5)) * 3000).astype(np.float32)
+    affine = np.diag([2.232, 2.232, 3.0, 1.0])
+    affine[:3, 3] = [-250, -190, -1000]
+    save_nifti(tmp_path / "x.nii.gz", image, affine, "test", dtype=np.int16)
+    back = nib.load(tmp_path / "x.nii.gz")
+    assert back.get_data_dtype() == np.int16
+    assert np.abs(back.get_fdata() - image).max() < 3000 / 30000
+    assert np.allclose(back.affine, affine) and int(back.header["sform_code"]) == 1
