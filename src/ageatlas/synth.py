@@ -98,6 +98,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from ageatlas import layout
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------
 # Planted age effects (linear in biological age, per decade from the reference)
@@ -1185,11 +1188,12 @@ def write_cohort(
     unknown = set(defects_by_eid) - {p.eid for p in participants}
     if unknown:
         raise ValueError(f"defects given for eids not in the cohort: {sorted(unknown)}")
-    for p in participants:
-        write_participant_zip(
-            out / layout.zip_name(p.eid), p, scale=scale, defects=defects_by_eid.get(p.eid, ()), seed=seed
-        )
+    for i, p in enumerate(participants, 1):
+        defects = defects_by_eid.get(p.eid, ())
+        write_participant_zip(out / layout.zip_name(p.eid), p, scale=scale, defects=defects, seed=seed)
         write_truth(out / "truth", p)
+        log.info("SYNTHETIC participant %d/%d: eid %s, age %.1f, sex %d, BMI %.1f%s", i, len(participants),
+                 p.eid, p.age, p.sex, p.bmi, f", defects {', '.join(defects)}" if defects else "")
     phenotype_table(participants).to_csv(out / "phenotypes.csv", index=False)
     truth = pd.DataFrame(
         {
