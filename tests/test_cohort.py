@@ -118,9 +118,10 @@ def test_a_short_group_gives_all_it_has_and_says_so():
     assert "val: group M_obese has 0 participants" in notes
 
 
-def test_counts_below_the_cohort_leave_the_rest_out_and_say_so():
+def test_counts_below_the_cohort_mark_the_rest_unused_and_say_so():
     table = cohort.cohort_table(population(900), {"train": 300, "val": 60, "test": 120}, seed=2)
-    assert table["split"].value_counts().to_dict() == {"train": 300, "val": 60, "test": 120}
+    assert len(table) == 900  # nobody who passed QC disappears
+    assert table["split"].value_counts().to_dict() == {"train": 300, "val": 60, "test": 120, "unused": 420}
     assert set(table[table["split"] == "train"]["group"].value_counts()) == {50}
     assert "420 of 900 participants are in no split" in table.attrs["notes"][-1]
 

@@ -76,6 +76,7 @@ SEX_CODES = {0: "F", 1: "M"}  # UK Biobank field 31
 BMI_GROUPS = ("healthy", "overweight", "obese")
 AGE_BANDS = ("lt60", "60to70", "ge70")
 SPLITS = ("train", "val", "test")
+UNUSED = "unused"  # passed QC, but beyond the requested split counts
 COLUMNS = ("eid", "age", "sex", "bmi", "bmi_group", "group", "age_band", "split")
 
 _FRACTION_TOLERANCE = 1e-3  # fractions written with 4 decimals sum to 1 within 2e-4
@@ -239,7 +240,8 @@ def cohort_table(participants: pd.DataFrame, sizes: dict, seed: int,
        stratum: the split's ages follow the group's.
     4. Validation: the same from those left; training: the rest (or, with
        integer counts summing to less than the cohort, the same again, and
-       whoever is left over is not in the table).
+       whoever is left over stays in the table with split ``unused``, so
+       nobody who passed QC disappears without a trace).
     Shortfalls and uneven shares are recorded as sentences in
     ``table.attrs["notes"]`` for the workflow to log.
     """
@@ -266,8 +268,9 @@ def cohort_table(participants: pd.DataFrame, sizes: dict, seed: int,
     if unused.any():
         notes.append(f"{int(unused.sum())} of {len(table)} participants are in no split: the split sizes "
                      f"({', '.join(f'{k} {v}' for k, v in counts.items())}) ask for {sum(counts.values())}")
+    split[unused] = UNUSED
     table["split"] = split
-    table = table[~unused].reset_index(drop=True)[list(COLUMNS)]
+    table = table[list(COLUMNS)]
     table.attrs["notes"] = notes
     return table
 
