@@ -19,9 +19,12 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/qc.smk"
+include: "workflow/rules/model.smk"
 
 
 rule all:
     default_target: True
     input:
         qc_table=f"{RESULTS}/qc/participants.tsv",
+        table1=f"{RESULTS}/age/table1.md",
+        figures=f"{RESULTS}/age/figures/predicted_vs_age_by_group.png",

@@ -23,7 +23,9 @@ if SYNTHETIC:
     ZIP_DIR = f"{RESULTS}/synthetic"
     PHENOTYPES = f"{ZIP_DIR}/phenotypes.csv"
     SYNTHETIC_COHORT = synth.make_cohort(
-        config["synthetic"]["n_participants"], seed=config["seed"]
+        config["synthetic"]["n_participants"],
+        seed=config["seed"],
+        offset_sd=config["synthetic"]["age_offset_sd"],
     )
     EIDS = [str(p.eid) for p in SYNTHETIC_COHORT]
 else:
@@ -49,3 +51,33 @@ def participant_zip(eid):
 
 def stitched_dirs():
     return expand(f"{RESULTS}/stitched/{{eid}}", eid=EIDS)
+
+
+COHORT_TABLE = f"{RESULTS}/cohort/cohort.tsv"
+
+
+def passed_qc():
+    """Participants that passed QC (ok or warning), read once the QC checkpoint has run."""
+    import pandas as pd
+
+    table = pd.read_csv(
+        checkpoints.qc_table.get().output.table,
+        sep="\t",
+        dtype=str,
+        keep_default_na=False,
+    )
+    return table.loc[table["status"] != "excluded", "eid"].tolist()
+
+
+def cohort_members(*splits):
+    """eids of the cohort table's given splits, once the cohort checkpoint has run."""
+    import pandas as pd
+
+    table = pd.read_csv(
+        checkpoints.cohort_table.get().output.table, sep="\t", dtype={"eid": str}
+    )
+    return table.loc[table["split"].isin(splits), "eid"].tolist()
+
+
+def cache_paths(*splits):
+    return expand(f"{RESULTS}/cache/{{eid}}.npy", eid=cohort_members(*splits))

@@ -22,5 +22,6 @@ if SYNTHETIC:
             scale=config["synthetic"]["scale"],
             defects=config["synthetic"]["defects"],
             seed=config["seed"],
+            offset_sd=config["synthetic"]["age_offset_sd"],
         script:
             "../scripts/synthetic_cohort.py"

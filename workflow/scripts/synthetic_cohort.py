@@ -5,7 +5,9 @@ from pathlib import Path
 from ageatlas import logs, synth
 
 logs.to_file(snakemake.log[0])
-participants = synth.make_cohort(snakemake.params.n, seed=snakemake.params.seed)
+participants = synth.make_cohort(
+    snakemake.params.n, seed=snakemake.params.seed, offset_sd=snakemake.params.offset_sd
+)
 synth.write_cohort(
     Path(snakemake.output.phenotypes).parent,
     participants,

@@ -1,0 +1,29 @@
+"""Cohort table of the participants that passed QC, with a balanced split."""
+
+import logging
+
+from ageatlas import cohort, logs, phenotypes
+
+logs.to_file(snakemake.log[0])
+p = snakemake.params
+participants = cohort.passed_participants(
+    snakemake.input.phenotypes,
+    phenotypes.load_schema(p.schema),
+    p.columns,
+    snakemake.input.qc,
+)
+table = cohort.cohort_table(
+    participants,
+    p.split["sizes"],
+    p.seed,
+    tuple(p.split["bmi_cutoffs"]),
+    tuple(p.split["age_edges"]),
+)
+for note in table.attrs.get("notes", []):
+    logging.warning("%s", note)
+table.to_csv(snakemake.output.table, sep="\t", index=False)
+logging.info(
+    "cohort of %d: %s",
+    len(table),
+    table.groupby(["split", "group"]).size().unstack(fill_value=0).to_string(),
+)

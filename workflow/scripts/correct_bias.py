@@ -1,0 +1,16 @@
+"""Fit the age-bias correction on the validation set; apply it to all predictions."""
+
+import logging
+
+import pandas as pd
+
+from ageatlas import bias, logs
+
+logs.to_file(snakemake.log[0])
+predictions = pd.read_csv(snakemake.input[0], sep="\t", dtype={"eid": str})
+correction = bias.fit_table(predictions, method=snakemake.params.method)
+correction.to_json(snakemake.output.coefficients)
+bias.correct_table(predictions, correction).to_csv(
+    snakemake.output.predictions, sep="\t", index=False
+)
+logging.info("bias correction: %s", correction)
