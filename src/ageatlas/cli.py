@@ -23,6 +23,12 @@ def where(configfile: str) -> str:
     stitched = results / "stitched"
     if stitched.is_dir():
         lines.append(f"  stitched MRI  {stitched}/{{eid}}/{{eid}}_W.nii.gz, _F.nii.gz, _preview.png")
+    table1 = results / "age" / "table1.md"
+    if table1.exists():
+        lines.append(f"  Table 1       {table1}  (MAE by sex x BMI group; .tsv beside it)")
+        lines.append(f"  figures       {results / 'age' / 'figures'}/")
+        lines.append(f"  predictions   {results / 'age' / 'predictions_corrected.tsv'}")
+        lines.append(f"  model         {results / 'model' / 'checkpoint.pt'}  (metrics.tsv beside it)")
     synthetic = results / "synthetic"
     if synthetic.is_dir():
         lines.append(f"  SYNTHETIC cohort (zips, phenotypes, truth)  {synthetic}/")
