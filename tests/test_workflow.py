@@ -77,6 +77,15 @@ def test_synthetic_run_completes_without_keep_going(synthetic_run):
     assert table.loc[eids[3], "status"] == "warning"
 
 
+def test_finished_run_has_nothing_left_to_do(synthetic_run):
+    """A rerun must not redo work (a path that changes per run would retrain the model)."""
+    tmp, _, _ = synthetic_run
+    config = yaml.safe_load((tmp / "config.yaml").read_text())
+    result = run_snakemake(tmp, config, "-n")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
 def test_synthetic_run_writes_stitched_volumes_on_the_grid(synthetic_run):
     tmp, eids, _ = synthetic_run
     folder = tmp / "results" / "stitched" / eids[0]

@@ -15,7 +15,11 @@ BENCHMARKS = config["benchmarks_dir"]
 SYNTHETIC = config["cohort"]["source"] == "synthetic"
 INSTANCE = config["cohort"]["instance"] if not SYNTHETIC else 2
 PHENOTYPE_QC = f"{RESULTS}/qc/phenotypes.tsv"
-PHENOTYPE_SCHEMA = workflow.source_path("../schemas/phenotypes.schema.yaml")
+# A stable path: workflow.source_path() gives a new temporary copy on every
+# run, which Snakemake then sees as changed params and reruns everything.
+PHENOTYPE_SCHEMA = os.path.join(
+    workflow.basedir, "workflow/schemas/phenotypes.schema.yaml"
+)
 
 if SYNTHETIC:
     from ageatlas import synth

@@ -7,6 +7,7 @@ checkpoint cohort_table:
     input:
         qc=f"{RESULTS}/qc/participants.tsv",
         phenotypes=PHENOTYPES,
+        schema=PHENOTYPE_SCHEMA,
     output:
         table=COHORT_TABLE,
     log:
@@ -18,7 +19,6 @@ checkpoint cohort_table:
         mem_mb=2000,
         runtime=10,
     params:
-        schema=PHENOTYPE_SCHEMA,
         columns=config["phenotypes"]["columns"],
         split=config["split"],
         seed=config["seed"],

@@ -5,6 +5,7 @@
 rule phenotype_qc:
     input:
         phenotypes=PHENOTYPES,
+        schema=PHENOTYPE_SCHEMA,
         zips=[participant_zip(eid) for eid in EIDS],
     output:
         PHENOTYPE_QC,
@@ -17,7 +18,6 @@ rule phenotype_qc:
         mem_mb=2000,
         runtime=10,
     params:
-        schema=PHENOTYPE_SCHEMA,
         columns=config["phenotypes"]["columns"],
         zip_dir=lambda wc, input: (
             os.path.dirname(input.zips[0]) if input.zips else ZIP_DIR

@@ -8,7 +8,7 @@ logs.to_file(snakemake.log[0])
 p = snakemake.params
 participants = cohort.passed_participants(
     snakemake.input.phenotypes,
-    phenotypes.load_schema(p.schema),
+    phenotypes.load_schema(snakemake.input.schema),
     p.columns,
     snakemake.input.qc,
 )

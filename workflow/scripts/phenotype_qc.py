@@ -9,7 +9,7 @@ p = snakemake.params
 found = cohort.discover(
     snakemake.input.phenotypes,
     p.zip_dir,
-    phenotypes.load_schema(p.schema),
+    phenotypes.load_schema(snakemake.input.schema),
     p.columns,
     p.instance,
 )

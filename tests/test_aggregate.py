@@ -1,0 +1,141 @@
+"""Tests for population maps and ageing classes."""
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from ageatlas.aggregate import (
+    AGEING_CLASSES,
+    ageing_class,
+    mean_map,
+    near_perfect,
+    population_maps,
+)
+
+SHAPE = (12, 12, 16)
+AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
+
+
+def _write(path, data, affine=AFFINE):
+    nib.save(nib.Nifti1Image(data.astype(np.float32), affine), str(path))
+    return str(path)
+
+
+@pytest.fixture
+def stack(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.gamma(2.0, 1.0, size=(7, *SHAPE)).astype(np.float32)
+    paths = [_write(tmp_path / f"m{i}.nii.gz", d) for i, d in enumerate(data)]
+    return paths, data.astype(np.float64)
+
+
+def test_mean_and_sd_match_numpy(stack):
+    paths, data = stack
+    mean, sd, n = mean_map(paths)
+    assert n == 7
+    np.testing.assert_allclose(mean.get_fdata(), data.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(sd.get_fdata(), data.std(axis=0, ddof=1), rtol=1e-5)
+    np.testing.assert_array_equal(mean.affine, AFFINE)
+    assert b"n=7" in mean.header["descrip"].tobytes()
+    assert b"n=7" in sd.header["descrip"].tobytes()
+
+
+def test_single_map_sd_is_nan(stack):
+    paths, data = stack
+    mean, sd, n = mean_map(paths[:1])
+    assert n == 1
+    np.testing.assert_allclose(mean.get_fdata(), data[0], rtol=1e-6)
+    assert np.isnan(sd.get_fdata()).all()
+
+
+def test_shape_mismatch_names_file(stack, tmp_path):
+    paths, _ = stack
+    bad = _write(tmp_path / "wrong_shape.nii.gz", np.zeros((12, 12, 15)))
+    with pytest.raises(ValueError, match="wrong_shape.nii.gz.*shape"):
+        mean_map(paths + [bad])
+
+
+def test_affine_mismatch_names_file(stack, tmp_path):
+    paths, _ = stack
+    shifted = AFFINE.copy()
+    shifted[0, 3] = 5.0
+    bad = _write(tmp_path / "wrong_affine.nii.gz", np.zeros(SHAPE), shifted)
+    with pytest.raises(ValueError, match="wrong_affine.nii.gz.*affine"):
+        mean_map(paths[:2] + [bad] + paths[2:])
+
+
+def test_empty_path_list_rejected():
+    with pytest.raises(ValueError, match="at least one"):
+        mean_map([])
+
+
+def test_ageing_class_fixed_threshold():
+    gap = pd.Series([-3.0, -2.0, -1.9, 0.0, 2.0, 2.1, np.nan])
+    got = ageing_class(gap, threshold=2.0)
+    expected = ["decelerated", "aligned", "aligned", "aligned", "aligned", "accelerated"]
+    assert got.iloc[:6].tolist() == expected
+    assert pd.isna(got.iloc[6])
+    assert list(got.cat.categories) == list(AGEING_CLASSES)
+
+
+def test_ageing_class_sd_threshold():
+    gap = pd.Series([-2.0, -1.0, 0.0, 1.0, 2.0])  # sample SD = sqrt(2.5) ~ 1.58
+    assert ageing_class(gap).tolist() == [
+        "decelerated", "aligned", "aligned", "aligned", "accelerated",
+    ]
+    # 0.5 SD ~ 0.79 moves +-1 out of "aligned"
+    assert ageing_class(gap, sd_multiple=0.5).tolist() == [
+        "decelerated", "decelerated", "aligned", "accelerated", "accelerated",
+    ]
+
+
+def test_near_perfect():
+    gap = pd.Series([-0.6, -0.49, 0.0, 0.5, 0.3])
+    assert near_perfect(gap).tolist() == [False, True, True, False, True]
+
+
+def test_population_maps_subsets(stack):
+    paths, data = stack
+    eids = [f"{1000 + i}" for i in range(7)]
+    by_eid = dict(zip(eids, paths))
+    members = pd.DataFrame({
+        "eid": eids,
+        "age_band": ["lt60", "lt60", "lt60", "60to70", "60to70", "60to70", "60to70"],
+        "gap": [5.0, 4.0, 0.1, -0.2, 0.3, 0.0, 0.2],
+    })
+    members["ageing_class"] = ageing_class(members["gap"], threshold=3.0)
+    maps = population_maps(members, by_eid.__getitem__)
+
+    assert maps["all"].n == 7
+    assert maps["age_band/lt60"].n == 3
+    assert maps["age_band/60to70"].n == 4
+    assert maps["ageing_class/accelerated"].n == 2
+    assert maps["ageing_class/aligned"].n == 5
+    for empty in ("age_band/ge70", "ageing_class/decelerated"):
+        assert maps[empty].n == 0 and maps[empty].mean is None and maps[empty].sd is None
+    np.testing.assert_allclose(
+        maps["age_band/60to70"].mean.get_fdata(), data[3:].mean(axis=0), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        maps["ageing_class/accelerated"].sd.get_fdata(), data[:2].std(axis=0, ddof=1), rtol=1e-5
+    )
+
+
+def test_population_maps_classifies_from_gap_when_no_class(stack):
+    paths, _ = stack
+    members = pd.DataFrame({
+        "eid": ["a", "b", "c", "d", "e"],
+        "age_band": ["ge70"] * 5,
+        "gap": [-2.0, -1.0, 0.0, 1.0, 2.0],
+    })
+    maps = population_maps(members, dict(zip(members["eid"], paths)).__getitem__)
+    assert [maps[f"ageing_class/{c}"].n for c in AGEING_CLASSES] == [1, 3, 1]
+    assert maps["age_band/ge70"].n == 5
+
+
+def test_population_maps_rejects_duplicate_eids(stack):
+    paths, _ = stack
+    members = pd.DataFrame({"eid": ["a", "a"], "age_band": ["lt60"] * 2, "gap": [0.0, 1.0]})
+    with pytest.raises(ValueError, match="duplicate"):
+        population_maps(members, lambda e: paths[0])
