@@ -16,12 +16,12 @@ from ageatlas.model import build_model
 from ageatlas.preprocess import downsample
 from ageatlas.train import TrainConfig
 
-SHAPE = (16, 16, 32)
+SHAPE = (16, 32, 32)
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(3)
+    torch.manual_seed(0)  # a seed whose layer3 map is partly zero, partly not
     return build_model(hidden=16).eval()
 
 
@@ -38,7 +38,8 @@ def _no_hooks(model) -> bool:
 def test_agrees_with_captum(model, volume):
     ours = grad_cam(model, volume, normalise=False)
     theirs = LayerGradCam(model, model.feature_layer).attribute(volume, relu_attributions=True).detach()
-    assert ours.layer_map.std() > 0, "trivial map: pick another seed"
+    positive = float((ours.layer_map > 0).float().mean())
+    assert 0 < positive < 1, "the seed should give a map that ReLU clips in part"
     assert ours.layer_shape == tuple(theirs.shape[2:])
     r = np.corrcoef(ours.layer_map.flatten().numpy(), theirs.flatten().numpy())[0, 1]
     assert r > 0.99
@@ -71,7 +72,7 @@ def test_other_layer_and_frozen_weights(model, volume):
         for p in model.parameters():
             p.requires_grad_(True)
     assert result.map.shape == SHAPE
-    assert result.layer_shape == (8, 8, 16)  # r3d: stem stride (1, 2, 2), layer2 halves again
+    assert result.layer_shape == (8, 8, 8)  # r3d: stem stride (1, 2, 2), layer2 halves again
 
 
 def test_constant_map_becomes_zeros(monkeypatch, model, volume):
@@ -105,7 +106,11 @@ def participant(tmp_path, model):
     affine = np.array([[-2.2, 0.1, 0, 100], [0, 2.2, 0.2, -50], [0, 0, 3.0, -400], [0, 0, 0, 1]])
     water = np.random.default_rng(0).random(grid).astype(np.float32)
     stitched = nib.Nifti1Image(water, affine)
+    stitched.set_sform(affine, code=1)  # with shear; the qform, which cannot hold it, is a rigid one
+    stitched.set_qform(np.diag([-2.2, 2.2, 3.0, 1]) + np.array([[0, 0, 0, 100], [0, 0, 0, -50], [0, 0, 0, -400],
+                                                                 [0, 0, 0, 0]]), code=1)
     nib.save(stitched, tmp_path / "water.nii.gz")
+    stitched = nib.load(tmp_path / "water.nii.gz")  # the affine as stored (float32)
     cache = downsample(water, 2).astype(np.float16)
     np.save(tmp_path / "cache.npy", cache)
     torch.save({"model": model.state_dict(), "epoch": 1, "val_mae": 5.0,
@@ -126,10 +131,10 @@ def test_cam_for_participant_writes_stitched_grid(participant, caplog):
     saved = nib.load(out)
     assert saved.shape == stitched.shape
     assert saved.get_data_dtype() == np.float32
-    assert np.array_equal(saved.affine, stitched.affine.astype(np.float32).astype(np.float64)) or \
-        np.allclose(saved.affine, stitched.affine, atol=1e-5)
-    assert np.allclose(saved.header.get_sform(), stitched.affine, atol=1e-5)
-    assert saved.header["sform_code"] > 0 and saved.header["qform_code"] > 0
+    assert np.array_equal(saved.affine, stitched.affine)
+    assert np.array_equal(saved.header.get_sform(), stitched.header.get_sform())
+    assert np.allclose(saved.header.get_qform(), stitched.header.get_qform(), atol=1e-5)
+    assert saved.header["sform_code"] == 1 and saved.header["qform_code"] == 1
     data = saved.get_fdata()
     assert data.min() >= 0 and data.max() <= 1 + 1e-6 and data.max() > 0.5
 

@@ -1,0 +1,215 @@
+"""Grad-CAM importance maps of the age model, with M3d-CAM's semantics but the subject's geometry.
+
+As M3d-CAM (Gotkowski et al. 2020), which the paper used on layer3: the
+gradient of the predicted age (batch of one, eval mode) with respect to the
+layer's activations is averaged over space to weight each channel; the map is
+ReLU(sum_c weight_c * activation_c), min-max normalised per subject and
+upsampled trilinearly (align_corners=False) to the model's input grid.
+
+Unlike M3d-CAM, which writes uint8 maps with an identity affine and
+transposed axes, `cam_for_participant` resamples the map onto the
+participant's stitched grid and saves it with that image's affine, so the
+registration step can warp it like the water image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from ageatlas.model import load_trained
+
+log = logging.getLogger("ageatlas.gradcam")
+
+LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """map: (X, Y, Z) float32 on the CPU at the input's size; layer_map: the raw
+    ReLU'd map at the layer's resolution (before normalising and upsampling)."""
+
+    map: torch.Tensor
+    predicted_age: float
+    layer_map: torch.Tensor
+
+    @property
+    def layer_shape(self) -> tuple[int, ...]:
+        return tuple(self.layer_map.shape)
+
+
+def grad_cam(model: nn.Module, volume: torch.Tensor, layer: nn.Module | None = None, *,
+             normalise: bool = True) -> CamResult:
+    """Grad-CAM of the predicted age for one volume of shape (1, 1, X, Y, Z).
+
+    The model runs in eval mode (its previous mode is restored afterwards).
+    Gradients are taken with torch.autograd.grad, so no parameter's .grad is
+    touched; the forward hook is removed even when the forward pass fails.
+    """
+    if volume.ndim != 5 or volume.shape[0] != 1:
+        raise ValueError(f"grad_cam needs one volume of shape (1, C, X, Y, Z), got {tuple(volume.shape)}")
+    layer = model.feature_layer if layer is None else layer
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():  # works under a caller's torch.no_grad too
+            activation, age = _forward_with_activation(model, layer, volume.to(device, torch.float32))
+            (gradient,) = torch.autograd.grad(age.sum(), activation)
+    finally:
+        model.train(was_training)
+    layer_map = _weighted_activation(activation.detach(), gradient)
+    cam = _min_max(layer_map) if normalise else layer_map
+    cam = F.interpolate(cam[None, None], size=tuple(volume.shape[2:]), mode="trilinear", align_corners=False)
+    return CamResult(cam[0, 0].float().cpu(), float(age.detach().reshape(-1)[0]), layer_map.float().cpu())
+
+
+def _forward_with_activation(model: nn.Module, layer: nn.Module,
+                             volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the model, making the layer's output a leaf that requires grad.
+
+    A fresh leaf lets us differentiate even when the weights are frozen, and
+    keeps backward from reaching earlier layers.
+    """
+    captured = []
+
+    def hook(module, inputs, output):
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        age = model(volume)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"the Grad-CAM layer ran {len(captured)} times in one forward pass, expected once")
+    return captured[0], age
+
+
+def _weighted_activation(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """ReLU(sum_c mean(grad_c) * act_c) for a batch of one; returns the layer's spatial shape."""
+    weights = gradient.mean(dim=tuple(range(2, gradient.ndim)), keepdim=True)
+    return torch.relu((weights * activation).sum(dim=1))[0]
+
+
+def _min_max(cam: torch.Tensor) -> torch.Tensor:
+    """Min-max to [0, 1]; a constant map (no information) becomes zeros rather than NaN."""
+    low, high = cam.min(), cam.max()
+    if high <= low:
+        return torch.zeros_like(cam)
+    return (cam - low) / (high - low)
+
+
+def cam_for_participant(checkpoint, cache_path, water_nifti_path, out_path, *, layer_name: str = "layer3",
+                        normalise: bool = True, device=None, downsample_factor: int | None = None) -> dict:
+    """Grad-CAM of one participant's cached input, saved on the stitched grid with its true affine.
+
+    The cache may be the stitched volume block-averaged by an integer factor
+    (preprocess.downsample); the factor is inferred from the two shapes unless
+    given. Returns {"predicted_age", "seconds", "device"}.
+    """
+    start = time.perf_counter()
+    if layer_name not in LAYERS:
+        raise ValueError(f"layer_name must be one of {LAYERS}, not {layer_name!r}")
+    stitched = nib.load(str(water_nifti_path))  # header only: check the grids before the costly part
+    grid_shape = tuple(int(s) for s in stitched.shape[:3])
+    cached = np.load(cache_path, mmap_mode="r")
+    factor = _check_or_infer_factor(grid_shape, cached.shape, downsample_factor)
+
+    device = _pick_device(device)
+    model, meta = load_trained(checkpoint, device)
+    if list(cached.shape) != list(meta.get("input_shape", cached.shape)):
+        log.warning("cache %s has shape %s, the model was trained on %s", cache_path, cached.shape,
+                    meta["input_shape"])
+    volume = torch.from_numpy(np.asarray(cached, dtype=np.float32))[None, None]
+    result = grad_cam(model, volume, getattr(model.backbone, layer_name), normalise=normalise)
+    cam = to_stitched_grid(result.map.numpy(), grid_shape, factor)
+    _save_nifti(cam, stitched, Path(out_path))
+    return {"predicted_age": result.predicted_age, "seconds": round(time.perf_counter() - start, 3),
+            "device": str(device)}
+
+
+def _pick_device(device) -> torch.device:
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        log.warning("no GPU found: Grad-CAM on the CPU")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _check_or_infer_factor(grid_shape, cache_shape, factor: int | None) -> int:
+    """The integer factor f with grid // f == cache shape on every axis (downsample drops trailing voxels)."""
+    cache_shape = tuple(int(s) for s in cache_shape)
+    if len(cache_shape) != 3:
+        raise ValueError(f"cached input of shape {cache_shape} is not a 3D volume")
+    fits = [f for f in range(1, min(grid_shape) + 1) if tuple(s // f for s in grid_shape) == cache_shape]
+    if factor is not None:
+        if factor not in fits:
+            raise ValueError(f"cache shape {cache_shape} is not stitched grid {grid_shape} downsampled by {factor}")
+        return int(factor)
+    if len(fits) != 1:
+        raise ValueError(f"cache shape {cache_shape} vs stitched grid {grid_shape}: downsampling factor "
+                         f"{'ambiguous ' + str(fits) if fits else 'not an integer'}; pass downsample_factor")
+    return fits[0]
+
+
+def cache_affine(stitched_affine: np.ndarray, factor: int) -> np.ndarray:
+    """Voxel-to-world affine of a grid downsampled by `factor` with block means.
+
+    Cache voxel i averages stitched voxels f*i .. f*i + f - 1, so its centre is
+    stitched voxel f*i + (f - 1)/2: spacing times f, origin shifted by (f - 1)/2 voxels.
+    """
+    scale = np.diag([factor, factor, factor, 1.0])
+    scale[:3, 3] = (factor - 1) / 2
+    return np.asarray(stitched_affine, dtype=np.float64) @ scale
+
+
+def to_stitched_grid(cam: np.ndarray, grid_shape, factor: int) -> np.ndarray:
+    """Resample a map on the (downsampled) cache grid onto the stitched grid, linearly.
+
+    Voxels beyond the outermost cache centres (and the trailing voxels that
+    downsampling dropped) take the nearest edge value.
+    """
+    cam = np.asarray(cam, dtype=np.float32)
+    if factor == 1 and cam.shape == tuple(grid_shape):
+        return cam
+    # stitched voxel -> cache voxel; independent of the world affine, which cancels.
+    stitched_to_cache = np.linalg.inv(cache_affine(np.eye(4), factor))
+    return ndimage.affine_transform(cam, stitched_to_cache[:3, :3], offset=stitched_to_cache[:3, 3],
+                                    output_shape=tuple(grid_shape), order=1, mode="nearest").astype(np.float32)
+
+
+def _save_nifti(cam: np.ndarray, reference: nib.Nifti1Image, out_path: Path) -> None:
+    """float32 NIfTI with the reference's geometry; written beside, then renamed.
+
+    The reference's sform and qform are copied as they are (a qform cannot hold
+    shear, so recomputing it from the affine could differ); one the reference
+    leaves unset gets its best affine with code 1 (scanner), so readers never
+    fall back to an identity-like geometry.
+    """
+    image = nib.Nifti1Image(cam.astype(np.float32), reference.affine)
+    image.header.set_xyzt_units(*reference.header.get_xyzt_units())
+    sform, sform_code = reference.header.get_sform(coded=True)
+    qform, qform_code = reference.header.get_qform(coded=True)
+    image.set_sform(sform if sform_code else reference.affine, code=int(sform_code) or 1)
+    image.set_qform(qform if qform_code else reference.affine, code=int(qform_code) or 1)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{os.getpid()}.tmp.{out_path.name}")  # same extension: nibabel picks the format by it
+    try:
+        nib.save(image, str(tmp))
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
