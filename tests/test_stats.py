@@ -69,7 +69,7 @@ def test_mask_on_other_grid_rejected(tmp_path):
     b = _maps(tmp_path, "dec", 2, rng)
     mask = nib.Nifti1Image(np.ones((12, 12, 15), dtype=np.uint8), AFFINE)
     with pytest.raises(ValueError, match="mask"):
-        compare_classes(a, b, mask, n_perm=10)
+        compare_classes(a, b, mask, n_perm=50)
 
 
 def test_too_few_maps_rejected(tmp_path):
@@ -89,7 +89,7 @@ def test_mismatched_map_names_file(tmp_path):
     bad = tmp_path / "odd_one.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((12, 12, 15), np.float32), AFFINE), str(bad))
     with pytest.raises(ValueError, match="odd_one.nii.gz"):
-        compare_classes(a, b + [str(bad)], n_perm=10)
+        compare_classes(a, b + [str(bad)], n_perm=50)
 
 
 def test_tfce_outputs(tmp_path):
@@ -100,3 +100,11 @@ def test_tfce_outputs(tmp_path):
     logp = res["logp_fwe_tfce"].get_fdata()
     assert res["tfce"].shape == SHAPE
     assert logp[_region_mask()].min() > logp[~_region_mask()].max()
+
+
+def test_too_few_permutations_rejected(tmp_path):
+    rng = np.random.default_rng(7)
+    a = _maps(tmp_path, "acc", 2, rng)
+    b = _maps(tmp_path, "dec", 2, rng)
+    with pytest.raises(ValueError, match="n_perm=10"):
+        compare_classes(a, b, n_perm=10)

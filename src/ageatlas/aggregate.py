@@ -1,0 +1,130 @@
+"""Population importance maps: voxel-wise mean and SD of warped Grad-CAM maps.
+
+Each participant's Grad-CAM map has already been warped into its sex x BMI
+group atlas, so within a group all maps share one grid. The paper averages
+them into a population map per group (Figure 2), per age band (Figure 3) and
+per ageing class (Figure 5); this module builds those maps, and the ageing
+classes themselves, from the bias-corrected brain-age gap.
+
+Ageing classes: the paper says only "strongly over/under-estimated" and gives
+no cut-off, so the threshold is a configuration choice. By default it is one
+sample standard deviation (ddof=1) of the gap passed in; a fixed threshold in
+years may be given instead. The SD is taken over whatever `gap` holds, so the
+caller decides whether classes are defined over the whole test set or within
+a group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+AGEING_CLASSES = ("accelerated", "aligned", "decelerated")
+AGE_BANDS = ("lt60", "60to70", "ge70")
+
+
+def ageing_class(
+    gap: pd.Series, threshold: float | None = None, sd_multiple: float = 1.0
+) -> pd.Series:
+    """Label each gap accelerated (> +t), decelerated (< -t) or aligned.
+
+    t is `threshold` if given, else `sd_multiple` * SD(gap) (ddof=1, NaN
+    ignored). Missing gaps stay missing rather than counting as aligned.
+    """
+    t = threshold if threshold is not None else sd_multiple * gap.std(ddof=1)
+    if not np.isfinite(t) or t < 0:
+        raise ValueError(f"ageing-class threshold must be finite and >= 0, got {t}")
+    labels = np.where(gap > t, "accelerated", np.where(gap < -t, "decelerated", "aligned"))
+    out = pd.Series(labels, index=gap.index, dtype=object).where(gap.notna())
+    return out.astype(pd.CategoricalDtype(AGEING_CLASSES))
+
+
+def near_perfect(gap: pd.Series, limit: float = 0.5) -> pd.Series:
+    """True where the absolute prediction error is below `limit` years (Figure 4)."""
+    return gap.abs() < limit
+
+
+def load_on_grid(path: str, ref_shape=None, ref_affine=None) -> tuple[np.ndarray, np.ndarray]:
+    """Load one map as float64, checking it sits on the reference grid."""
+    img = nib.load(path)
+    if ref_shape is not None and img.shape != ref_shape:
+        raise ValueError(f"{path}: shape {img.shape} differs from reference {ref_shape}")
+    if ref_affine is not None and not np.allclose(img.affine, ref_affine, atol=1e-5):
+        raise ValueError(f"{path}: affine differs from the reference map's affine")
+    return np.asarray(img.get_fdata(dtype=np.float64)), img.affine
+
+
+def _image(data: np.ndarray, affine: np.ndarray, description: str) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(data.astype(np.float32), affine)
+    img.header["descrip"] = description[:79].encode()  # field holds 80 bytes
+    return img
+
+
+def mean_map(paths: list[str]) -> tuple[nib.Nifti1Image, nib.Nifti1Image, int]:
+    """Voxel-wise mean and sample SD (ddof=1) of maps on one grid.
+
+    Streams with Welford's update so only one map is held at a time (a group
+    has ~200 whole-body volumes). The first map fixes the reference shape and
+    affine; any other map that differs raises, naming the file. With a single
+    map the SD is undefined and filled with NaN.
+    """
+    if not paths:
+        raise ValueError("mean_map needs at least one map")
+    mean, affine = load_on_grid(paths[0])
+    m2 = np.zeros_like(mean)
+    for n, path in enumerate(paths[1:], start=2):
+        data, _ = load_on_grid(path, mean.shape, affine)
+        delta = data - mean
+        mean += delta / n
+        m2 += delta * (data - mean)
+    n = len(paths)
+    sd = np.sqrt(m2 / (n - 1)) if n > 1 else np.full_like(mean, np.nan)
+    mean_img = _image(mean, affine, f"ageatlas mean n={n}")
+    return mean_img, _image(sd, affine, f"ageatlas sd n={n}"), n
+
+
+@dataclass
+class PopulationMap:
+    """Mean/SD images of one subset; both None when the subset is empty."""
+
+    mean: nib.Nifti1Image | None
+    sd: nib.Nifti1Image | None
+    n: int
+
+
+def _subset_map(eids, path_of: Callable[[str], str]) -> PopulationMap:
+    if len(eids) == 0:
+        return PopulationMap(None, None, 0)
+    mean, sd, n = mean_map([path_of(str(e)) for e in eids])
+    return PopulationMap(mean, sd, n)
+
+
+def population_maps(
+    members: pd.DataFrame, path_of: Callable[[str], str]
+) -> dict[str, PopulationMap]:
+    """Population maps of one sex x BMI group.
+
+    `members` holds that group's participants with columns eid, age_band and
+    either ageing_class or gap (classified here with `ageing_class` defaults,
+    i.e. within-group SD, when no class column is given). Keys are "all",
+    "age_band/<band>" and "ageing_class/<class>"; every band and class is
+    present, an empty one as n=0 with no images so callers can report it.
+    """
+    if members["eid"].duplicated().any():
+        raise ValueError("members has duplicate eids")
+    if "ageing_class" in members:
+        classes = members["ageing_class"]
+    else:
+        classes = ageing_class(members["gap"])
+    out = {"all": _subset_map(members["eid"].tolist(), path_of)}
+    for band in AGE_BANDS:
+        eids = members.loc[members["age_band"] == band, "eid"].tolist()
+        out[f"age_band/{band}"] = _subset_map(eids, path_of)
+    for cls in AGEING_CLASSES:
+        eids = members.loc[(classes == cls).to_numpy(), "eid"].tolist()
+        out[f"ageing_class/{cls}"] = _subset_map(eids, path_of)
+    return out
