@@ -20,6 +20,7 @@ include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/model.smk"
+include: "workflow/rules/explain.smk"
 
 
 rule all:
@@ -28,3 +29,6 @@ rule all:
         qc_table=f"{RESULTS}/qc/participants.tsv",
         table1=f"{RESULTS}/age/table1.md",
         figures=f"{RESULTS}/age/figures/predicted_vs_age_by_group.png",
+        gradcam=lambda wc: expand(
+            f"{RESULTS}/gradcam/{{eid}}.nii.gz", eid=cohort_members("test")
+        ),

@@ -181,3 +181,10 @@ def test_whole_pipeline_trains_predicts_and_writes_table1(tmp_path):
     assert (results / "age" / "figures" / "predicted_vs_age_by_group.png").stat().st_size > 5000
     log = (tmp_path / "logs" / "train_age_model.log").read_text()
     assert "CPU" in log  # no GPU here: the log says so
+    # One Grad-CAM map per test participant, on its stitched grid with its affine.
+    for eid in cohort.loc[cohort["split"] == "test", "eid"]:
+        cam = nib.load(results / "gradcam" / f"{eid}.nii.gz")
+        water = nib.load(results / "stitched" / str(eid) / f"{eid}_W.nii.gz")
+        assert cam.shape == water.shape and np.allclose(cam.affine, water.affine)
+        values = cam.get_fdata()
+        assert 0.0 <= values.min() and values.max() <= 1.0
