@@ -29,6 +29,8 @@ def where(configfile: str) -> str:
         lines.append(f"  figures       {results / 'age' / 'figures'}/")
         lines.append(f"  predictions   {results / 'age' / 'predictions_corrected.tsv'}")
         lines.append(f"  model         {results / 'model' / 'checkpoint.pt'}  (metrics.tsv beside it)")
+    if (results / "gradcam").is_dir():
+        lines.append(f"  Grad-CAM      {results / 'gradcam'}/{{eid}}.nii.gz  (test participants, stitched space)")
     synthetic = results / "synthetic"
     if synthetic.is_dir():
         lines.append(f"  SYNTHETIC cohort (zips, phenotypes, truth)  {synthetic}/")
