@@ -149,3 +149,10 @@ def test_passed_participants_keeps_valid_rows_that_passed_qc(tmp_path, phenotype
     kept = cohort.passed_participants(tmp_path / "p.csv", phenotype_schema, UKBB_COLUMNS, tmp_path / "qc.tsv")
     assert list(kept["eid"]) == [1000001, 1000003]
     assert list(kept.columns) == ["eid", "sex", "age", "bmi"]
+
+
+def test_read_participant_tsv_keeps_eids_as_text(tmp_path):
+    (tmp_path / "t.tsv").write_text("eid\tage\n0001234\t61.5\n1000002\t70\n")
+    table = cohort.read_participant_tsv(tmp_path / "t.tsv")
+    assert list(table["eid"]) == ["0001234", "1000002"]  # leading zeros survive: eids name files
+    assert table["age"].dtype == float

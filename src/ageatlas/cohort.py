@@ -282,3 +282,8 @@ def passed_participants(phenotype_path, schema: dict, columns, qc_table_path) ->
     qc = pd.read_csv(qc_table_path, sep="\t", dtype=str, keep_default_na=False)
     passed = set(qc.loc[qc["status"] != "excluded", "eid"].astype("int64"))
     return valid[valid["eid"].isin(passed)].reset_index(drop=True)
+
+
+def read_participant_tsv(path) -> pd.DataFrame:
+    """A per-participant table the workflow wrote (cohort, predictions), eids as text (they name files)."""
+    return pd.read_csv(path, sep="\t", dtype={"eid": str})

@@ -60,26 +60,9 @@ def stitched_dirs():
 COHORT_TABLE = f"{RESULTS}/cohort/cohort.tsv"
 
 
-def passed_qc():
-    """Participants that passed QC (ok or warning), read once the QC checkpoint has run."""
-    import pandas as pd
-
-    table = pd.read_csv(
-        checkpoints.qc_table.get().output.table,
-        sep="\t",
-        dtype=str,
-        keep_default_na=False,
-    )
-    return table.loc[table["status"] != "excluded", "eid"].tolist()
-
-
 def cohort_members(*splits):
     """eids of the cohort table's given splits, once the cohort checkpoint has run."""
-    import pandas as pd
-
-    table = pd.read_csv(
-        checkpoints.cohort_table.get().output.table, sep="\t", dtype={"eid": str}
-    )
+    table = cohort_lib.read_participant_tsv(checkpoints.cohort_table.get().output.table)
     return table.loc[table["split"].isin(splits), "eid"].tolist()
 
 

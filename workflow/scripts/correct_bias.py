@@ -2,12 +2,11 @@
 
 import logging
 
-import pandas as pd
-
+from ageatlas.cohort import read_participant_tsv
 from ageatlas import bias, logs
 
 logs.to_file(snakemake.log[0])
-predictions = pd.read_csv(snakemake.input[0], sep="\t", dtype={"eid": str})
+predictions = read_participant_tsv(snakemake.input[0])
 correction = bias.fit_table(predictions, method=snakemake.params.method)
 correction.to_json(snakemake.output.coefficients)
 bias.correct_table(predictions, correction).to_csv(

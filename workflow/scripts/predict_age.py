@@ -3,13 +3,12 @@
 import json
 from pathlib import Path
 
-import pandas as pd
-
+from ageatlas.cohort import read_participant_tsv
 from ageatlas import logs
 from ageatlas.predict import predict
 
 logs.to_file(snakemake.log[0])
-cohort = pd.read_csv(snakemake.input.cohort, sep="\t", dtype={"eid": str})
+cohort = read_participant_tsv(snakemake.input.cohort)
 items = [(Path(path).stem, str(path)) for path in snakemake.input.caches]
 predicted, timing = predict(snakemake.input.checkpoint, items, batch_size=snakemake.params.batch_size)
 table = cohort[["eid", "split", "age"]].merge(predicted, on="eid", validate="one_to_one")

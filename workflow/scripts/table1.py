@@ -4,13 +4,12 @@ import json
 import logging
 from pathlib import Path
 
-import pandas as pd
-
+from ageatlas.cohort import read_participant_tsv
 from ageatlas import evaluate, logs
 
 logs.to_file(snakemake.log[0])
-cohort = pd.read_csv(snakemake.input.cohort, sep="\t", dtype={"eid": str})
-predictions = pd.read_csv(snakemake.input.predictions, sep="\t", dtype={"eid": str})
+cohort = read_participant_tsv(snakemake.input.cohort)
+predictions = read_participant_tsv(snakemake.input.predictions)
 timing = json.loads(Path(snakemake.input.timing).read_text())
 record = dict(
     training_samples=int((cohort["split"] == "train").sum()),

@@ -2,13 +2,12 @@
 
 from pathlib import Path
 
-import pandas as pd
-
+from ageatlas.cohort import read_participant_tsv
 from ageatlas import logs
 from ageatlas.train import TrainConfig, train
 
 logs.to_file(snakemake.log[0])
-ages = pd.read_csv(snakemake.input.cohort, sep="\t", dtype={"eid": str}).set_index("eid")["age"]
+ages = read_participant_tsv(snakemake.input.cohort).set_index("eid")["age"]
 
 
 def items(paths):
