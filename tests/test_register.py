@@ -10,11 +10,17 @@ from deepali import spatial
 
 from ageatlas.register import (
     Registration,
+    RegistrationFailed,
     RegistrationSettings,
     folding_share,
     grid_from_nifti,
+    load_outcome,
     normalise_for_registration,
+    qc_reasons,
     register,
+    register_files,
+    save_outcome,
+    settings_from_config,
 )
 
 SHAPE = (32, 32, 48)
@@ -166,3 +172,63 @@ def test_folding_share_detects_folds():
     torch.manual_seed(0)
     ffd.data_(torch.randn_like(ffd.data()) * 0.3)
     assert folding_share(ffd) > 0.02
+
+
+def test_finest_level_fits_at_half_resolution_and_warps_full_grid(pair):
+    settings = RegistrationSettings(
+        affine_iterations=40, affine_lr=0.05, levels=2, finest_level=1, deformable_lr=1e-2, max_steps=20
+    )
+    half = register(pair["moving"], pair["fixed"], settings)
+    assert set(half.metrics["deformable_steps"]) == {1}
+    assert half.metrics["before"]["ncc"] < 0.85 and half.metrics["deformable"]["ncc"] > 0.99
+    warped = half.warp(pair["moving_labels"], order=0)
+    assert warped.shape == pair["fixed"].shape and np.allclose(warped.affine, pair["fixed"].affine, atol=1e-3)
+    with pytest.raises(ValueError, match="finest_level"):
+        register(pair["moving"], pair["fixed"], RegistrationSettings(levels=2, finest_level=2))
+
+
+def test_displacement_of_a_pure_shift_is_the_shift(pair):
+    fixed = pair["fixed"]
+    shifted_affine = fixed.affine.copy()
+    shifted_affine[2, 3] += 6.0  # same content 6 mm superior (RAS z = LPS z)
+    moving = nib.Nifti1Image(np.asanyarray(fixed.dataobj), shifted_affine)
+    settings = RegistrationSettings(affine_iterations=150, affine_lr=0.02, levels=1, max_steps=5)
+    disp = register(moving, fixed, settings).displacement_mm()
+    assert disp.shape == fixed.shape[::-1] + (3,)
+    np.testing.assert_allclose(disp.reshape(-1, 3).mean(0), [0.0, 0.0, 6.0], atol=1.0)
+
+
+def test_qc_reasons():
+    good = {"before": {"ncc": 0.8}, "affine": {"ncc": 0.85}, "deformable": {"ncc": 0.9}, "folding_share": 0.0}
+    assert qc_reasons(good, 0.001) == []
+    worse = {**good, "deformable": {"ncc": 0.7}}
+    assert "worse" in qc_reasons(worse, 0.001)[0]
+    # a self-registration that loses a hair of similarity is not "worse"
+    assert qc_reasons({**good, "before": {"ncc": 1.0}, "deformable": {"ncc": 0.999}}, 0.001) == []
+    assert "folding" in qc_reasons({**good, "folding_share": 0.01}, 0.001)[0]
+    assert "non-finite" in qc_reasons({**good, "affine": {"ncc": float("nan")}}, 0.001)[0]
+
+
+def test_failed_registration_is_a_record_and_a_marker(tmp_path, pair):
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    fixed = tmp_path / "fixed.nii.gz"
+    nib.save(pair["fixed"], fixed)
+    registration, record = register_files(broken, fixed, FAST, max_folding_share=0.001)
+    assert registration is None and record["status"] == "failed" and record["reasons"]
+    save_outcome(registration, record, tmp_path / "t.pt", tmp_path / "t.json")
+    with pytest.raises(RegistrationFailed, match="registration failed"):
+        load_outcome(tmp_path / "t.pt")
+
+
+def test_outcome_round_trip(tmp_path, pair, result):
+    record = {"status": "ok", "reasons": [], **result.metrics}
+    save_outcome(result, record, tmp_path / "t.pt", tmp_path / "t.json")
+    loaded = load_outcome(tmp_path / "t.pt")
+    np.testing.assert_allclose(loaded.warp(pair["moving"]).get_fdata(), result.warp(pair["moving"]).get_fdata(),
+                               atol=1e-5)
+
+
+def test_settings_from_config_ignores_other_keys():
+    settings = settings_from_config({"stride": [2, 2, 4], "levels": 2, "max_folding_share": 0.1, "gpus": 1})
+    assert settings.stride == (2, 2, 4) and settings.levels == 2

@@ -17,7 +17,9 @@ The transform maps points of the fixed grid to the moving image:
 
 from __future__ import annotations
 
+import json
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +32,12 @@ from deepali.data import Image
 from deepali.losses import LNCC, MSE, BSplineBending
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# Registering an image to itself can lose a little similarity to optimiser
+# noise; only a loss beyond this NCC is "made it worse".
+NCC_TOLERANCE = 0.01
+# deepali 0.6 indexes with lists, which torch deprecates; it says so at every
+# B-spline evaluation, drowning the job logs.
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,10 @@ class RegistrationSettings:
     affine_lr: float = 0.01
     stride: tuple[int, int, int] = (4, 4, 8)
     levels: int = 3
+    # Pyramid level the affine fit and the last deformable level run at:
+    # 0 is full resolution, 1 half. Transforms live in cube coordinates, so
+    # they still warp full-resolution images.
+    finest_level: int = 0
     lncc_kernel: int = 7
     bending_weight: float = 0.01
     deformable_lr: float = 1e-3
@@ -89,8 +101,10 @@ def _from_tensor(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().reshape(tensor.shape[-3:]).numpy().T
 
 
-def _to_image(img: nib.Nifti1Image, clip: float, device) -> Image:
-    data = normalise_for_registration(np.asanyarray(img.dataobj), clip)
+def _to_image(img: nib.Nifti1Image, clip: float | None, device) -> Image:
+    """deepali image of a NIfTI; ``clip=None`` only min-max normalises it."""
+    data = np.asanyarray(img.dataobj)
+    data = _minmax(data) if clip is None else normalise_for_registration(data, clip)
     grid = grid_from_nifti(img.affine, img.shape)
     return Image(_to_tensor(data), grid=grid, device=device)
 
@@ -146,18 +160,16 @@ def _stopped_falling(history: list[float], settings: RegistrationSettings) -> bo
     return before - now < settings.min_delta * max(abs(before), 1e-12)
 
 
-def _fit_deformable(moving: Image, fixed: Image, affine, settings: RegistrationSettings):
+def _fit_deformable(moving_levels: dict, fixed_levels: dict, affine, settings: RegistrationSettings):
     """Coarse-to-fine SVFFD; control points are subdivided between levels."""
-    fixed_levels = fixed.pyramid(settings.levels)
-    moving_levels = moving.pyramid(settings.levels)
     coarsest = max(fixed_levels)
     svffd = spatial.StationaryVelocityFreeFormDeformation(
         fixed_levels[coarsest].grid(),
         stride=settings.stride,
         steps=settings.scaling_squaring_steps,
-    ).to(fixed.device)
+    ).to(fixed_levels[coarsest].device)
     steps = {}
-    for level in range(coarsest, -1, -1):
+    for level in range(coarsest, settings.finest_level - 1, -1):
         if level != coarsest:
             svffd.grid_(fixed_levels[level].grid())
         steps[level] = _fit_level(
@@ -165,6 +177,14 @@ def _fit_deformable(moving: Image, fixed: Image, affine, settings: RegistrationS
         )
     svffd.requires_grad_(False)
     return svffd, steps
+
+
+def _pyramids(moving: Image, fixed: Image, settings: RegistrationSettings):
+    if not 0 <= settings.finest_level < settings.levels:
+        raise ValueError(
+            f"finest_level must be in [0, {settings.levels - 1}], got {settings.finest_level}"
+        )
+    return moving.pyramid(settings.levels), fixed.pyramid(settings.levels)
 
 
 def folding_share(svffd) -> float:
@@ -232,6 +252,21 @@ class Registration:
         out = out.astype(data.dtype) if order == 0 else out.astype(np.float32)
         return nib.Nifti1Image(out, _nifti_affine(self.fixed_grid))
 
+    def displacement_mm(self) -> np.ndarray:
+        """World displacement (LPS mm) of every fixed-grid voxel, shape (Z, Y, X, 3).
+
+        ``moving point - fixed point``: where each atlas voxel's anatomy sits
+        in the moving image. Template building averages these fields.
+        """
+        transform = self.transform()
+        grid = self.fixed_grid
+        cube = grid.coords(align_corners=transform.align_corners())
+        points = grid.transform_points(cube, axes=transform.axes(), to_grid=transform.grid())
+        with torch.no_grad():
+            moved = transform(points.unsqueeze(0).to(_device(transform)))[0].cpu()
+        world_moved = transform.grid().cube_to_world(moved)
+        return (world_moved - grid.cube_to_world(cube)).numpy()
+
     def save(self, path) -> None:
         torch.save(
             {
@@ -257,6 +292,10 @@ class Registration:
         affine.load_state_dict(state["affine"])
         svffd = None if state["svffd"] is None else _svffd_from_state(state["svffd"])
         return cls(fixed_grid, moving_grid, affine, svffd, settings, state["metrics"])
+
+
+def _device(transform) -> torch.device:
+    return next(iter(transform.buffers()), torch.empty(0)).device
 
 
 def _nifti_affine(grid: Grid) -> np.ndarray:
@@ -297,12 +336,18 @@ def register(
     settings: RegistrationSettings = RegistrationSettings(),
     *,
     device=None,
+    fixed_normalised: bool = False,
 ) -> Registration:
-    """Register ``moving`` to ``fixed``: affine (MSE), then SVFFD (LNCC + bending)."""
+    """Register ``moving`` to ``fixed``: affine (MSE), then SVFFD (LNCC + bending).
+
+    ``fixed_normalised``: the fixed image is a template built from images
+    already normalised with the recipe, so clipping it again would flatten
+    it; it is only min-max scaled.
+    """
     device = torch.device(device or "cpu")
     start = time.perf_counter()
     moving_img = _to_image(moving, settings.clip, device)
-    fixed_img = _to_image(fixed, settings.clip, device)
+    fixed_img = _to_image(fixed, None if fixed_normalised else settings.clip, device)
     target = fixed_img.batch().tensor()[0].cpu()
     identity = Registration(
         fixed_img.grid(),
@@ -313,11 +358,13 @@ def register(
     )
     metrics = {"before": _similarity(identity.warp_tensor(moving_img.tensor()), target)}
 
-    affine = _fit_affine(moving_img, fixed_img, settings)
+    moving_levels, fixed_levels = _pyramids(moving_img, fixed_img, settings)
+    finest = settings.finest_level
+    affine = _fit_affine(moving_levels[finest], fixed_levels[finest], settings)
     result = Registration(fixed_img.grid(), moving_img.grid(), affine, None, settings)
     metrics["affine"] = _similarity(result.warp_tensor(moving_img.tensor()), target)
 
-    svffd, steps = _fit_deformable(moving_img, fixed_img, affine, settings)
+    svffd, steps = _fit_deformable(moving_levels, fixed_levels, affine, settings)
     result.svffd = svffd
     metrics["deformable"] = _similarity(result.warp_tensor(moving_img.tensor()), target)
     metrics["deformable_steps"] = steps
@@ -325,3 +372,88 @@ def register(
     metrics["seconds"] = time.perf_counter() - start
     result.metrics = metrics
     return result
+
+
+def settings_from_config(section: dict) -> RegistrationSettings:
+    """RegistrationSettings from the config's ``registration`` section (other keys ignored)."""
+    names = RegistrationSettings.__dataclass_fields__
+    values = {k: v for k, v in section.items() if k in names}
+    if "stride" in values:
+        values["stride"] = tuple(values["stride"])
+    return RegistrationSettings(**values)
+
+
+def qc_reasons(metrics: dict, max_folding_share: float) -> list[str]:
+    """Why a registration is not to be trusted; empty when it passed.
+
+    Fails when a similarity is not finite, when the deformable result is
+    less similar to the fixed image than the unregistered one (by more than
+    ``NCC_TOLERANCE``), or when more
+    than ``max_folding_share`` of the voxels fold (det J <= 0).
+    """
+    ncc = {stage: metrics[stage]["ncc"] for stage in ("before", "affine", "deformable")}
+    if not all(np.isfinite(v) for v in ncc.values()):
+        return [f"non-finite similarity: NCC {ncc}"]
+    reasons = []
+    if ncc["deformable"] < ncc["before"] - NCC_TOLERANCE:
+        reasons.append(
+            f"registration made it worse: NCC {ncc['before']:.3f} before, {ncc['deformable']:.3f} after"
+        )
+    if metrics["folding_share"] > max_folding_share:
+        reasons.append(
+            f"folding: {metrics['folding_share']:.2%} of voxels have det J <= 0 "
+            f"(limit {max_folding_share:.2%})"
+        )
+    return reasons
+
+
+def pick_device(log) -> torch.device:
+    """CUDA when present, else the CPU, said in the job's log."""
+    if torch.cuda.is_available():
+        log.info("registering on %s", torch.cuda.get_device_name(0))
+        return torch.device("cuda")
+    log.info("no GPU: registering on the CPU")
+    return torch.device("cpu")
+
+
+class RegistrationFailed(RuntimeError):
+    """A registration that failed or did not pass QC; its record says why."""
+
+
+def register_files(
+    moving_path, fixed_path, settings: RegistrationSettings, *, max_folding_share: float,
+    fixed_normalised: bool = False, device=None,
+) -> tuple[Registration | None, dict]:
+    """Register one image file to another and judge the result.
+
+    Never raises for a bad participant: an unreadable image or a crashed
+    optimisation is a failed record (status, reasons), like failed QC, so
+    one participant cannot stop thousands. Returns (registration or None, record).
+    """
+    try:
+        result = register(
+            nib.load(str(moving_path)), nib.load(str(fixed_path)), settings,
+            device=device, fixed_normalised=fixed_normalised,
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure is this participant's QC result
+        return None, {"status": "failed", "reasons": [f"{type(exc).__name__}: {exc}"]}
+    reasons = qc_reasons(result.metrics, max_folding_share)
+    record = {"status": "failed" if reasons else "ok", "reasons": reasons, **result.metrics}
+    return (None if reasons else result), record
+
+
+def save_outcome(registration: Registration | None, record: dict, transform_path, record_path) -> None:
+    """Write the transform (or a failure marker) and its JSON record."""
+    if registration is not None:
+        registration.save(transform_path)
+    else:
+        torch.save({"failed": "; ".join(record["reasons"])}, Path(transform_path))
+    Path(record_path).write_text(json.dumps(record, indent=2, default=float) + "\n")
+
+
+def load_outcome(transform_path) -> Registration:
+    """Load a saved transform; a failure marker raises RegistrationFailed with its reason."""
+    state = torch.load(Path(transform_path), weights_only=True)
+    if "failed" in state:
+        raise RegistrationFailed(f"{transform_path}: registration failed: {state['failed']}")
+    return Registration.load(transform_path)
