@@ -1,0 +1,148 @@
+"""Sex x BMI group atlases built with deepali, as in Starck et al. 2023.
+
+One group's atlas is built in iterations. Iteration 0's template is the water
+image of one reference participant, normalised with the registration recipe
+(min-max, clip, min-max). In each iteration every atlas member is registered
+to the current template (affine, then SVFFD: :mod:`ageatlas.register`); the
+next template is the mean of the warped member images, warped with the
+negated mean displacement so that it sits at the members' mean shape rather
+than at the reference's (method-notes.md, "Template"). Members whose
+registration failed QC are left out of the means and listed.
+
+The workflow runs one job per member registration and one per template
+update, so a cluster registers a group's members in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+
+from ageatlas.register import Registration, grid_from_nifti, normalise_for_registration
+
+log = logging.getLogger(__name__)
+
+
+def choose_reference(members: pd.DataFrame) -> int:
+    """eid of the member nearest the group's median age and BMI.
+
+    Distances are in units of the group's SD (1 where the SD is 0 or
+    undefined); ties go to the smallest eid, so the choice is reproducible.
+    """
+    if members.empty:
+        raise ValueError("cannot choose an atlas reference from an empty group")
+    z = pd.DataFrame(index=members.index)
+    for column in ("age", "bmi"):
+        values = members[column].astype(float)
+        sd = values.std(ddof=1)
+        z[column] = (values - values.median()) / (sd if np.isfinite(sd) and sd > 0 else 1.0)
+    distance = np.hypot(z["age"], z["bmi"])
+    order = pd.DataFrame({"d": distance.round(9), "eid": members["eid"].astype(int)})
+    return int(order.sort_values(["d", "eid"]).iloc[0]["eid"])
+
+
+def choose_members(group_table: pd.DataFrame, n: int) -> list[int]:
+    """Up to ``n`` participants spread evenly over the group's age range.
+
+    ``n <= 0`` or ``n >= len(group)`` takes everyone. Sorting by (age, eid)
+    and taking evenly spaced ranks keeps the young and the old in the atlas.
+    """
+    ordered = group_table.sort_values(["age", "eid"])["eid"].astype(int).to_numpy()
+    if n <= 0 or n >= len(ordered):
+        return sorted(ordered.tolist())
+    ranks = np.unique(np.round(np.linspace(0, len(ordered) - 1, n)).astype(int))
+    return sorted(ordered[ranks].tolist())
+
+
+def initial_template(reference_water: nib.Nifti1Image, clip: float) -> nib.Nifti1Image:
+    """Iteration-0 template: the reference water image, normalised to [0, 1]."""
+    data = normalise_for_registration(np.asanyarray(reference_water.dataobj), clip)
+    return _template_image(data, reference_water.affine, "ageatlas template iter0")
+
+
+def _template_image(data: np.ndarray, affine: np.ndarray, description: str) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = description[:79].encode()
+    return img
+
+
+def warped_member(registration: Registration, water: nib.Nifti1Image, clip: float) -> nib.Nifti1Image:
+    """A member's normalised water image resampled into template space."""
+    data = normalise_for_registration(np.asanyarray(water.dataobj), clip)
+    return registration.warp(nib.Nifti1Image(data, water.affine), order=1)
+
+
+@dataclass
+class TemplateUpdate:
+    """The next template and what went into it."""
+
+    template: nib.Nifti1Image
+    n_members: int
+    mean_displacement_mm: float  # mean |mean displacement| over the template's voxels
+    excluded: dict[int, str] = field(default_factory=dict)
+
+
+def update_template(
+    template: nib.Nifti1Image,
+    members: dict[int, tuple[Registration, nib.Nifti1Image]],
+    excluded: dict[int, str] | None = None,
+    description: str = "ageatlas template",
+) -> TemplateUpdate:
+    """Mean of the warped members, moved to their mean shape.
+
+    ``members`` maps eid to (registration to ``template``, warped image on
+    the template grid). Streams one member at a time. With displacement d
+    from template to member, the members' mean shape puts the anatomy of
+    template point x at x + mean(d)(x); the new template T'(y) = M(y - d(y))
+    is the first-order inverse of that map.
+    """
+    if not members:
+        raise ValueError("no member registration passed QC; cannot update the template")
+    mean_image = np.zeros(template.shape[:3], dtype=np.float64)
+    mean_disp = None
+    for registration, warped in members.values():
+        _check_on_grid(warped, template)
+        mean_image += np.asarray(warped.get_fdata(), dtype=np.float64)
+        disp = registration.displacement_mm()
+        mean_disp = disp.astype(np.float64) if mean_disp is None else mean_disp + disp
+    mean_image /= len(members)
+    mean_disp /= len(members)
+    unbiased = _shift(mean_image, template, -mean_disp)
+    magnitude = float(np.linalg.norm(mean_disp, axis=-1).mean())
+    log.info("template update: %d members, mean |displacement| %.2f mm", len(members), magnitude)
+    return TemplateUpdate(
+        _template_image(unbiased, template.affine, description),
+        len(members),
+        magnitude,
+        dict(excluded or {}),
+    )
+
+
+def _check_on_grid(image: nib.Nifti1Image, template: nib.Nifti1Image) -> None:
+    if image.shape[:3] != template.shape[:3] or not np.allclose(image.affine, template.affine, atol=1e-3):
+        raise ValueError("a warped member image is not on the template's grid")
+
+
+def _shift(data: np.ndarray, reference: nib.Nifti1Image, shift_mm: np.ndarray) -> np.ndarray:
+    """Sample ``data`` (on ``reference``'s grid) at every voxel's world point + shift.
+
+    ``shift_mm`` is (Z, Y, X, 3) in LPS mm, as from
+    :meth:`Registration.displacement_mm`. Outside the grid reads 0.
+    """
+    grid = grid_from_nifti(reference.affine, reference.shape)
+    cube = grid.coords(align_corners=True)
+    world = grid.cube_to_world(cube) + torch.from_numpy(shift_mm).to(cube.dtype)
+    sample_at = grid.world_to_cube(world).unsqueeze(0)
+    volume = torch.from_numpy(np.ascontiguousarray(data.T, dtype=np.float32))[None, None]
+    out = torch.nn.functional.grid_sample(
+        volume, sample_at.to(volume.dtype), mode="bilinear", padding_mode="zeros", align_corners=True
+    )
+    return out[0, 0].numpy().T
