@@ -8,9 +8,12 @@ import pytest
 from ageatlas.aggregate import (
     AGEING_CLASSES,
     ageing_class,
+    ageing_table,
     mean_map,
     near_perfect,
     population_maps,
+    subset_eids,
+    usable_maps,
 )
 
 SHAPE = (12, 12, 16)
@@ -139,3 +142,73 @@ def test_population_maps_rejects_duplicate_eids(stack):
     members = pd.DataFrame({"eid": ["a", "a"], "age_band": ["lt60"] * 2, "gap": [0.0, 1.0]})
     with pytest.raises(ValueError, match="duplicate"):
         population_maps(members, lambda e: paths[0])
+
+
+# ---- workflow helpers: ageing table, subsets, usable maps ------------------
+
+def _predictions_and_cohort():
+    predictions = pd.DataFrame({
+        "eid": [1, 2, 3, 4, 5, 6, 7],
+        "split": ["test"] * 6 + ["val"],
+        "age": [50.0, 55.0, 65.0, 72.0, 58.0, 61.0, 70.0],
+        "gap": [5.0, -5.0, 0.1, 0.0, 3.0, -0.2, 9.0],
+    })
+    cohort = pd.DataFrame({
+        "eid": ["1", "2", "3", "4", "5", "6", "7"],
+        "sex": ["F"] * 4 + ["M"] * 3,
+        "bmi": [22.0] * 7,
+        "group": ["F_healthy"] * 4 + ["M_healthy"] * 3,
+        "age_band": ["lt60", "lt60", "60to70", "ge70", "lt60", "60to70", "ge70"],
+    })
+    return predictions, cohort
+
+
+def test_ageing_table_classes_within_groups_by_threshold():
+    predictions, cohort = _predictions_and_cohort()
+    table = ageing_table(predictions, cohort, threshold=2.0)
+    assert list(table["eid"]) == ["1", "2", "3", "4", "5", "6"]  # test split only, eids as text
+    classes = dict(zip(table["eid"], table["ageing_class"]))
+    assert classes == {"1": "accelerated", "2": "decelerated", "3": "aligned", "4": "aligned",
+                       "5": "accelerated", "6": "aligned"}
+    assert list(table.loc[table["near_perfect"], "eid"]) == ["3", "4", "6"]
+
+
+def test_ageing_table_rejects_participants_missing_from_cohort():
+    predictions, cohort = _predictions_and_cohort()
+    with pytest.raises(ValueError, match="missing from the cohort"):
+        ageing_table(predictions, cohort[cohort["eid"] != "3"])
+
+
+def test_subset_eids():
+    predictions, cohort = _predictions_and_cohort()
+    table = ageing_table(predictions, cohort, threshold=2.0)
+    assert subset_eids(table, "F_healthy", "all") == ["1", "2", "3", "4"]
+    assert subset_eids(table, "F_healthy", "age_band-lt60") == ["1", "2"]
+    assert subset_eids(table, "M_healthy", "ageing_class-accelerated") == ["5"]
+    assert subset_eids(table, "M_healthy", "ageing_class-decelerated") == []
+    with pytest.raises(ValueError, match="unknown subset"):
+        subset_eids(table, "F_healthy", "age_band-old")
+
+
+def test_usable_maps_leaves_out_failed_registrations(tmp_path):
+    import json
+
+    warped, records = [], []
+    for eid, status in (("1", "ok"), ("2", "failed"), ("3", "ok")):
+        warped.append(str(tmp_path / f"{eid}.nii.gz"))
+        record = tmp_path / f"{eid}.json"
+        record.write_text(json.dumps({"status": status, "reasons": [] if status == "ok" else ["folding"]}))
+        records.append(str(record))
+    used, excluded = usable_maps(["1", "2", "3"], warped, records)
+    assert used == [warped[0], warped[2]] and excluded == {"2": "registration failed: folding"}
+    with pytest.raises(ValueError, match="participant 9"):
+        usable_maps(["9"], warped, records)
+
+
+def test_ageing_table_leaves_a_single_participant_group_unclassified():
+    predictions, cohort = _predictions_and_cohort()
+    predictions = predictions[predictions["eid"] != 6].assign(split="test")
+    predictions = predictions[~predictions["eid"].isin([5])]
+    table = ageing_table(predictions, cohort)  # M_healthy has only eid 7: no SD
+    assert table.loc[table["eid"] == "7", "ageing_class"].isna().all()
+    assert table.loc[table["group"] == "F_healthy", "ageing_class"].notna().all()

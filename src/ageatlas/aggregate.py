@@ -128,3 +128,84 @@ def population_maps(
         eids = members.loc[(classes == cls).to_numpy(), "eid"].tolist()
         out[f"ageing_class/{cls}"] = _subset_map(eids, path_of)
     return out
+
+
+#: Population-map subsets of one group, as used in file names and targets.
+SUBSETS: tuple[str, ...] = (
+    "all",
+    *(f"age_band-{band}" for band in AGE_BANDS),
+    *(f"ageing_class-{cls}" for cls in AGEING_CLASSES),
+)
+
+
+def ageing_table(
+    predictions: pd.DataFrame,
+    cohort: pd.DataFrame,
+    *,
+    threshold: float | None = None,
+    sd_multiple: float = 1.0,
+    near_perfect_limit: float = 0.5,
+) -> pd.DataFrame:
+    """Test participants with group, age band, bias-corrected gap and ageing class.
+
+    Classes are defined within each sex x BMI group (the paper's Figure 5 is
+    one group), by ``threshold`` years or ``sd_multiple`` x the group's SD.
+    """
+    test = predictions.loc[predictions["split"] == "test", ["eid", "age", "gap"]].copy()
+    test["eid"] = test["eid"].astype(str)  # eids name files: text, as in the cohort table
+    cohort = cohort.assign(eid=cohort["eid"].astype(str))
+    missing = set(test["eid"]) - set(cohort["eid"])
+    if missing:
+        raise ValueError(f"predicted participants missing from the cohort table: {sorted(missing)[:5]}")
+    table = test.merge(cohort[["eid", "sex", "bmi", "group", "age_band"]], on="eid", how="left")
+    classes = [_group_classes(part["gap"], threshold, sd_multiple) for _, part in table.groupby("group", sort=True)]
+    table["ageing_class"] = pd.concat(classes).reindex(table.index).astype(object) if classes else []
+    table["near_perfect"] = near_perfect(table["gap"], near_perfect_limit)
+    return table.sort_values(["group", "eid"]).reset_index(drop=True)
+
+
+def _group_classes(gap: pd.Series, threshold, sd_multiple) -> pd.Series:
+    """Classes of one group; none (NaN) when an SD threshold has fewer than 2 gaps to come from."""
+    if threshold is None and gap.notna().sum() < 2:
+        return pd.Series(np.nan, index=gap.index, dtype=pd.CategoricalDtype(AGEING_CLASSES))
+    return ageing_class(gap, threshold, sd_multiple)
+
+
+def subset_eids(table: pd.DataFrame, group: str, subset: str) -> list:
+    """eids of one group's subset (one of :data:`SUBSETS`)."""
+    if subset not in SUBSETS:
+        raise ValueError(f"unknown subset {subset!r}; expected one of {', '.join(SUBSETS)}")
+    rows = table.loc[table["group"] == group]
+    if subset != "all":
+        column, value = subset.split("-", 1)
+        rows = rows.loc[rows[column] == value]
+    return rows["eid"].tolist()
+
+
+def _eid_of(path: str) -> str:
+    name = str(path).rsplit("/", 1)[-1]
+    return name.split(".", 1)[0]
+
+
+def usable_maps(
+    eids, warped_paths, record_paths
+) -> tuple[list[str], dict[str, str]]:
+    """Warped maps of ``eids`` whose registration passed QC, and why the others are out.
+
+    Paths are matched to eids by file name ({eid}.nii.gz, {eid}.json); a
+    participant with no record is an error, not a silent drop.
+    """
+    import json
+
+    warped = {_eid_of(p): str(p) for p in warped_paths}
+    records = {_eid_of(p): str(p) for p in record_paths}
+    used, excluded = [], {}
+    for eid in map(str, eids):
+        if eid not in warped or eid not in records:
+            raise ValueError(f"participant {eid}: no warped map or registration record among the inputs")
+        record = json.loads(open(records[eid]).read())
+        if record["status"] == "ok":
+            used.append(warped[eid])
+        else:
+            excluded[eid] = "registration failed: " + "; ".join(record["reasons"])
+    return used, excluded

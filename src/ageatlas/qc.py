@@ -106,3 +106,30 @@ def read_records_tsv(path) -> list[QCRecord]:
     frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     return [QCRecord(r.eid, r.stage, r.status, [s for s in r.reasons.split("; ") if s])
             for r in frame.itertuples()]
+
+
+REGISTRATION_COLUMNS = (
+    "eid", "group", "status", "reasons", "ncc_before", "ncc_affine", "ncc_deformable",
+    "folding_share", "seconds",
+)
+
+
+def registration_table(record_paths) -> "pd.DataFrame":
+    """One row per registration record (register rule's JSON): status, reasons, similarity, folding."""
+    import pandas as pd
+
+    rows = []
+    for path in record_paths:
+        record = json.loads(Path(path).read_text())
+        rows.append({
+            "eid": record.get("eid", Path(path).name.split(".")[0]),
+            "group": record.get("group", ""),
+            "status": record["status"],
+            "reasons": "; ".join(record["reasons"]),
+            "ncc_before": record.get("before", {}).get("ncc"),
+            "ncc_affine": record.get("affine", {}).get("ncc"),
+            "ncc_deformable": record.get("deformable", {}).get("ncc"),
+            "folding_share": record.get("folding_share"),
+            "seconds": record.get("seconds"),
+        })
+    return pd.DataFrame(rows, columns=list(REGISTRATION_COLUMNS))
