@@ -29,6 +29,4 @@ rule all:
         qc_table=f"{RESULTS}/qc/participants.tsv",
         table1=f"{RESULTS}/age/table1.md",
         figures=f"{RESULTS}/age/figures/predicted_vs_age_by_group.png",
-        gradcam=lambda wc: expand(
-            f"{RESULTS}/gradcam/{{eid}}.nii.gz", eid=cohort_members("test")
-        ),
+        explain=explain_targets,

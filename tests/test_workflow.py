@@ -4,6 +4,7 @@ These are the user's commands: a synthetic demo run, a real-format run with
 a hand-made phenotype table full of defects, and config mistakes.
 """
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,11 @@ def test_whole_pipeline_trains_predicts_and_writes_table1(tmp_path):
         "split": {"sizes": {"train": 0.5, "val": 0.25, "test": 0.25}},
         "preprocess": {"downsample": 2},
         "train": {"epochs": 2, "lr": 0.0001, "batch_size": 2, "accumulate": 1, "num_workers": 0, "gpus": 0},
+        # 3 test participants: atlases from every split so each test group has one
+        "atlas": {"n_members": 2, "iterations": 1, "splits": ["train", "val", "test"]},
+        "registration": {"affine_iterations": 10, "levels": 2, "finest_level": 1, "lncc_kernel": 3,
+                         "max_steps": 10, "gpus": 0},
+        "maps": {"n_perm": 19},
     }
     result = run_snakemake(tmp_path, config, target="all")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -188,3 +194,26 @@ def test_whole_pipeline_trains_predicts_and_writes_table1(tmp_path):
         assert cam.shape == water.shape and np.allclose(cam.affine, water.affine)
         values = cam.get_fdata()
         assert 0.0 <= values.min() and values.max() <= 1.0
+
+    check_explain_outputs(results, cohort)
+
+
+def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
+    """Registration QC, warped maps on their atlas grid, population maps and figures."""
+    test = cohort[cohort["split"] == "test"]
+    registration = pd.read_csv(results / "qc" / "registration.tsv", sep="\t", dtype={"eid": str})
+    assert sorted(registration["eid"]) == sorted(test["eid"].astype(str))
+    assert set(registration["status"]) <= {"ok", "failed"}
+    for group, members in test.groupby("group"):
+        atlas = nib.load(results / "atlas" / f"{group}.nii.gz")
+        ok = registration[(registration["group"] == group) & (registration["status"] == "ok")]
+        for eid in members["eid"].astype(str):
+            warped = nib.load(results / "explain" / group / "warped" / f"{eid}.nii.gz")
+            assert warped.shape == atlas.shape and np.allclose(warped.affine, atlas.affine, atol=1e-3)
+        summary = json.loads((results / "explain" / group / "maps" / "all.json").read_text())
+        assert summary["n"] == len(ok) and sorted(summary["eids"]) == sorted(ok["eid"])
+        for name in ("importance_by_age_band", "importance_by_ageing_class", "accelerated_vs_decelerated"):
+            assert (results / "explain" / group / "figures" / f"{name}.png").stat().st_size > 5000
+    assert (results / "explain" / "figures" / "importance_by_group.png").stat().st_size > 5000
+    truth = pd.read_csv(results / "explain" / "truth_check.tsv", sep="\t")
+    assert sorted(truth["group"]) == sorted(test["group"].unique())

@@ -1,0 +1,208 @@
+"""Grad-CAM and registration seconds and peak memory per participant at the full grid.
+
+Two SYNTHETIC full-size participants (field-20201 zips at scale 1, stitched
+to 224 x 174 x 370 at 2.232 x 2.232 x 3 mm like the workflow does). Each
+part runs in a fresh process so its peak memory is its own:
+
+  gradcam       one Grad-CAM map (ageatlas.gradcam.grad_cam, layer3) of the
+                age model on the full-size input, after one warm-up call
+  registration  participant B to participant A (the atlas stand-in) with the
+                authors' settings (ageatlas.register: affine 200 iterations,
+                SVFFD on 3 levels, LNCC 7, up to 1000 steps a level, stop when
+                the loss stops falling), plus warping one map
+
+On a GPU the registration runs the whole protocol. On a CPU that would take
+hours, so it runs --cpu-affine affine iterations and --cpu-steps steps per
+level, reports seconds per affine iteration and per deformable step on each
+level, and the per-participant time those rates give for the protocol's
+iteration counts at 100 and at 1000 steps a level (the bounds of the
+convergence stop). Peak memory: CUDA max allocated, or the process's peak RSS.
+Goal on an H100: Grad-CAM plus registration <= 30 s per participant.
+
+    .venv/bin/python benchmarks/explain.py            # the GPU if there is one, else the CPU
+    .venv/bin/python benchmarks/explain.py --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GOAL_H100_S = 30.0
+
+
+def main() -> None:
+    args = parse_args()
+    if args.part:
+        print(json.dumps(measure(args)))
+        return
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory(prefix="explain_bench_") as tmp:
+        waters = make_participants(Path(tmp))
+        results = {part: run_part(part, device, waters, args) for part in ("gradcam", "registration")}
+    print_table(device, results, args)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"])
+    parser.add_argument("--cpu-affine", type=int, default=5, help="affine iterations timed on a CPU")
+    parser.add_argument("--cpu-steps", type=int, default=3, help="deformable steps timed per level on a CPU")
+    parser.add_argument("--part", choices=["gradcam", "registration"], help=argparse.SUPPRESS)
+    parser.add_argument("--moving", help=argparse.SUPPRESS)
+    parser.add_argument("--fixed", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def make_participants(tmp: Path) -> list[str]:
+    """Two SYNTHETIC participants stitched to the full default grid; their water paths."""
+    from ageatlas import synth
+    from ageatlas.ingest import ingest_participant, stitched_path
+    from ageatlas.stitch import Grid, StitchOptions
+
+    waters = []
+    for person in synth.make_cohort(2, seed=7):
+        zip_path = tmp / f"{person.eid}.zip"
+        synth.write_participant_zip(zip_path, person, scale=1.0, seed=7)
+        out = tmp / str(person.eid)
+        record = ingest_participant(str(person.eid), zip_path, out, Grid(), StitchOptions(), preview=False)
+        if not record.passed:
+            raise RuntimeError(f"synthetic participant {person.eid} failed ingest: {record.reasons}")
+        waters.append(str(stitched_path(out, str(person.eid), "W")))
+    return waters
+
+
+def run_part(part: str, device: str, waters: list[str], args) -> dict:
+    cmd = [sys.executable, __file__, "--part", part, "--device", device, "--moving", waters[1],
+           "--fixed", waters[0], "--cpu-affine", str(args.cpu_affine), "--cpu-steps", str(args.cpu_steps)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(args) -> dict:
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = measure_gradcam(args, device) if args.part == "gradcam" else measure_registration(args, device)
+    result["peak_mib"] = peak_mib(device)
+    return result
+
+
+def peak_mib(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_gradcam(args, device) -> dict:
+    import nibabel as nib
+
+    from ageatlas.gradcam import grad_cam
+    from ageatlas.model import build_model
+    from ageatlas.preprocess import normalise
+
+    water = np.asarray(nib.load(args.moving).dataobj, dtype=np.float32)
+    volume = torch.from_numpy(normalise(water, "zero"))[None, None].to(device)
+    model = build_model().to(device).eval()
+    grad_cam(model, volume, model.backbone.layer3)  # warm-up: allocator, cuDNN plans
+    _sync(device)
+    start = time.perf_counter()
+    grad_cam(model, volume, model.backbone.layer3)
+    _sync(device)
+    return {"seconds": time.perf_counter() - start, "shape": list(water.shape)}
+
+
+def measure_registration(args, device) -> dict:
+    import nibabel as nib
+
+    from ageatlas import register as reg
+
+    moving, fixed = nib.load(args.moving), nib.load(args.fixed)
+    full = reg.RegistrationSettings()
+    if device.type == "cuda":
+        result = reg.register(moving, fixed, full, device=device)
+        start = time.perf_counter()
+        result.warp(nib.Nifti1Image(np.asarray(moving.dataobj, np.float32), moving.affine))
+        _sync(device)
+        return {"seconds": result.metrics["seconds"], "warp_seconds": time.perf_counter() - start,
+                "steps": result.metrics["deformable_steps"], "ncc": {k: result.metrics[k]["ncc"]
+                                                                     for k in ("before", "affine", "deformable")}}
+    return cpu_rates(moving, fixed, full, args, device)
+
+
+def cpu_rates(moving, fixed, full, args, device) -> dict:
+    """Seconds per affine iteration and per deformable step on each level, from short runs."""
+    from ageatlas import register as reg
+
+    timed = {}
+    for affine_iterations, steps in ((0, 1), (args.cpu_affine, 1 + args.cpu_steps)):
+        settings = reg.RegistrationSettings(affine_iterations=affine_iterations, max_steps=steps, min_delta=0.0,
+                                            patience=10**6)
+        start = time.perf_counter()
+        reg.register(moving, fixed, settings, device=device)
+        timed[affine_iterations] = time.perf_counter() - start
+    # The difference of the two runs is cpu_affine affine iterations + cpu_steps steps on every level.
+    per_affine = _per_affine(moving, fixed, args, device)
+    per_step_all_levels = (timed[args.cpu_affine] - timed[0] - per_affine * args.cpu_affine) / args.cpu_steps
+    protocol = {steps: full.affine_iterations * per_affine + steps * per_step_all_levels for steps in (100, 1000)}
+    return {"seconds_per_affine_iteration": per_affine, "seconds_per_step_all_levels": per_step_all_levels,
+            "protocol_seconds_100_steps": protocol[100], "protocol_seconds_1000_steps": protocol[1000]}
+
+
+def _per_affine(moving, fixed, args, device) -> float:
+    from ageatlas import register as reg
+
+    times = []
+    for iterations in (1, 1 + args.cpu_affine):
+        settings = reg.RegistrationSettings(affine_iterations=iterations)
+        moving_img = reg._to_image(moving, settings.clip, device)
+        fixed_img = reg._to_image(fixed, settings.clip, device)
+        start = time.perf_counter()
+        reg._fit_affine(moving_img, fixed_img, settings)
+        times.append(time.perf_counter() - start)
+    return (times[1] - times[0]) / args.cpu_affine
+
+
+def print_table(device: str, results: dict, args) -> None:
+    name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "CPU"
+    threads = torch.get_num_threads()
+    print(f"SYNTHETIC full-size participants, grid {results['gradcam']['shape']}, device {name} "
+          f"({threads} CPU threads)")
+    gradcam = results["gradcam"]
+    print(f"{'Grad-CAM (layer3), one participant':<52} {gradcam['seconds']:>9.2f} s {gradcam['peak_mib']:>8.0f} MiB")
+    registration = results["registration"]
+    if device == "cuda":
+        total = gradcam["seconds"] + registration["seconds"] + registration["warp_seconds"]
+        print(f"{'registration, authors protocol':<52} {registration['seconds']:>9.2f} s "
+              f"{registration['peak_mib']:>8.0f} MiB   steps {registration['steps']}")
+        print(f"{'warping one map':<52} {registration['warp_seconds']:>9.2f} s")
+        print(f"{'Grad-CAM + registration + warp per participant':<52} {total:>9.2f} s "
+              f"(goal on an H100: <= {GOAL_H100_S:.0f} s)")
+        return
+    print(f"{'registration: per affine iteration':<52} {registration['seconds_per_affine_iteration']:>9.2f} s "
+          f"{registration['peak_mib']:>8.0f} MiB")
+    print(f"{'registration: per deformable step on all 3 levels':<52} "
+          f"{registration['seconds_per_step_all_levels']:>9.2f} s")
+    print(f"{'registration, protocol at 100 steps a level':<52} "
+          f"{registration['protocol_seconds_100_steps'] / 60:>9.1f} min")
+    print(f"{'registration, protocol at 1000 steps a level':<52} "
+          f"{registration['protocol_seconds_1000_steps'] / 3600:>9.1f} h")
+
+
+if __name__ == "__main__":
+    main()

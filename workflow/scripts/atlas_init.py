@@ -1,0 +1,15 @@
+"""Iteration-0 template of one group's atlas: its reference participant's water image."""
+
+import logging
+
+import nibabel as nib
+
+from ageatlas import logs
+from ageatlas.atlas import initial_template
+from ageatlas.ingest import stitched_path
+
+logs.to_file(snakemake.log[0])
+stitched = snakemake.input.stitched
+water = stitched_path(stitched, stitched.rstrip("/").split("/")[-1], "W")
+nib.save(initial_template(nib.load(water), snakemake.params.clip), snakemake.output[0])
+logging.info("group %s: reference %s", snakemake.wildcards.group, water)

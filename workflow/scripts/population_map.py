@@ -1,0 +1,31 @@
+"""Mean and SD of one group's warped Grad-CAM maps over one subset (all, an age band, an ageing class)."""
+
+import json
+import logging
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from ageatlas import logs
+from ageatlas.aggregate import mean_map, subset_eids, usable_maps
+
+logs.to_file(snakemake.log[0])
+group, subset = snakemake.wildcards.group, snakemake.wildcards.subset
+classes = pd.read_csv(snakemake.input.classes, sep="\t", dtype={"eid": str})
+eids = subset_eids(classes, group, subset)
+paths, excluded = usable_maps(eids, snakemake.input.warped, snakemake.input.records)
+if paths:
+    mean, sd, n = mean_map(paths)
+else:
+    # An empty subset still gets its files (targets must exist): NaN, n=0 in the record.
+    reference = nib.load(snakemake.input.warped[0])
+    mean = sd = nib.Nifti1Image(np.full(reference.shape[:3], np.nan, np.float32), reference.affine)
+    n = 0
+nib.save(mean, snakemake.output.mean)
+nib.save(sd, snakemake.output.sd)
+record = {"group": group, "subset": subset, "n": n, "eids": [p.rsplit("/", 1)[-1].split(".")[0] for p in paths],
+          "excluded": excluded}
+with open(snakemake.output.members, "w") as out:
+    json.dump(record, out, indent=2)
+logging.info("%s %s: n=%d, %d excluded", group, subset, n, len(excluded))

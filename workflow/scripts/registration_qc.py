@@ -1,0 +1,7 @@
+"""One table of every test participant's registration QC (qc/registration.tsv)."""
+
+from ageatlas import logs
+from ageatlas.qc import registration_table
+
+logs.to_file(snakemake.log[0])
+registration_table(snakemake.input).to_csv(snakemake.output[0], sep="\t", index=False)

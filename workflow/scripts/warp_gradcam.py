@@ -1,0 +1,22 @@
+"""Warp one participant's Grad-CAM map into its group atlas with its registration."""
+
+import logging
+
+import nibabel as nib
+import numpy as np
+
+from ageatlas import logs
+from ageatlas.register import RegistrationFailed, load_outcome
+
+logs.to_file(snakemake.log[0])
+try:
+    warped = load_outcome(snakemake.input.transform).warp(nib.load(snakemake.input.gradcam), order=1)
+    logging.info("warped %s", snakemake.input.gradcam)
+except RegistrationFailed as failed:
+    # The population rules leave this participant out (registration record);
+    # NaN makes any accidental average visibly wrong instead of quietly biased.
+    atlas = nib.load(snakemake.input.atlas)
+    warped = nib.Nifti1Image(np.full(atlas.shape[:3], np.nan, np.float32), atlas.affine)
+    warped.header["descrip"] = b"registration failed: not a map"
+    logging.warning("%s", failed)
+nib.save(warped, snakemake.output[0])
