@@ -31,6 +31,21 @@ def where(configfile: str) -> str:
         lines.append(f"  model         {results / 'model' / 'checkpoint.pt'}  (metrics.tsv beside it)")
     if (results / "gradcam").is_dir():
         lines.append(f"  Grad-CAM      {results / 'gradcam'}/{{eid}}.nii.gz  (test participants, stitched space)")
+    explain = results / "explain"
+    if (results / "atlas").is_dir():
+        lines.append(f"  atlases       {results / 'atlas'}/{{group}}.nii.gz  (one per sex x BMI group)")
+    if (explain / "figures").is_dir():
+        lines.append(f"  importance    {explain / 'figures'}/importance_by_group.png, examples_*.png")
+        lines.append(f"  per group     {explain}/{{group}}/maps/ (mean, SD per subset), stats/, figures/")
+    registration_qc = results / "qc" / "registration.tsv"
+    if registration_qc.exists():
+        import pandas as pd
+
+        table = pd.read_csv(registration_qc, sep="\t", dtype=str, keep_default_na=False)
+        counts = ", ".join(f"{n} {s}" for s, n in table["status"].value_counts().items())
+        lines.append(f"  registration  {registration_qc}  ({counts})")
+    if (explain / "truth_check.tsv").exists():
+        lines.append(f"  truth check   {explain / 'truth_check.tsv'}  (SYNTHETIC: Dice, enrichment in age regions)")
     synthetic = results / "synthetic"
     if synthetic.is_dir():
         lines.append(f"  SYNTHETIC cohort (zips, phenotypes, truth)  {synthetic}/")
