@@ -212,3 +212,14 @@ def test_ageing_table_leaves_a_single_participant_group_unclassified():
     table = ageing_table(predictions, cohort)  # M_healthy has only eid 7: no SD
     assert table.loc[table["eid"] == "7", "ageing_class"].isna().all()
     assert table.loc[table["group"] == "F_healthy", "ageing_class"].notna().all()
+
+
+def test_eid_of_path_and_nan_map():
+    from ageatlas.aggregate import eid_of_path, nan_map
+
+    assert eid_of_path("/a/b/1000123.nii.gz") == "1000123" and eid_of_path("x/42.json") == "42"
+    reference = nib.Nifti1Image(np.zeros(SHAPE, np.float32), AFFINE)
+    placeholder = nan_map(reference, "registration failed")
+    assert placeholder.shape == SHAPE and np.allclose(placeholder.affine, AFFINE)
+    assert np.isnan(placeholder.get_fdata()).all()
+    assert placeholder.header["descrip"].tobytes().startswith(b"registration failed")

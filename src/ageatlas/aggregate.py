@@ -182,9 +182,17 @@ def subset_eids(table: pd.DataFrame, group: str, subset: str) -> list:
     return rows["eid"].tolist()
 
 
-def _eid_of(path: str) -> str:
-    name = str(path).rsplit("/", 1)[-1]
-    return name.split(".", 1)[0]
+def eid_of_path(path) -> str:
+    """The eid a per-participant file is named after ({eid}.nii.gz, {eid}.json, ...)."""
+    return str(path).rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def nan_map(reference: nib.Nifti1Image, description: str = "") -> nib.Nifti1Image:
+    """An all-NaN map on ``reference``'s grid: stands in for a map that cannot exist.
+
+    NaN makes an accidental average visibly wrong instead of quietly biased.
+    """
+    return _image(np.full(reference.shape[:3], np.nan), reference.affine, description)
 
 
 def usable_maps(
@@ -197,8 +205,8 @@ def usable_maps(
     """
     import json
 
-    warped = {_eid_of(p): str(p) for p in warped_paths}
-    records = {_eid_of(p): str(p) for p in record_paths}
+    warped = {eid_of_path(p): str(p) for p in warped_paths}
+    records = {eid_of_path(p): str(p) for p in record_paths}
     used, excluded = [], {}
     for eid in map(str, eids):
         if eid not in warped or eid not in records:

@@ -118,11 +118,13 @@ def registration_table(record_paths) -> "pd.DataFrame":
     """One row per registration record (register rule's JSON): status, reasons, similarity, folding."""
     import pandas as pd
 
+    from ageatlas.aggregate import eid_of_path
+
     rows = []
     for path in record_paths:
         record = json.loads(Path(path).read_text())
         rows.append({
-            "eid": record.get("eid", Path(path).name.split(".")[0]),
+            "eid": record.get("eid", eid_of_path(path)),
             "group": record.get("group", ""),
             "status": record["status"],
             "reasons": "; ".join(record["reasons"]),

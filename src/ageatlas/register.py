@@ -282,7 +282,11 @@ class Registration:
 
     @classmethod
     def load(cls, path) -> "Registration":
-        state = torch.load(Path(path), weights_only=True)
+        return cls.from_state(torch.load(Path(path), weights_only=True))
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Registration":
+        """A registration from the dict :meth:`save` writes."""
         fixed_grid = Grid.from_numpy(state["fixed_grid"].numpy(), align_corners=True)
         moving_grid = Grid.from_numpy(state["moving_grid"].numpy(), align_corners=True)
         settings = RegistrationSettings(
@@ -407,14 +411,6 @@ def qc_reasons(metrics: dict, max_folding_share: float) -> list[str]:
     return reasons
 
 
-def pick_device(log) -> torch.device:
-    """CUDA when present, else the CPU, said in the job's log."""
-    if torch.cuda.is_available():
-        log.info("registering on %s", torch.cuda.get_device_name(0))
-        return torch.device("cuda")
-    log.info("no GPU: registering on the CPU")
-    return torch.device("cpu")
-
 
 class RegistrationFailed(RuntimeError):
     """A registration that failed or did not pass QC; its record says why."""
@@ -456,4 +452,4 @@ def load_outcome(transform_path) -> Registration:
     state = torch.load(Path(transform_path), weights_only=True)
     if "failed" in state:
         raise RegistrationFailed(f"{transform_path}: registration failed: {state['failed']}")
-    return Registration.load(transform_path)
+    return Registration.from_state(state)

@@ -6,6 +6,7 @@ import logging
 import nibabel as nib
 
 from ageatlas import logs
+from ageatlas.aggregate import eid_of_path
 from ageatlas.atlas import update_template
 from ageatlas.register import load_outcome
 
@@ -14,7 +15,7 @@ members, excluded = {}, {}
 for transform, record_path, warped in zip(
     snakemake.input.transforms, snakemake.input.records, snakemake.input.warped
 ):
-    eid = int(record_path.rsplit("/", 1)[-1].removesuffix(".json"))
+    eid = int(eid_of_path(record_path))
     record = json.loads(open(record_path).read())
     if record["status"] != "ok":
         excluded[eid] = "; ".join(record["reasons"])

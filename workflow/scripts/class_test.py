@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ageatlas import logs
-from ageatlas.aggregate import subset_eids, usable_maps
+from ageatlas.aggregate import nan_map, subset_eids, usable_maps
 from ageatlas.stats import MIN_PER_CLASS, compare_classes
 
 logs.to_file(snakemake.log[0])
@@ -29,8 +29,7 @@ if min(map(len, sets.values())) >= MIN_PER_CLASS:
 else:
     # Too few to test: say so; the maps are NaN (t, logp) and empty (significant).
     reference = nib.load(snakemake.input.warped[0])
-    nan = np.full(reference.shape[:3], np.nan, np.float32)
-    images = {"t": nib.Nifti1Image(nan, reference.affine), "logp": nib.Nifti1Image(nan, reference.affine),
+    images = {"t": nan_map(reference, "not tested"), "logp": nan_map(reference, "not tested"),
               "significant": nib.Nifti1Image(np.zeros(reference.shape[:3], np.uint8), reference.affine)}
     summary.update(tested=False, reason=f"fewer than {MIN_PER_CLASS} participants in a class")
 for key, image in images.items():

@@ -4,7 +4,7 @@ import nibabel as nib
 import pandas as pd
 
 from ageatlas import logs
-from ageatlas.aggregate import usable_maps
+from ageatlas.aggregate import eid_of_path, usable_maps
 from ageatlas.map_figures import examples_panels
 
 logs.to_file(snakemake.log[0])
@@ -12,7 +12,7 @@ group, k = snakemake.params.group, snakemake.params.per_class
 table = pd.read_csv(snakemake.input.classes, sep="\t", dtype={"eid": str})
 table = table[table["group"] == group]
 used, _ = usable_maps(table["eid"], snakemake.input.warped, snakemake.input.records)
-path_of = {p.rsplit("/", 1)[-1].split(".")[0]: p for p in used}
+path_of = {eid_of_path(p): p for p in used}
 table = table[table["eid"].isin(path_of)]
 picks = {
     "near-perfect": table[table["near_perfect"]].assign(key=lambda t: t["gap"].abs()).nsmallest(k, "key"),

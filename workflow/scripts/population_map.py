@@ -4,11 +4,10 @@ import json
 import logging
 
 import nibabel as nib
-import numpy as np
 import pandas as pd
 
 from ageatlas import logs
-from ageatlas.aggregate import mean_map, subset_eids, usable_maps
+from ageatlas.aggregate import eid_of_path, mean_map, nan_map, subset_eids, usable_maps
 
 logs.to_file(snakemake.log[0])
 group, subset = snakemake.wildcards.group, snakemake.wildcards.subset
@@ -19,12 +18,11 @@ if paths:
     mean, sd, n = mean_map(paths)
 else:
     # An empty subset still gets its files (targets must exist): NaN, n=0 in the record.
-    reference = nib.load(snakemake.input.warped[0])
-    mean = sd = nib.Nifti1Image(np.full(reference.shape[:3], np.nan, np.float32), reference.affine)
+    mean = sd = nan_map(nib.load(snakemake.input.warped[0]), f"ageatlas {subset} n=0")
     n = 0
 nib.save(mean, snakemake.output.mean)
 nib.save(sd, snakemake.output.sd)
-record = {"group": group, "subset": subset, "n": n, "eids": [p.rsplit("/", 1)[-1].split(".")[0] for p in paths],
+record = {"group": group, "subset": subset, "n": n, "eids": [eid_of_path(p) for p in paths],
           "excluded": excluded}
 with open(snakemake.output.members, "w") as out:
     json.dump(record, out, indent=2)

@@ -8,6 +8,7 @@ from ageatlas import logs
 from ageatlas import register as reg
 from ageatlas.cohort import read_participant_tsv
 from ageatlas.ingest import stitched_path
+from ageatlas.train import pick_device
 
 logs.to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -20,7 +21,7 @@ section = snakemake.params.registration
 registration, record = reg.register_files(
     stitched_path(snakemake.input.stitched, eid, "W"), snakemake.input.atlas,
     reg.settings_from_config(section), max_folding_share=section["max_folding_share"],
-    fixed_normalised=snakemake.params.built_atlas, device=reg.pick_device(log),
+    fixed_normalised=snakemake.params.built_atlas, device=pick_device(None, "registration"),
 )
 reg.save_outcome(registration, {"eid": eid, "group": group, **record},
                  snakemake.output.transform, snakemake.output.record)

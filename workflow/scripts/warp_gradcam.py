@@ -3,9 +3,9 @@
 import logging
 
 import nibabel as nib
-import numpy as np
 
 from ageatlas import logs
+from ageatlas.aggregate import nan_map
 from ageatlas.register import RegistrationFailed, load_outcome
 
 logs.to_file(snakemake.log[0])
@@ -15,8 +15,6 @@ try:
 except RegistrationFailed as failed:
     # The population rules leave this participant out (registration record);
     # NaN makes any accidental average visibly wrong instead of quietly biased.
-    atlas = nib.load(snakemake.input.atlas)
-    warped = nib.Nifti1Image(np.full(atlas.shape[:3], np.nan, np.float32), atlas.affine)
-    warped.header["descrip"] = b"registration failed: not a map"
+    warped = nan_map(nib.load(snakemake.input.atlas), "registration failed: not a map")
     logging.warning("%s", failed)
 nib.save(warped, snakemake.output[0])
