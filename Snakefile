@@ -15,11 +15,15 @@ if not config:
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/model.smk"
+include: "workflow/rules/baseline.smk"
 include: "workflow/rules/explain.smk"
 
 
@@ -29,4 +33,5 @@ rule all:
         qc_table=f"{RESULTS}/qc/participants.tsv",
         table1=f"{RESULTS}/age/table1.md",
         figures=f"{RESULTS}/age/figures/predicted_vs_age_by_group.png",
+        baseline_figure=f"{BASELINE}/figures/gradcam_projections.png",
         explain=explain_targets,

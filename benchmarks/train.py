@@ -1,26 +1,34 @@
-"""Training and inference seconds per sample, and peak memory, of the age model at full size.
+"""Training and inference seconds per sample, and peak memory, of the 3D age model and the 2.5D baseline.
 
-One random volume at the full grid (224 x 174 x 370 by default; the
-authors' stitched grid was 224 x 168 x 363), through the model the workflow
-trains (ageatlas.model): float32 on the CPU; bfloat16 autocast and
-channels_last_3d on a GPU (the training defaults). Reading the cache is
-timed apart from the model (the loading row).
+Random inputs at full size through the models the workflow trains, built
+from their training configs (ageatlas.train.TrainConfig: the 3D ResNet-18 on
+one 224 x 174 x 370 volume, the authors' stitched grid was 224 x 168 x 363;
+ageatlas.baseline.BaselineConfig: Langner's VGG16-bn on a 2 x 256 x 256
+projection): float32 on the CPU; bfloat16 autocast and channels_last(_3d) on
+a GPU (the training defaults). Reading an input file is timed apart from the
+model (the loading column).
 
-  training s/sample  = (forward + L1 + backward) per sample + one Adam step per
-                       batch size x --accumulate samples
+  training s/sample  = (augmentation + forward + loss + backward) per sample + one
+                       Adam step per batch size x accumulate samples
+                       (3D: batch 1 x 32 accumulated; 2.5D: batch 32 with
+                       translations up to 16 pixels, one step per batch)
   inference s/sample = forward in eval mode under torch.inference_mode, / batch size
+  min/epoch          = training s/sample x the paper's training set of that model
+                       (3D 1,536, 2.5D 18,384), validation not included
   peak memory        = CUDA: max allocated by torch; CPU: the process's peak RSS
-  loading s/sample   = one training-cache read (float16 .npy, memory-mapped,
-                       warm page cache) to a float32 tensor, on one core: how
-                       many DataLoader workers a GPU needs to be kept busy
+  loading s/sample   = one input read (float16 .npy, memory-mapped, warm page
+                       cache) to a float32 tensor, on one core: how many
+                       DataLoader workers a GPU needs to be kept busy
 
-Each device is measured in a fresh process, so the CPU's peak RSS is its own.
-The paper (NVIDIA A40): 2.0 s per training sample (51.33 min per epoch of
-1,536) and 0.286 s per inference sample; our goal on an H100: <= 0.1 s and
-<= 0.02 s.
+Each device and model is measured in a fresh process, so the CPU's peak RSS
+is its own. The paper (NVIDIA A40): 3D 51.33 min per epoch of 1,536 (2.0 s
+per training sample) and 0.286 s per inference sample; 2.5D 1.88 min per
+epoch of 18,384 (0.0061 s) and 0.024 s. Our goal for the 3D model on an
+H100: <= 0.1 s and <= 0.02 s.
 
-    .venv/bin/python benchmarks/train.py                 # the GPU if there is one, else the CPU
-    .venv/bin/python benchmarks/train.py --device all    # both
+    .venv/bin/python benchmarks/train.py                 # both models, the GPU if there is one, else the CPU
+    .venv/bin/python benchmarks/train.py --device all    # both devices
+    .venv/bin/python benchmarks/train.py --model 2.5d    # one model
 """
 
 from __future__ import annotations
@@ -39,11 +47,16 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from ageatlas.model import build_model
-from ageatlas.train import CacheDataset
+from ageatlas.baseline import BaselineConfig
+from ageatlas.train import TrainConfig
 
-PAPER = {"training": 2.0, "inference": 0.286}
-GOAL_H100 = {"training": 0.1, "inference": 0.02}
+# Per model: its training config, the paper's training set and its A40 seconds per sample.
+MODELS = {
+    "3d": {"config": TrainConfig, "paper_samples": 1536, "paper": {"training": 51.33 * 60 / 1536, "inference": 0.286}},
+    "2.5d": {"config": BaselineConfig, "paper_samples": 18384,
+             "paper": {"training": 1.88 * 60 / 18384, "inference": 0.024}},
+}
+GOAL_H100 = {"training": 0.1, "inference": 0.02}  # the 3D model
 
 
 def main() -> None:
@@ -52,33 +65,36 @@ def main() -> None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     else:
         devices = [args.device or ("cuda" if torch.cuda.is_available() else "cpu")]
+    models = list(MODELS) if args.model == "all" else [args.model]
     if args.json:
-        print(json.dumps(measure(args, devices[0])))
+        print(json.dumps(measure(args, devices[0], models[0])))
         return
-    for device in devices:
-        print_table(in_fresh_process(device))
+    print_table([in_fresh_process(device, model) for device in devices for model in models])
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--model", choices=[*MODELS, "all"], default="all", help="3d, 2.5d or all (default)")
     parser.add_argument("--grid", type=int, nargs=3, default=[224, 174, 370], metavar=("X", "Y", "Z"))
+    parser.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
+                        help="2.5D projection size (Langner: 256 x 256)")
     parser.add_argument(
         "--steps", type=int, help="timed steps per phase (default: 10 on a GPU, 1 on the CPU)"
     )
     parser.add_argument("--warmup", type=int, help="untimed steps first (default: 3 on a GPU, 0 on the CPU)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or all (default: cuda if there is one, else cpu)")
-    parser.add_argument("--batch-size", type=int, default=1, help="samples per step (the authors: 1)")
-    parser.add_argument("--accumulate", type=int, default=32, help="batches per Adam step (the authors: 32)")
+    parser.add_argument("--batch-size", type=int, help="samples per step (default: the model's config, 3D 1, 2.5D 32)")
+    parser.add_argument("--accumulate", type=int, help="batches per Adam step (default: the model's config, 3D 32, 2.5D 1)")
     parser.add_argument("--no-bf16", action="store_true", help="float32 on the GPU too")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one device, for the parent
     return parser.parse_args()
 
 
-def in_fresh_process(device: str) -> dict:
-    cmd = [sys.executable, __file__, "--json", "--device", device] + forwarded_options()
+def in_fresh_process(device: str, model: str) -> dict:
+    cmd = [sys.executable, __file__, "--json", "--device", device, "--model", model] + forwarded_options()
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"benchmark on {device} failed:\n{out.stderr[-3000:]}")
@@ -90,68 +106,74 @@ def forwarded_options() -> list[str]:
     for arg in sys.argv[1:]:
         if skip:
             skip = False
-        elif arg == "--device":
+        elif arg in ("--device", "--model"):
             skip = True
-        elif not arg.startswith("--device="):
+        elif not arg.startswith(("--device=", "--model=")):
             options.append(arg)
     return options
 
 
-def measure(args: argparse.Namespace, device_name: str) -> dict:
+def measure(args: argparse.Namespace, device_name: str, model_name: str) -> dict:
     device = torch.device(device_name)
     cuda = device.type == "cuda"
     steps = args.steps or (10 if cuda else 1)
     warmup = args.warmup if args.warmup is not None else (3 if cuda else 0)
-    bf16 = cuda and not args.no_bf16
-    memory_format = torch.channels_last_3d if cuda and not args.no_channels_last else torch.contiguous_format
+    config = MODELS[model_name]["config"](bf16=cuda and not args.no_bf16, channels_last=not args.no_channels_last)
+    batch_size = args.batch_size or config.batch_size
+    accumulate = args.accumulate or config.accumulate
+    memory_format = config.memory_format(device)
     if cuda:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    model = build_model().to(device, memory_format=memory_format)
-    x = torch.randn(args.batch_size, 1, *args.grid, device=device).contiguous(memory_format=memory_format)
-    age = torch.full((args.batch_size,), 63.0, device=device)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else nullcontext
+    model = config.build_model().to(device, memory_format=memory_format)
+    shape = (1, *args.grid) if model_name == "3d" else (2, *args.size)
+    x = torch.randn(batch_size, *shape, device=device).contiguous(memory_format=memory_format)
+    age = torch.full((batch_size,), 63.0, device=device)
+    generator = torch.Generator().manual_seed(0)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if config.bf16 else nullcontext
 
     def infer():
         with torch.inference_mode(), autocast():
             model(x)
 
     def forward_backward():
+        batch = config.augment(x, generator).contiguous(memory_format=memory_format)
         with autocast():
-            loss = (model(x).float() - age).abs().mean()
+            loss = config.sample_loss(model(batch).float() - age).mean()
         loss.backward()
 
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=cuda)
     model.eval()
     reset_peak_memory(device)
-    inference = timed(infer, steps, warmup, device) / args.batch_size
+    inference = timed(infer, steps, warmup, device) / batch_size
     inference_memory = peak_memory(device)
     model.train()
     reset_peak_memory(device)
-    training = timed(forward_backward, steps, warmup, device) / args.batch_size
+    training = timed(forward_backward, steps, warmup, device) / batch_size
     adam = timed(optimizer.step, steps, warmup, device)
     training_memory = peak_memory(device)
     return {
+        "model": model_name,
         "device": describe(device),
-        "grid": args.grid,
-        "batch_size": args.batch_size,
+        "input": "x".join(map(str, shape)),
+        "batch": f"{batch_size} x {accumulate}" if accumulate > 1 else str(batch_size),
         "steps": steps,
-        "precision": ("bf16 autocast" if bf16 else "float32")
-        + (", channels_last_3d" if memory_format == torch.channels_last_3d else ""),
-        "training": training + adam / (args.accumulate * args.batch_size),
+        "precision": ("bf16 autocast" if config.bf16 else "float32")
+        + (", channels_last" if memory_format != torch.contiguous_format else ""),
+        "training": training + adam / (accumulate * batch_size),
         "inference": inference,
         "training_memory": training_memory,
         "inference_memory": inference_memory,
-        "loading": loading_seconds(args.grid),
+        "loading": loading_seconds(config, shape if model_name != "3d" else args.grid),
     }
 
 
-def loading_seconds(grid: list[int], repeats: int = 3) -> float:
-    """Seconds to read one float16 cache into a float32 tensor, as the training Dataset does."""
+def loading_seconds(config: TrainConfig, shape, repeats: int = 3) -> float:
+    """Seconds to read one float16 input file into a float32 tensor, as the training Dataset does."""
     with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "cache.npy")
-        np.save(path, np.random.default_rng(0).standard_normal(grid, dtype=np.float32).astype(np.float16))
-        dataset = CacheDataset([(path, 63.0)])
+        path = os.path.join(folder, "input.npy")
+        np.save(path, np.random.default_rng(0).standard_normal(shape, dtype=np.float32).astype(np.float16))
+        dataset = config.dataset([(path, 63.0)])
         dataset[0]  # into the page cache
         started = time.perf_counter()
         for _ in range(repeats):
@@ -200,19 +222,26 @@ def describe(device: torch.device) -> str:
     return f"{name}, {torch.get_num_threads()} threads"
 
 
-def print_table(r: dict) -> None:
-    print(
-        f"\n{r['device']} | grid {'x'.join(map(str, r['grid']))} | batch {r['batch_size']} | "
-        f"{r['precision']} | {r['steps']} timed step(s)"
-    )
-    print(f"{'phase':<10} {'s/sample':>9} {'peak GiB':>9} {'paper A40':>10} {'goal H100':>10}")
-    for phase in ("training", "inference"):
+def print_table(rows: list[dict]) -> None:
+    """One row per device and model: seconds per sample beside the paper's (NVIDIA A40)."""
+    print(f"\n{'model':<5} {'device':<34} {'input':<12} {'batch':<7} {'train s':>9} {'min/epoch':>9} "
+          f"{'infer s':>9} {'peak GiB':>15} {'loading s':>9} | {'paper train s':>13} {'min/epoch':>9} {'infer s':>7}")
+    for r in rows:
+        spec = MODELS[r["model"]]
+        paper = spec["paper"]
         print(
-            f"{phase:<10} {r[phase]:>9.3f} {r[phase + '_memory']:>9.2f} {PAPER[phase]:>10.3f} "
-            f"{GOAL_H100[phase]:>10.3f}"
+            f"{r['model']:<5} {r['device'][:34]:<34} {r['input']:<12} {r['batch']:<7} {r['training']:>9.4f} "
+            f"{r['training'] * spec['paper_samples'] / 60:>9.2f} {r['inference']:>9.4f} "
+            f"{r['training_memory']:>6.2f} / {r['inference_memory']:<6.2f} {r['loading']:>9.4f} | "
+            f"{paper['training']:>13.4f} {paper['training'] * spec['paper_samples'] / 60:>9.2f} "
+            f"{paper['inference']:>7.3f}"
         )
-    print(f"{'loading':<10} {r['loading']:>9.4f}  (one cache read to float32, one core, warm page cache)")
-    if "threads" in r["device"]:
+    print("min/epoch: training s/sample x the paper's training set (3D 1,536; 2.5D 18,384); "
+          "peak GiB: training / inference")
+    print(f"precision: {'; '.join(sorted({r['device'][:20] + ': ' + r['precision'] for r in rows}))}; "
+          f"timed steps: {rows[0]['steps']}. Goal for the 3D model on an H100: "
+          f"{GOAL_H100['training']} s and {GOAL_H100['inference']} s.")
+    if any("threads" in r["device"] for r in rows):
         print("CPU peak memory is the process's peak RSS, so training's includes inference's.")
 
 

@@ -9,6 +9,7 @@ the order given, so further methods (the 2.5D model) are just more records.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,21 @@ def read_epoch_seconds(metrics_tsv: str | Path) -> list[float]:
     if "seconds" not in metrics.columns:
         raise ValueError(f"{metrics_tsv} has no 'seconds' column; has {list(metrics.columns)}")
     return [float(s) for s in metrics["seconds"].dropna()]
+
+
+def model_columns(name: str, predictions: pd.DataFrame, metrics_tsv: str | Path, timing_json: str | Path,
+                  training_samples: int) -> list[MethodResult]:
+    """A model's two columns, as predicted and "(bias-corrected)", with the costs from its rules' records.
+
+    `predictions` has eid, predicted and corrected (the bias rule's table);
+    `metrics_tsv` is the training metrics, `timing_json` the prediction
+    rule's timing (``seconds_per_sample``).
+    """
+    timing = json.loads(Path(timing_json).read_text())
+    costs = dict(training_samples=int(training_samples), epoch_seconds=read_epoch_seconds(metrics_tsv),
+                 inference_seconds_per_sample=timing["seconds_per_sample"])
+    return [MethodResult(name, predictions, column="predicted", **costs),
+            MethodResult(f"{name} (bias-corrected)", predictions, column="corrected", **costs)]
 
 
 def _test_rows(cohort: pd.DataFrame) -> pd.DataFrame:

@@ -12,6 +12,7 @@ local file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -53,14 +54,33 @@ def build_model(pretrained: str | Path | None = None, hidden: int = 256) -> AgeR
 
 def load_backbone(backbone: nn.Module, path: str | Path) -> None:
     """Load an r3d_18 state_dict into `backbone`, all keys but fc; any other mismatch is an error."""
+    load_weights(backbone, path, "torchvision r3d_18", keep=lambda key: not key.startswith("fc."))
+
+
+def load_weights(
+    module: nn.Module,
+    path: str | Path,
+    name: str,
+    *,
+    keep: Callable[[str], bool],
+    adapt: Callable[[dict], dict] | None = None,
+) -> None:
+    """Load the keys of a local state_dict for which `keep` holds into `module` (`name` in messages).
+
+    `adapt` may rewrite the kept weights first (e.g. an RGB first convolution
+    for a two-channel input). A missing (batch counters aside), unexpected or
+    misshapen kept key is an error that names the file and the key.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights {path}: no such file (nothing is downloaded)")
     loaded = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(loaded, dict):
         raise ValueError(f"pretrained weights {path}: expected a state_dict, found {type(loaded).__name__}")
-    loaded = {k: v for k, v in loaded.items() if not k.startswith("fc.")}
-    expected = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
+    loaded = {k: v for k, v in loaded.items() if keep(k)}
+    if adapt is not None:
+        loaded = adapt(loaded)
+    expected = {k: v for k, v in module.state_dict().items() if keep(k)}
     missing = sorted(k for k in expected.keys() - loaded.keys() if not k.endswith(_OPTIONAL_KEYS))
     unexpected = sorted(loaded.keys() - expected.keys())
     shapes = sorted(
@@ -74,14 +94,22 @@ def load_backbone(backbone: nn.Module, path: str | Path) -> None:
         if keys
     ]
     if problems:
-        raise ValueError(f"pretrained weights {path} do not fit torchvision r3d_18: " + "; ".join(problems))
-    backbone.load_state_dict(loaded, strict=False)
+        raise ValueError(f"pretrained weights {path} do not fit {name}: " + "; ".join(problems))
+    module.load_state_dict(loaded, strict=False)
 
 
-def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[AgeRegressor, dict]:
-    """The model of a training checkpoint.pt in eval mode on `device`, and the checkpoint's metadata."""
+def load_trained(
+    checkpoint: str | Path,
+    device: str | torch.device = "cpu",
+    build: Callable[[dict], nn.Module] | None = None,
+) -> tuple[nn.Module, dict]:
+    """The model of a training checkpoint.pt in eval mode on `device`, and the checkpoint's metadata.
+
+    `build` makes the untrained model from the checkpoint's config (default:
+    the 3D AgeRegressor; `ageatlas.train.load_checkpoint` passes others).
+    """
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model = AgeRegressor(int(state["config"]["hidden"]))
+    model = build(state["config"]) if build is not None else AgeRegressor(int(state["config"]["hidden"]))
     model.load_state_dict(state["model"])
     meta = {k: v for k, v in state.items() if k != "model"}
     return model.to(device).eval(), meta

@@ -1,4 +1,4 @@
-"""Age predictions of a trained checkpoint for cached volumes, with inference timing.
+"""Age predictions of a trained checkpoint (3D model or 2.5D baseline), with inference timing.
 
 The timing covers the model's forward passes only (not reading the caches),
 after an untimed warm-up pass per batch shape on CUDA (cuDNN autotunes each
@@ -19,8 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from ageatlas.model import load_trained
-from ageatlas.train import CacheDataset, pick_device
+from ageatlas.train import TrainConfig, load_checkpoint, pick_device
 
 log = logging.getLogger("ageatlas.predict")
 
@@ -32,20 +31,23 @@ def predict(
     batch_size: int = 4,
     device: str | None = None,
     num_workers: int = 0,
+    config_type: type[TrainConfig] = TrainConfig,
 ) -> tuple[pd.DataFrame, dict]:
-    """Predicted ages for (eid, cache path) items, in their order, and the inference timing."""
+    """Predicted ages for (eid, input path) items, in their order, and the inference timing.
+
+    `config_type` is the checkpoint's model family: TrainConfig for the 3D
+    model on caches, ageatlas.baseline.BaselineConfig for the 2.5D baseline
+    on projections.
+    """
     device = pick_device(device, task="predicting")
-    model, meta = load_trained(checkpoint, device)
+    model, config, _ = load_checkpoint(checkpoint, device, config_type)
     cuda = device.type == "cuda"
-    config = meta["config"]
-    bf16 = cuda and config.get("bf16", True) and torch.cuda.is_bf16_supported()
-    memory_format = (
-        torch.channels_last_3d if cuda and config.get("channels_last", True) else torch.contiguous_format
-    )
+    bf16 = cuda and config.bf16 and torch.cuda.is_bf16_supported()
+    memory_format = config.memory_format(device)
     model.to(memory_format=memory_format)
     if cuda:
         torch.backends.cudnn.benchmark = True
-    dataset = CacheDataset([(path, math.nan) for _, path in items])
+    dataset = config.dataset([(path, math.nan) for _, path in items])
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=cuda)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
     predicted, seconds, warmed = [], 0.0, set()

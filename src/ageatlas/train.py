@@ -1,5 +1,9 @@
 """Training of the age model: L1 on years, Adam, accumulation, plateau LR, resumable, DDP.
 
+The same loop trains the 2.5D baseline: the config's class says which model,
+which input files, which augmentation and which loss (`TrainConfig` the 3D
+model, `ageatlas.baseline.BaselineConfig` the projections' VGG16).
+
 The authors' recipe (method-notes.md): L1 loss, Adam lr 1e-4, batch 1 with
 32 accumulated steps, ReduceLROnPlateau(0.1, patience 3) on validation MAE,
 100 epochs, seed 42. Two additions: the output bias starts at the training
@@ -29,7 +33,7 @@ import socket
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
@@ -38,10 +42,11 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from ageatlas.model import AgeRegressor, build_model
+from ageatlas.model import build_model, load_trained
 
 log = logging.getLogger("ageatlas.train")
 
@@ -73,20 +78,53 @@ class TrainConfig:
     hidden: int = 256
     init_output_bias: bool = True  # start at the training mean age (the authors start at 0)
 
+    # What a model family defines; the 2.5D baseline (ageatlas.baseline.BaselineConfig)
+    # overrides these, the training loop, resume, DDP and prediction are shared.
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> "TrainConfig":
+        """The config of a checkpoint's or state's `config` record; keys it lacks take their defaults."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in settings.items() if k in names})
+
+    def build_model(self, pretrained: bool = True) -> nn.Module:
+        """The untrained model; `pretrained` False skips the local weights (a checkpoint follows)."""
+        return build_model(self.pretrained if pretrained else None, self.hidden)
+
+    def dataset(self, items: Sequence[tuple[str, float]]) -> Dataset:
+        return CacheDataset(items)
+
+    def memory_format(self, device: torch.device) -> torch.memory_format:
+        cuda = device.type == "cuda"
+        return torch.channels_last_3d if cuda and self.channels_last else torch.contiguous_format
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A training batch on the device, augmented (none for the 3D model)."""
+        return x
+
+    def sample_loss(self, error: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss of predicted - true age: L1 (the authors)."""
+        return error.abs()
+
 
 class CacheDataset(Dataset):
-    """(path, age) items -> ((1, X, Y, Z) float32 volume, age); one memory-mapped read per sample."""
+    """(path, age) items -> ((1, X, Y, Z) float32 volume, age); one memory-mapped read per sample.
 
-    def __init__(self, items: Sequence[tuple[str, float]]):
+    With `add_channel` False the file already has its channel axis first
+    (the 2.5D projections, (2, H, W)).
+    """
+
+    def __init__(self, items: Sequence[tuple[str, float]], add_channel: bool = True):
         self.items = list(items)
+        self.add_channel = add_channel
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         path, age = self.items[index]
-        volume = np.load(path, mmap_mode="r").astype(np.float32, order="C")
-        return torch.from_numpy(volume)[None], torch.tensor(age, dtype=torch.float32)
+        volume = torch.from_numpy(np.load(path, mmap_mode="r").astype(np.float32, order="C"))
+        return volume[None] if self.add_channel else volume, torch.tensor(age, dtype=torch.float32)
 
 
 class _Shard(Sampler):
@@ -121,7 +159,7 @@ class _Job:
     device: torch.device
     config: TrainConfig
     out_dir: Path
-    model: AgeRegressor
+    model: nn.Module
     wrapped: torch.nn.Module  # model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
@@ -168,6 +206,9 @@ def train(
     world_size: int | None = None,
 ) -> dict:
     """Train (or resume training) the age model; writes state.pt, metrics.tsv and checkpoint.pt in out_dir.
+
+    The config's class says which model: TrainConfig the 3D model on cached
+    volumes, ageatlas.baseline.BaselineConfig the 2.5D baseline on projections.
 
     world_size > 1 trains with DistributedDataParallel over that many
     processes (one GPU each on CUDA, gloo processes on the CPU). Returns a
@@ -322,7 +363,7 @@ def _run(
     job, progress = _setup(rank, world, train_items, device, out_dir, config, resume)
     start = progress.epoch
     train_loader, sampler = _train_loader(job, train_items)
-    val_loader = _loader(job, CacheDataset(val_items), _Shard(len(val_items), rank, world), config.batch_size)
+    val_loader = _loader(job, config.dataset(val_items), _Shard(len(val_items), rank, world), config.batch_size)
     while not _finished(progress, config):
         epoch = progress.epoch + 1
         sampler.set_epoch(epoch)
@@ -368,11 +409,11 @@ def _setup(
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True  # one input size: autotune once
-    model = build_model(config.pretrained, config.hidden)
+    model = config.build_model()
     if config.init_output_bias:
         with torch.no_grad():
             model.output_layer.bias.fill_(float(np.mean([age for _, age in train_items])))
-    memory_format = torch.channels_last_3d if cuda and config.channels_last else torch.contiguous_format
+    memory_format = config.memory_format(device)
     model.to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=cuda)  # fused: one kernel on the GPU
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -422,7 +463,7 @@ def _log_start(job: _Job, n_train: int, progress: _Progress) -> None:
 def _train_loader(job: _Job, items) -> tuple[DataLoader, DistributedSampler]:
     # The order of epoch e depends on (seed, e) only: a resumed run sees the same order.
     sampler = DistributedSampler(
-        CacheDataset(items), num_replicas=job.world, rank=job.rank, shuffle=True, seed=job.config.seed
+        job.config.dataset(items), num_replicas=job.world, rank=job.rank, shuffle=True, seed=job.config.seed
     )
     return _loader(job, sampler.dataset, sampler, job.config.batch_size), sampler
 
@@ -473,7 +514,8 @@ def _train_one_epoch(job: _Job, loader: DataLoader) -> torch.Tensor:
     abs_error = torch.zeros((), dtype=torch.float64, device=job.device)
     job.optimizer.zero_grad(set_to_none=True)
     for i, (x, age) in enumerate(loader):
-        x = x.to(job.device, non_blocking=True, memory_format=job.memory_format)
+        x = job.config.augment(x.to(job.device, non_blocking=True), job.generator)
+        x = x.contiguous(memory_format=job.memory_format)
         age = age.to(job.device, non_blocking=True)
         first = (i // accumulate) * per_step
         step_samples = min(first + per_step, n) - first  # the last step of an epoch may be short
@@ -482,7 +524,7 @@ def _train_one_epoch(job: _Job, loader: DataLoader) -> torch.Tensor:
         with nullcontext() if stepping or job.world == 1 else job.wrapped.no_sync():
             with _autocast(job):
                 error = job.wrapped(x).float() - age
-            (error.abs().sum() / step_samples).backward()
+            (job.config.sample_loss(error).sum() / step_samples).backward()
         abs_error += error.detach().abs().sum()
         if stepping:
             job.optimizer.step()
@@ -620,6 +662,16 @@ def _write_checkpoint(job: _Job, progress: _Progress, input_shape: tuple[int, ..
         progress.best_val_mae,
         job.out_dir / CHECKPOINT,
     )
+
+
+def load_checkpoint(
+    checkpoint: str | Path, device: str | torch.device = "cpu", config_type: type[TrainConfig] = TrainConfig
+) -> tuple[nn.Module, TrainConfig, dict]:
+    """A checkpoint.pt's model (eval mode, on `device`), its config as `config_type`, and its metadata."""
+    model, meta = load_trained(
+        checkpoint, device, build=lambda settings: config_type.from_dict(settings).build_model(pretrained=False)
+    )
+    return model, config_type.from_dict(meta["config"]), meta
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -58,6 +58,7 @@ def stitched_dirs():
 
 
 COHORT_TABLE = f"{RESULTS}/cohort/cohort.tsv"
+BASELINE = f"{RESULTS}/baseline"  # the 2.5D baseline (workflow/rules/baseline.smk)
 
 
 def cohort_members(*splits):
@@ -204,3 +205,17 @@ def explain_targets(wc):
     if SYNTHETIC:
         targets.append(f"{EXPLAIN}/truth_check.tsv")
     return targets
+
+
+# ---- the 2.5D baseline (workflow/rules/baseline.smk) ----
+
+
+def projection_paths(*splits):
+    return expand(f"{BASELINE}/projections/{{eid}}.npy", eid=cohort_members(*splits))
+
+
+def figure9_participants():
+    """A few test participants spread over the age range."""
+    table = cohort_frame()
+    test = table[table["split"] == "test"]
+    return atlas_lib.choose_members(test, config["baseline"]["figure_participants"])

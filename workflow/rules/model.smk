@@ -9,7 +9,7 @@ checkpoint cohort_table:
         phenotypes=PHENOTYPES,
         schema=PHENOTYPE_SCHEMA,
     output:
-        table=COHORT_TABLE,
+        table=report(COHORT_TABLE, caption="../report/cohort.rst", category="Age model"),
     log:
         f"{LOGS}/cohort_table.log",
     conda:
@@ -55,7 +55,11 @@ rule train_age_model:
         val=lambda wc: cache_paths("val"),
     output:
         checkpoint=f"{RESULTS}/model/checkpoint.pt",
-        metrics=f"{RESULTS}/model/metrics.tsv",
+        metrics=report(
+            f"{RESULTS}/model/metrics.tsv",
+            caption="../report/training_metrics.rst",
+            category="Age model",
+        ),
     log:
         f"{LOGS}/train_age_model.log",
     benchmark:
@@ -104,7 +108,11 @@ rule correct_bias:
     input:
         rules.predict_age.output.predictions,
     output:
-        predictions=f"{RESULTS}/age/predictions_corrected.tsv",
+        predictions=report(
+            f"{RESULTS}/age/predictions_corrected.tsv",
+            caption="../report/predictions.rst",
+            category="Age model",
+        ),
         coefficients=f"{RESULTS}/age/bias_correction.json",
     log:
         f"{LOGS}/correct_bias.log",
@@ -126,9 +134,21 @@ rule table1:
         cohort=COHORT_TABLE,
         metrics=rules.train_age_model.output.metrics,
         timing=rules.predict_age.output.timing,
+        # the 2.5D baseline's records (workflow/rules/baseline.smk)
+        baseline_predictions=f"{BASELINE}/predictions_corrected.tsv",
+        baseline_metrics=f"{BASELINE}/model/metrics.tsv",
+        baseline_timing=f"{BASELINE}/inference_timing.json",
     output:
-        tsv=f"{RESULTS}/age/table1.tsv",
-        md=f"{RESULTS}/age/table1.md",
+        tsv=report(
+            f"{RESULTS}/age/table1.tsv",
+            caption="../report/table1.rst",
+            category="Age model",
+        ),
+        md=report(
+            f"{RESULTS}/age/table1.md",
+            caption="../report/table1.rst",
+            category="Age model",
+        ),
     log:
         f"{LOGS}/table1.log",
     conda:
@@ -137,6 +157,8 @@ rule table1:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        baseline_splits=config["baseline"]["train_splits"],
     script:
         "../scripts/table1.py"
 
@@ -146,8 +168,16 @@ rule age_figures:
         predictions=rules.correct_bias.output.predictions,
         cohort=COHORT_TABLE,
     output:
-        before_after=f"{RESULTS}/age/figures/predicted_vs_age.png",
-        by_group=f"{RESULTS}/age/figures/predicted_vs_age_by_group.png",
+        before_after=report(
+            f"{RESULTS}/age/figures/predicted_vs_age.png",
+            caption="../report/predicted_vs_age.rst",
+            category="Age model",
+        ),
+        by_group=report(
+            f"{RESULTS}/age/figures/predicted_vs_age_by_group.png",
+            caption="../report/predicted_vs_age_by_group.rst",
+            category="Age model",
+        ),
     log:
         f"{LOGS}/age_figures.log",
     conda:

@@ -1,24 +1,30 @@
-"""Table 1 of the paper: MAE by sex x BMI group, runtime rows from the rules' records."""
+"""Table 1 of the paper: MAE by sex x BMI group of the 2.5D and 3D models, runtime rows from the rules' records."""
 
-import json
 import logging
 from pathlib import Path
 
 from ageatlas.cohort import read_participant_tsv
-from ageatlas import evaluate, logs
+from ageatlas import evaluate, logs, provenance
 
 logs.to_file(snakemake.log[0])
 cohort = read_participant_tsv(snakemake.input.cohort)
-predictions = read_participant_tsv(snakemake.input.predictions)
-timing = json.loads(Path(snakemake.input.timing).read_text())
-record = dict(
-    training_samples=int((cohort["split"] == "train").sum()),
-    epoch_seconds=evaluate.read_epoch_seconds(snakemake.input.metrics),
-    inference_seconds_per_sample=timing["seconds_per_sample"],
-)
+i = snakemake.input
+# As in the paper: the 2.5D baseline (Langner et al.) first, then the 3D model.
 methods = [
-    evaluate.MethodResult("3D", predictions, column="predicted", **record),
-    evaluate.MethodResult("3D (bias-corrected)", predictions, column="corrected", **record),
+    *evaluate.model_columns(
+        "2.5D",
+        read_participant_tsv(i.baseline_predictions),
+        i.baseline_metrics,
+        i.baseline_timing,
+        training_samples=cohort["split"].isin(snakemake.params.baseline_splits).sum(),
+    ),
+    *evaluate.model_columns(
+        "3D",
+        read_participant_tsv(i.predictions),
+        i.metrics,
+        i.timing,
+        training_samples=(cohort["split"] == "train").sum(),
+    ),
 ]
 table = evaluate.table1(cohort, methods)
 evaluate.write_table1(table, snakemake.output.tsv, snakemake.output.md)
@@ -32,3 +38,4 @@ for method in methods:
         scores["n"],
     )
 logging.info("Table 1\n%s", Path(snakemake.output.md).read_text())
+provenance.record(snakemake)

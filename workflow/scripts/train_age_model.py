@@ -1,10 +1,10 @@
-"""Train the 3D ResNet-18 age model; resumes from model/state.pt after a kill."""
+"""Train the 3D ResNet-18 age model (or the 2.5D baseline); resumes from state.pt after a kill."""
 
 from pathlib import Path
 
 from ageatlas.cohort import read_participant_tsv
-from ageatlas import logs
-from ageatlas.train import TrainConfig, train
+from ageatlas import baseline, logs, provenance
+from ageatlas.train import train
 
 logs.to_file(snakemake.log[0])
 ages = read_participant_tsv(snakemake.input.cohort).set_index("eid")["age"]
@@ -14,13 +14,10 @@ def items(paths):
     return [(str(path), float(ages[Path(path).stem])) for path in paths]
 
 
-settings = {k: v for k, v in snakemake.params.train.items() if k not in ("gpus", "runtime")}
-config = TrainConfig(
-    **settings,
-    seed=snakemake.params.seed,
-    pretrained=snakemake.params.model["pretrained"],
-    hidden=snakemake.params.model["hidden"],
-)
+# The 2.5D baseline's rule (use rule ... with) says family "2.5d".
+config_type = baseline.config_type(snakemake.params.get("family"))
+settings = {**snakemake.params.train, **snakemake.params.model, "seed": snakemake.params.seed}
+config = config_type.from_dict(settings)  # gpus, runtime and other rule settings are not the trainer's
 gpus = int(snakemake.resources.get("gpu", 0))
 train(
     items(snakemake.input.train),
@@ -29,3 +26,4 @@ train(
     config,
     world_size=gpus if gpus > 1 else None,
 )
+provenance.record(snakemake)

@@ -1,0 +1,116 @@
+# The 2.5D baseline of Langner et al. 2019, the paper's comparison (Table 1's
+# 2.5D columns, Figure 9): per-participant projections of the stitched water
+# and fat, VGG16-bn trained, predicted and bias-corrected by the 3D model's
+# rules and scripts (use rule ... with; the family param picks the model).
+
+
+rule projection:
+    input:
+        f"{RESULTS}/stitched/{{eid}}",
+    output:
+        projection=f"{BASELINE}/projections/{{eid}}.npy",
+        preview=f"{BASELINE}/projections/{{eid}}.png",
+    log:
+        f"{LOGS}/projection/{{eid}}.log",
+    benchmark:
+        f"{BENCHMARKS}/projection/{{eid}}.tsv"
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        projection=config["projection"],
+    script:
+        "../scripts/projection.py"
+
+
+use rule train_age_model as train_baseline with:
+    input:
+        cohort=COHORT_TABLE,
+        train=lambda wc: projection_paths(*config["baseline"]["train_splits"]),
+        val=lambda wc: projection_paths("val"),
+    output:
+        checkpoint=f"{BASELINE}/model/checkpoint.pt",
+        metrics=report(
+            f"{BASELINE}/model/metrics.tsv",
+            caption="../report/baseline_metrics.rst",
+            category="Age model",
+            subcategory="2.5D baseline",
+        ),
+    log:
+        f"{LOGS}/train_baseline.log",
+    benchmark:
+        f"{BENCHMARKS}/train_baseline.tsv"
+    resources:
+        gpu=config["baseline"]["gpus"],
+        mem_mb=16000,
+        runtime=config["baseline"]["runtime"],
+    params:
+        train=config["baseline"],
+        model={},  # the baseline section holds the model's settings too
+        family="2.5d",
+
+
+use rule predict_age as predict_baseline with:
+    input:
+        checkpoint=rules.train_baseline.output.checkpoint,
+        cohort=COHORT_TABLE,
+        caches=lambda wc: projection_paths("val", "test"),
+    output:
+        predictions=f"{BASELINE}/predictions.tsv",
+        timing=f"{BASELINE}/inference_timing.json",
+    log:
+        f"{LOGS}/predict_baseline.log",
+    benchmark:
+        f"{BENCHMARKS}/predict_baseline.tsv"
+    resources:
+        gpu=min(1, config["baseline"]["gpus"]),
+        mem_mb=8000,
+        runtime=60,
+    params:
+        batch_size=config["baseline"]["batch_size"],
+        family="2.5d",
+
+
+use rule correct_bias as correct_bias_baseline with:
+    input:
+        rules.predict_baseline.output.predictions,
+    output:
+        predictions=report(
+            f"{BASELINE}/predictions_corrected.tsv",
+            caption="../report/baseline_predictions.rst",
+            category="Age model",
+            subcategory="2.5D baseline",
+        ),
+        coefficients=f"{BASELINE}/bias_correction.json",
+    log:
+        f"{LOGS}/correct_bias_baseline.log",
+
+
+rule baseline_gradcam_figure:
+    input:
+        checkpoint=rules.train_baseline.output.checkpoint,
+        cohort=COHORT_TABLE,
+        projections=lambda wc: expand(
+            f"{BASELINE}/projections/{{eid}}.npy", eid=figure9_participants()
+        ),
+    output:
+        figure=report(
+            f"{BASELINE}/figures/gradcam_projections.png",
+            caption="../report/baseline_figure.rst",
+            category="Age model",
+            subcategory="2.5D baseline",
+        ),
+    log:
+        f"{LOGS}/baseline_gradcam_figure.log",
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        gpu=min(1, config["baseline"]["gpus"]),
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/baseline_gradcam_figure.py"
