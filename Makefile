@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: venv demo test lint fmt clean-demo
+.PHONY: venv demo test test-slurm lint fmt clean-demo
 
 venv: $(STAMP)
 
@@ -26,6 +26,14 @@ demo: $(STAMP)
 ## Unit tests + workflow tests on tiny synthetic data.
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+## The SLURM profile on a real one-node SLURM cluster started on this machine
+## (root: installs Debian's slurm packages, see tests/slurm/cluster.sh).
+test-slurm: $(STAMP)
+	@bash tests/slurm/cluster.sh start || { \
+		echo "make test-slurm: FAILED - the SLURM test cluster could not be started (cluster.sh's error above)" >&2; \
+		exit 1; }
+	$(BIN)/python -m pytest tests/slurm
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
