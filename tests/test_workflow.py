@@ -4,6 +4,7 @@ These are the user's commands: a synthetic demo run, a real-format run with
 a hand-made phenotype table full of defects, and config mistakes.
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -15,11 +16,23 @@ import pandas as pd
 import pytest
 import yaml
 
-from ageatlas import synth
+import ageatlas
+from ageatlas import provenance, synth
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 GRID = {"shape": [45, 35, 74], "spacing": [11.16, 11.16, 15.0]}
+
+
+def _load_tool(name: str):
+    """A helper module from tests/tools (not a package: also run as scripts)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report_in_browser = _load_tool("report_in_browser")
 
 pytestmark = pytest.mark.workflow
 
@@ -158,14 +171,20 @@ def test_unusable_phenotype_table_names_file_and_column(tmp_path):
     assert "p.csv" in output and "21003-2.0" in output
 
 
-def test_whole_pipeline_trains_predicts_and_writes_table1(tmp_path):
-    """The model stage end to end on 12 SYNTHETIC participants (a smoke test; learning is tested in test_train)."""
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """The whole workflow on 12 SYNTHETIC participants, run once for the tests that read its results."""
+    tmp_path = tmp_path_factory.mktemp("pipeline_run")
     config = base_config(tmp_path) | {
         "cohort": {"source": "synthetic"},
         "synthetic": {"n_participants": 12, "scale": 0.2},
         "split": {"sizes": {"train": 0.5, "val": 0.25, "test": 0.25}},
         "preprocess": {"downsample": 2},
         "train": {"epochs": 2, "lr": 0.0001, "batch_size": 2, "accumulate": 1, "num_workers": 0, "gpus": 0},
+        # the 2.5D baseline at the smallest size VGG16 takes (five max-pools leave 1 x 1)
+        "projection": {"size": [32, 32]},
+        "baseline": {"epochs": 1, "batch_size": 4, "hidden": 16, "pool": 1, "max_shift": 2, "num_workers": 0,
+                     "gpus": 0, "figure_participants": 2},
         # 3 test participants: atlases from every split so each test group has one
         "atlas": {"n_members": 2, "iterations": 1, "splits": ["train", "val", "test"]},
         "registration": {"affine_iterations": 10, "levels": 2, "finest_level": 1, "lncc_kernel": 3,
@@ -173,6 +192,12 @@ def test_whole_pipeline_trains_predicts_and_writes_table1(tmp_path):
         "maps": {"n_perm": 19},
     }
     result = run_snakemake(tmp_path, config, target="all")
+    return tmp_path, config, result
+
+
+def test_whole_pipeline_trains_predicts_and_writes_table1(pipeline_run):
+    """The model stage end to end on 12 SYNTHETIC participants (a smoke test; learning is tested in test_train)."""
+    tmp_path, _, result = pipeline_run
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     results = tmp_path / "results"
     cohort = pd.read_csv(results / "cohort" / "cohort.tsv", sep="\t")
@@ -184,6 +209,7 @@ def test_whole_pipeline_trains_predicts_and_writes_table1(tmp_path):
     assert list(metrics["epoch"]) == [1, 2]
     table1 = (results / "age" / "table1.md").read_text()
     assert "Mean Pred." in table1 and "3D (bias-corrected)" in table1
+    check_baseline_outputs(results, cohort, table1)
     assert (results / "age" / "figures" / "predicted_vs_age_by_group.png").stat().st_size > 5000
     log = (tmp_path / "logs" / "train_age_model.log").read_text()
     assert "CPU" in log  # no GPU here: the log says so
@@ -196,6 +222,18 @@ def test_whole_pipeline_trains_predicts_and_writes_table1(tmp_path):
         assert 0.0 <= values.min() and values.max() <= 1.0
 
     check_explain_outputs(results, cohort)
+
+
+def check_baseline_outputs(results: Path, cohort: pd.DataFrame, table1_md: str) -> None:
+    """The 2.5D baseline: a projection per participant, its Table 1 columns with costs, Figure 9."""
+    projections = sorted((results / "baseline" / "projections").glob("*.npy"))
+    assert sorted(int(p.stem) for p in projections) == sorted(cohort["eid"])
+    assert np.load(projections[0]).shape == (2, 32, 32)
+    table = pd.read_csv(results / "age" / "table1.tsv", sep="\t").set_index("Metric")
+    assert "2.5D (bias-corrected)" in table1_md
+    costs = table.loc[["Nr. training samples", "Runtime/epoch (min)", "Inference/sample (s)"], "2.5D"].astype(float)
+    assert costs.iloc[0] == 6 and (costs > 0).all()
+    assert (results / "baseline" / "figures" / "gradcam_projections.png").stat().st_size > 5000
 
 
 def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
@@ -217,3 +255,61 @@ def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
     assert (results / "explain" / "figures" / "importance_by_group.png").stat().st_size > 5000
     truth = pd.read_csv(results / "explain" / "truth_check.tsv", sep="\t")
     assert sorted(truth["group"]) == sorted(test["group"].unique())
+
+
+def test_results_carry_provenance(pipeline_run):
+    """Tables and maps have a sidecar naming the version, the commit, the config hash and the inputs."""
+    tmp_path, _, result = pipeline_run
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    results = tmp_path / "results"
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    commit = head.stdout.strip() if head.returncode == 0 else "unknown"
+    maps = sorted(results.glob("explain/*/maps/all_mean.nii.gz"))
+    assert maps
+    paths = [results / "age" / "table1.tsv", results / "qc" / "participants.tsv", maps[0],
+             *sorted(results.glob("gradcam/*.nii.gz"))[:1]]
+    records = [provenance.read_sidecar(path) for path in paths]
+    for path, record in zip(paths, records):
+        assert record["version"] == ageatlas.__version__ and record["git_commit"] == commit, path
+        assert record["output"]["path"] == str(path)
+        assert record["inputs"] and all(Path(entry["path"]).exists() for entry in record["inputs"]), path
+    assert len({record["config_sha256"] for record in records}) == 1  # one run, one config
+    assert records[2]["rule"] == "population_map" and records[2]["wildcards"]["subset"] == "all"
+
+
+def report_results(html: str) -> dict:
+    """The results a Snakemake HTML report embeds (`var results = {...};` in its `<script id="results">`)."""
+    block = html.split('<script id="results">', 1)[1].split("</script>", 1)[0].strip()
+    assert block.startswith("var results = "), block[:200]
+    return json.loads(block[len("var results = "):].rstrip(";"))
+
+
+def test_report_shows_every_figure_and_table_with_a_caption(pipeline_run):
+    tmp_path, config, result = pipeline_run
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    results = tmp_path / "results"
+    report = tmp_path / "report.html"
+    made = run_snakemake(tmp_path, config, "--report", str(report), target="all")
+    assert made.returncode == 0, (made.stdout + made.stderr)[-4000:]
+    embedded = report_results(report.read_text())
+    figures = {str(p) for p in results.rglob("figures/*.png")}
+    tables = {str(results / name) for name in (
+        "qc/participants.tsv", "qc/phenotypes.tsv", "qc/registration.tsv", "cohort/cohort.tsv",
+        "model/metrics.tsv", "age/predictions_corrected.tsv", "age/table1.tsv", "age/table1.md",
+        "explain/ageing_classes.tsv", "explain/truth_check.tsv", "baseline/model/metrics.tsv",
+        "baseline/predictions_corrected.tsv")}
+    assert figures and figures | tables <= set(embedded), sorted(figures | tables - set(embedded))
+    for path, entry in embedded.items():
+        caption = " ".join(entry["caption"].split())
+        assert "Made by" in caption, (path, caption)  # what it shows and how it was made
+    assert "<table" in embedded[str(results / "age" / "table1.tsv")]["caption"]  # Table 1 itself, inline
+
+    # Headless chromium: the page renders, every figure opens in the viewer and decodes, captions show.
+    seen = report_in_browser.browse(report)
+    assert not seen["errors"], seen["errors"]
+    assert {"Quality control", "Age model", "Population maps"} <= set(seen["categories"])
+    for path in figures:
+        shown = seen["results"][path]
+        assert shown["shown"] and shown["width"] > 100 and shown["height"] > 100, (path, shown)
+    for path, shown in seen["results"].items():
+        assert "Made by" in shown["info"], (path, shown["info"][:500])

@@ -8,7 +8,11 @@ rule phenotype_qc:
         schema=PHENOTYPE_SCHEMA,
         zips=[participant_zip(eid) for eid in EIDS],
     output:
-        PHENOTYPE_QC,
+        report(
+            PHENOTYPE_QC,
+            caption="../report/qc_phenotypes.rst",
+            category="Quality control",
+        ),
     log:
         f"{LOGS}/phenotype_qc.log",
     conda:
@@ -36,7 +40,11 @@ checkpoint qc_table:
         phenotypes=PHENOTYPE_QC,
         stitched=stitched_dirs(),
     output:
-        table=f"{RESULTS}/qc/participants.tsv",
+        table=report(
+            f"{RESULTS}/qc/participants.tsv",
+            caption="../report/qc_participants.rst",
+            category="Quality control",
+        ),
     log:
         f"{LOGS}/qc_table.log",
     conda:

@@ -1,6 +1,6 @@
 """Test participants' ageing class within their group, from the bias-corrected gap."""
 
-from ageatlas import logs
+from ageatlas import logs, provenance
 from ageatlas.aggregate import ageing_table
 from ageatlas.cohort import read_participant_tsv
 
@@ -12,3 +12,4 @@ table = ageing_table(
     near_perfect_limit=maps["near_perfect_years"],
 )
 table.to_csv(snakemake.output[0], sep="\t", index=False)
+provenance.record(snakemake)

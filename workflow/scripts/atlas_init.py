@@ -4,7 +4,7 @@ import logging
 
 import nibabel as nib
 
-from ageatlas import logs
+from ageatlas import logs, provenance
 from ageatlas.atlas import initial_template
 from ageatlas.ingest import stitched_path
 
@@ -13,3 +13,4 @@ stitched = snakemake.input.stitched
 water = stitched_path(stitched, stitched.rstrip("/").split("/")[-1], "W")
 nib.save(initial_template(nib.load(water), snakemake.params.clip), snakemake.output[0])
 logging.info("group %s: reference %s", snakemake.wildcards.group, water)
+provenance.record(snakemake)

@@ -6,7 +6,7 @@ import nibabel as nib
 
 import torch
 
-from ageatlas import logs
+from ageatlas import logs, provenance
 from ageatlas.aggregate import nan_map
 from ageatlas.atlas import warped_member
 from ageatlas import register as reg
@@ -34,3 +34,4 @@ else:
     warped = warped_member(registration, nib.load(water), settings.clip)
     log.info("participant %s: %s", snakemake.wildcards.eid, record)
 nib.save(warped, snakemake.output.warped)
+provenance.record(snakemake)

@@ -5,7 +5,7 @@ import logging
 
 import nibabel as nib
 
-from ageatlas import logs
+from ageatlas import logs, provenance
 from ageatlas.aggregate import eid_of_path
 from ageatlas.atlas import update_template
 from ageatlas.register import load_outcome
@@ -35,3 +35,4 @@ summary = {
 with open(snakemake.output.record, "w") as out:
     json.dump(summary, out, indent=2)
 logging.info("%s", summary)
+provenance.record(snakemake)

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ageatlas import logs
+from ageatlas import logs, provenance
 from ageatlas.aggregate import nan_map, subset_eids, usable_maps
 from ageatlas.stats import MIN_PER_CLASS, compare_classes
 
@@ -37,3 +37,4 @@ for key, image in images.items():
 with open(snakemake.output.summary, "w") as out:
     json.dump(summary, out, indent=2)
 logging.info("%s", summary)
+provenance.record(snakemake)

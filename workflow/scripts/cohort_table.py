@@ -2,7 +2,7 @@
 
 import logging
 
-from ageatlas import cohort, logs, phenotypes
+from ageatlas import cohort, logs, phenotypes, provenance
 
 logs.to_file(snakemake.log[0])
 p = snakemake.params
@@ -27,3 +27,4 @@ logging.info(
     len(table),
     table.groupby(["split", "group"]).size().unstack(fill_value=0).to_string(),
 )
+provenance.record(snakemake)

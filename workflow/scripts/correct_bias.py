@@ -3,7 +3,7 @@
 import logging
 
 from ageatlas.cohort import read_participant_tsv
-from ageatlas import bias, logs
+from ageatlas import bias, logs, provenance
 
 logs.to_file(snakemake.log[0])
 predictions = read_participant_tsv(snakemake.input[0])
@@ -13,3 +13,4 @@ bias.correct_table(predictions, correction).to_csv(
     snakemake.output.predictions, sep="\t", index=False
 )
 logging.info("bias correction: %s", correction)
+provenance.record(snakemake)

@@ -2,7 +2,7 @@
 
 import logging
 
-from ageatlas import cohort, logs, phenotypes, qc
+from ageatlas import cohort, logs, phenotypes, provenance, qc
 
 logs.to_file(snakemake.log[0])
 p = snakemake.params
@@ -19,3 +19,4 @@ logging.info(
     len(found.participants),
     len(found.records),
 )
+provenance.record(snakemake)

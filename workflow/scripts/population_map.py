@@ -6,7 +6,7 @@ import logging
 import nibabel as nib
 import pandas as pd
 
-from ageatlas import logs
+from ageatlas import logs, provenance
 from ageatlas.aggregate import eid_of_path, mean_map, nan_map, subset_eids, usable_maps
 
 logs.to_file(snakemake.log[0])
@@ -27,3 +27,4 @@ record = {"group": group, "subset": subset, "n": n, "eids": [eid_of_path(p) for 
 with open(snakemake.output.members, "w") as out:
     json.dump(record, out, indent=2)
 logging.info("%s %s: n=%d, %d excluded", group, subset, n, len(excluded))
+provenance.record(snakemake)

@@ -3,7 +3,7 @@
 import logging
 from pathlib import Path
 
-from ageatlas import logs, qc
+from ageatlas import logs, provenance, qc
 from ageatlas.ingest import QC_FILE, STAGE
 
 logs.to_file(snakemake.log[0])
@@ -13,3 +13,4 @@ table = qc.participant_table(records + ingest)
 table.to_csv(snakemake.output.table, sep="\t", index=False)
 logging.info("QC: %s", table["status"].value_counts().to_dict())
 qc.check_excluded_fraction(ingest, STAGE, snakemake.params.max_excluded_fraction)
+provenance.record(snakemake)

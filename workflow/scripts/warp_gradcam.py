@@ -4,7 +4,7 @@ import logging
 
 import nibabel as nib
 
-from ageatlas import logs
+from ageatlas import logs, provenance
 from ageatlas.aggregate import nan_map
 from ageatlas.register import RegistrationFailed, load_outcome
 
@@ -18,3 +18,4 @@ except RegistrationFailed as failed:
     warped = nan_map(nib.load(snakemake.input.atlas), "registration failed: not a map")
     logging.warning("%s", failed)
 nib.save(warped, snakemake.output[0])
+provenance.record(snakemake)
