@@ -50,6 +50,34 @@ def test_agrees_with_captum(model, volume):
         assert ours.predicted_age == pytest.approx(float(model(volume)[0]), rel=1e-5)
 
 
+class _Negated(torch.nn.Module):
+    """The model with its output negated: captum's Grad-CAM of -age."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return -self.model(x)
+
+
+def test_deviation_target_follows_the_side_of_the_reference(model, volume):
+    age = grad_cam(model, volume, normalise=False).predicted_age
+    above = grad_cam(model, volume, normalise=False, target="deviation", reference_age=age - 1.0)
+    below = grad_cam(model, volume, normalise=False, target="deviation", reference_age=age + 1.0)
+    # Predicted above the reference: the age's own map. Below: the map of -age, checked with captum.
+    assert torch.equal(above.layer_map, grad_cam(model, volume, normalise=False).layer_map)
+    theirs = LayerGradCam(_Negated(model), model.feature_layer).attribute(volume, relu_attributions=True)
+    r = np.corrcoef(below.layer_map.flatten().numpy(), theirs.detach().flatten().numpy())[0, 1]
+    assert r > 0.99 and not torch.equal(below.layer_map, above.layer_map)
+
+
+@pytest.mark.parametrize("target, reference", [("deviation", None), ("deviation", float("nan")), ("gap", 60.0)])
+def test_bad_target_or_reference_is_refused_before_the_forward_pass(model, volume, target, reference):
+    with pytest.raises(ValueError, match="target"):
+        grad_cam(model, volume, target=target, reference_age=reference)
+
+
 def test_normalised_map_shape_range_and_cleanliness(model, volume):
     model.train()
     result = grad_cam(model, volume)
@@ -144,7 +172,7 @@ def test_peak_lands_at_block_centre_in_world(participant, monkeypatch):
     path, stitched = participant
     peak = (5, 9, 20)
 
-    def fake_cam(model, volume, layer=None, *, normalise=True):
+    def fake_cam(model, volume, layer=None, *, normalise=True, **target):
         cam = torch.zeros(volume.shape[2:])
         cam[peak] = 1.0
         return gradcam.CamResult(cam, 60.0, cam)

@@ -347,6 +347,20 @@ def test_age_effects_point_the_planted_way(participant):
     assert w1[m["aorta"]].mean() > w0[m["aorta"]].mean() + 0.02  # more lumen, less periaortic fat
 
 
+def test_age_effect_scale_multiplies_the_planted_change(participant):
+    x, y, z = np.arange(-150.0, 150.0, 4.0), np.arange(-150.0, 150.0, 4.0), np.arange(-300.0, 0.0, 2.0)
+    labels = synth.region_labels(participant, x, y, z)
+    heart = labels == LABEL["heart"]
+
+    def heart_water(age, scale):
+        return synth.tissue_signal(replace(participant, age=age, age_offset=0.0, age_effect_scale=scale),
+                                   x, y, z)[0][heart].mean()
+
+    assert heart_water(50.0, 0.0) == heart_water(70.0, 0.0)  # scale 0: no planted ageing
+    change = {scale: heart_water(64.0, scale) - heart_water(56.0, scale) for scale in (1.0, 3.0)}
+    assert change[3.0] > 2.0 * change[1.0] > 0
+
+
 def test_phantom_grids_may_run_either_way(participant):
     x, y, z = np.arange(-240.0, 240.0, 16.0), np.arange(-180.0, 180.0, 16.0), np.arange(-900.0, 100.0, 20.0)
     labels = synth.region_labels(participant, x, y, z)

@@ -6,6 +6,16 @@ layer's activations is averaged over space to weight each channel; the map is
 ReLU(sum_c weight_c * activation_c), min-max normalised per subject and
 upsampled trilinearly (align_corners=False) to the model's input grid.
 
+The target is the predicted age (``target="age"``, the paper). With
+``target="deviation"`` it is the predicted age's distance from a reference
+age (the training mean): |age - reference|, whose gradient is the age's
+gradient times the sign of the deviation. A model whose output bias holds
+the mean age (ageatlas.train's init_output_bias) encodes only deviations from
+it; Grad-CAM of the age then shows evidence for "older" in everyone and
+nothing of what makes a young participant look young. The deviation target
+shows, per participant, the evidence for the side of the mean they were
+predicted on (measured on the SYNTHETIC cohort: README, "Truth check").
+
 Unlike M3d-CAM, which writes uint8 maps with an identity affine and
 transposed axes, `cam_for_participant` resamples the map onto the
 participant's stitched grid and saves it with that image's affine, so the
@@ -32,12 +42,15 @@ from ageatlas.model import load_trained
 log = logging.getLogger("ageatlas.gradcam")
 
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
+TARGETS = ("age", "deviation")
+_UPSAMPLING = {5: "trilinear", 4: "bilinear"}  # input ndim -> interpolation mode
 
 
 @dataclass(frozen=True)
 class CamResult:
-    """map: (X, Y, Z) float32 on the CPU at the input's size; layer_map: the raw
-    ReLU'd map at the layer's resolution (before normalising and upsampling)."""
+    """map: float32 on the CPU at the input's spatial size ((X, Y, Z), or (H, W) for
+    2D inputs); layer_map: the raw ReLU'd map at the layer's resolution (before
+    normalising and upsampling)."""
 
     map: torch.Tensor
     predicted_age: float
@@ -49,15 +62,19 @@ class CamResult:
 
 
 def grad_cam(model: nn.Module, volume: torch.Tensor, layer: nn.Module | None = None, *,
-             normalise: bool = True) -> CamResult:
-    """Grad-CAM of the predicted age for one volume of shape (1, 1, X, Y, Z).
+             normalise: bool = True, target: str = "age", reference_age: float | None = None) -> CamResult:
+    """Grad-CAM of the predicted age for one volume (1, C, X, Y, Z) or one image (1, C, H, W).
 
     The model runs in eval mode (its previous mode is restored afterwards).
     Gradients are taken with torch.autograd.grad, so no parameter's .grad is
     touched; the forward hook is removed even when the forward pass fails.
+    The map is upsampled trilinearly (3D) or bilinearly (2D, the 2.5D baseline).
+    ``target`` "deviation" differentiates |age - reference_age| instead of the age.
     """
-    if volume.ndim != 5 or volume.shape[0] != 1:
-        raise ValueError(f"grad_cam needs one volume of shape (1, C, X, Y, Z), got {tuple(volume.shape)}")
+    sign_of = _target_sign(target, reference_age)
+    if volume.ndim not in _UPSAMPLING or volume.shape[0] != 1:
+        raise ValueError(f"grad_cam needs one volume (1, C, X, Y, Z) or one image (1, C, H, W), "
+                         f"got shape {tuple(volume.shape)}")
     layer = model.feature_layer if layer is None else layer
     device = next(model.parameters()).device
     was_training = model.training
@@ -68,10 +85,22 @@ def grad_cam(model: nn.Module, volume: torch.Tensor, layer: nn.Module | None = N
             (gradient,) = torch.autograd.grad(age.sum(), activation)
     finally:
         model.train(was_training)
-    layer_map = _weighted_activation(activation.detach(), gradient)
+    layer_map = _weighted_activation(activation.detach(), gradient * sign_of(float(age.detach().reshape(-1)[0])))
     cam = _min_max(layer_map) if normalise else layer_map
-    cam = F.interpolate(cam[None, None], size=tuple(volume.shape[2:]), mode="trilinear", align_corners=False)
+    cam = F.interpolate(cam[None, None], size=tuple(volume.shape[2:]), mode=_UPSAMPLING[volume.ndim],
+                        align_corners=False)
     return CamResult(cam[0, 0].float().cpu(), float(age.detach().reshape(-1)[0]), layer_map.float().cpu())
+
+
+def _target_sign(target: str, reference_age: float | None):
+    """The factor on the age's gradient, as a function of the predicted age."""
+    if target not in TARGETS:
+        raise ValueError(f"Grad-CAM target must be one of {TARGETS}, not {target!r}")
+    if target == "age":
+        return lambda age: 1.0
+    if reference_age is None or not np.isfinite(reference_age):
+        raise ValueError("Grad-CAM target 'deviation' needs a finite reference_age (the training mean age)")
+    return lambda age: 1.0 if age >= reference_age else -1.0
 
 
 def _forward_with_activation(model: nn.Module, layer: nn.Module,
@@ -113,7 +142,8 @@ def _min_max(cam: torch.Tensor) -> torch.Tensor:
 
 
 def cam_for_participant(checkpoint, cache_path, water_nifti_path, out_path, *, layer_name: str = "layer3",
-                        normalise: bool = True, device=None, downsample_factor: int | None = None) -> dict:
+                        normalise: bool = True, device=None, downsample_factor: int | None = None,
+                        target: str = "age", reference_age: float | None = None) -> dict:
     """Grad-CAM of one participant's cached input, saved on the stitched grid with its true affine.
 
     The cache may be the stitched volume block-averaged by an integer factor
@@ -134,7 +164,8 @@ def cam_for_participant(checkpoint, cache_path, water_nifti_path, out_path, *, l
         log.warning("cache %s has shape %s, the model was trained on %s", cache_path, cached.shape,
                     meta["input_shape"])
     volume = torch.from_numpy(np.asarray(cached, dtype=np.float32))[None, None]
-    result = grad_cam(model, volume, getattr(model.backbone, layer_name), normalise=normalise)
+    result = grad_cam(model, volume, getattr(model.backbone, layer_name), normalise=normalise, target=target,
+                      reference_age=reference_age)
     cam = to_stitched_grid(result.map.numpy(), grid_shape, factor)
     _save_nifti(cam, stitched, Path(out_path))
     return {"predicted_age": result.predicted_age, "seconds": round(time.perf_counter() - start, 3),

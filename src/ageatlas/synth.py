@@ -117,7 +117,11 @@ from ageatlas import layout
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------
-# Planted age effects (linear in biological age, per decade from the reference)
+# Planted age effects (linear in biological age, per decade from the reference,
+# clipped to anatomical limits), times the cohort's ``age_effect_scale``: at 3,
+# a small model trained for minutes on 2 CPU cores at 17-24 mm voxels learns
+# them well enough for its Grad-CAM maps to be checked against where age was
+# planted (tests/test_interpretability.py).
 # --------------------------------------------------------------------------
 AGE_REFERENCE = 60.0
 #: Share of the disc compartment height filled by disc tissue (the rest is endplate).
@@ -295,6 +299,7 @@ class SyntheticParticipant:
     age: float  # chronological age at the imaging visit, years
     bmi: float
     age_offset: float = 0.0  # biological minus chronological age, years
+    age_effect_scale: float = 1.0  # multiplies every planted per-decade age effect
 
     @property
     def biological_age(self) -> float:
@@ -311,6 +316,7 @@ def make_cohort(
     age_range: tuple[float, float] = (46.0, 81.0),
     offset_sd: float = 4.0,
     first_eid: int = 1000001,
+    age_effect_scale: float = 1.0,
 ) -> list[SyntheticParticipant]:
     """A deterministic synthetic cohort of ``n`` participants.
 
@@ -341,6 +347,7 @@ def make_cohort(
             age=round(float(ages[i]), 2),
             bmi=float(bmis[i]),
             age_offset=round(float(offsets[i]), 2),
+            age_effect_scale=float(age_effect_scale),
         )
         for i in range(n)
     ]
@@ -372,6 +379,7 @@ class _Body:
         male = p.sex == 1
         jitter = np.random.default_rng([p.eid, 0xB0D7]).normal(size=3).clip(-2, 2)
         self.male, self.bmi, self.age = male, p.bmi, p.biological_age
+        self.age_effect_scale = p.age_effect_scale
         self.height = (1.0 if male else FEMALE_HEIGHT) * (1 + 0.02 * jitter[0])
         self.size = (1.0 if male else 0.95) * (1 + LEAN_PER_BMI * (p.bmi - 25)) * (1 + 0.03 * jitter[1])
         self.organ = (1.0 if male else 0.88) * (1 + 0.03 * jitter[2])
@@ -469,7 +477,8 @@ class _Body:
 
     def _aged(self, at_ref: float, per_decade: float, lo: float, hi: float) -> float:
         """A planted age effect: linear in biological age, clipped so extreme offsets stay anatomical."""
-        return float(np.clip(at_ref + per_decade * (self.age - AGE_REFERENCE) / 10.0, lo, hi))
+        change = per_decade * self.age_effect_scale * (self.age - AGE_REFERENCE) / 10.0
+        return float(np.clip(at_ref + change, lo, hi))
 
     def disc_height_fraction(self) -> float:
         return self._aged(DISC_HEIGHT_FRACTION_AT_REF, DISC_HEIGHT_FRACTION_PER_DECADE, 0.15, 1.0)

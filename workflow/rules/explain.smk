@@ -10,6 +10,7 @@ rule gradcam:
         checkpoint=rules.train_age_model.output.checkpoint,
         cache=f"{RESULTS}/cache/{{eid}}.npy",
         stitched=f"{RESULTS}/stitched/{{eid}}",
+        cohort=COHORT_TABLE,
     output:
         f"{RESULTS}/gradcam/{{eid}}.nii.gz",
     log:
@@ -108,8 +109,8 @@ rule atlas:
     resources:
         mem_mb=1000,
         runtime=5,
-    shell:
-        "cp {input} {output} 2> {log}"
+    script:
+        "../scripts/copy_atlas.py"
 
 
 # ---- registration of test participants, warping of their maps --------------
@@ -164,7 +165,11 @@ rule registration_qc:
     input:
         all_test_files(f"{EXPLAIN}/{{group}}/registration/{{eid}}.json"),
     output:
-        f"{RESULTS}/qc/registration.tsv",
+        report(
+            f"{RESULTS}/qc/registration.tsv",
+            caption="../report/qc_registration.rst",
+            category="Quality control",
+        ),
     log:
         f"{LOGS}/registration_qc.log",
     conda:
@@ -185,7 +190,12 @@ rule ageing_classes:
         predictions=rules.correct_bias.output.predictions,
         cohort=COHORT_TABLE,
     output:
-        f"{EXPLAIN}/ageing_classes.tsv",
+        report(
+            f"{EXPLAIN}/ageing_classes.tsv",
+            caption="../report/ageing_classes.rst",
+            category="Population maps",
+            subcategory="All groups",
+        ),
     log:
         f"{LOGS}/ageing_classes.log",
     conda:
@@ -256,9 +266,24 @@ rule group_figures:
         significant=rules.class_test.output.significant,
         summary=rules.class_test.output.summary,
     output:
-        bands=f"{EXPLAIN}/{{group}}/figures/importance_by_age_band.png",
-        classes=f"{EXPLAIN}/{{group}}/figures/importance_by_ageing_class.png",
-        test=f"{EXPLAIN}/{{group}}/figures/accelerated_vs_decelerated.png",
+        bands=report(
+            f"{EXPLAIN}/{{group}}/figures/importance_by_age_band.png",
+            caption="../report/group_age_band.rst",
+            category="Population maps",
+            subcategory="{group}",
+        ),
+        classes=report(
+            f"{EXPLAIN}/{{group}}/figures/importance_by_ageing_class.png",
+            caption="../report/group_ageing_class.rst",
+            category="Population maps",
+            subcategory="{group}",
+        ),
+        test=report(
+            f"{EXPLAIN}/{{group}}/figures/accelerated_vs_decelerated.png",
+            caption="../report/group_class_test.rst",
+            category="Population maps",
+            subcategory="{group}",
+        ),
     log:
         f"{LOGS}/figures/{{group}}.log",
     conda:
@@ -283,7 +308,12 @@ rule importance_figure:
             f"{EXPLAIN}/{{group}}/maps/all.json", group=active_groups()
         ),
     output:
-        f"{EXPLAIN}/figures/importance_by_group.png",
+        report(
+            f"{EXPLAIN}/figures/importance_by_group.png",
+            caption="../report/importance_by_group.rst",
+            category="Population maps",
+            subcategory="All groups",
+        ),
     log:
         f"{LOGS}/figures/importance_by_group.log",
     conda:
@@ -313,7 +343,12 @@ rule examples_figure:
             eid=test_members(config["maps"]["example_group"]),
         ),
     output:
-        f"{EXPLAIN}/figures/examples_{config['maps']['example_group']}.png",
+        report(
+            f"{EXPLAIN}/figures/examples_{config['maps']['example_group']}.png",
+            caption="../report/examples.rst",
+            category="Population maps",
+            subcategory="All groups",
+        ),
     log:
         f"{LOGS}/figures/examples.log",
     conda:
@@ -361,7 +396,12 @@ if SYNTHETIC:
                 f"{EXPLAIN}/{{group}}/truth_check.json", group=active_groups()
             ),
         output:
-            f"{EXPLAIN}/truth_check.tsv",
+            report(
+                f"{EXPLAIN}/truth_check.tsv",
+                caption="../report/truth_check.rst",
+                category="Population maps",
+                subcategory="All groups",
+            ),
         log:
             f"{LOGS}/truth_summary.log",
         conda:

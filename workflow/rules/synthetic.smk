@@ -23,5 +23,6 @@ if SYNTHETIC:
             defects=config["synthetic"]["defects"],
             seed=config["seed"],
             offset_sd=config["synthetic"]["age_offset_sd"],
+            age_effect_scale=config["synthetic"]["age_effect_scale"],
         script:
             "../scripts/synthetic_cohort.py"

@@ -2,11 +2,14 @@
 
 from pathlib import Path
 
-from ageatlas import logs, synth
+from ageatlas import logs, provenance, synth
 
 logs.to_file(snakemake.log[0])
 participants = synth.make_cohort(
-    snakemake.params.n, seed=snakemake.params.seed, offset_sd=snakemake.params.offset_sd
+    snakemake.params.n,
+    seed=snakemake.params.seed,
+    offset_sd=snakemake.params.offset_sd,
+    age_effect_scale=snakemake.params.age_effect_scale,
 )
 synth.write_cohort(
     Path(snakemake.output.phenotypes).parent,
@@ -15,3 +18,4 @@ synth.write_cohort(
     defects_by_eid={int(k): v for k, v in snakemake.params.defects.items()},
     seed=snakemake.params.seed,
 )
+provenance.record(snakemake)
