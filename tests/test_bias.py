@@ -94,3 +94,19 @@ def test_correct_table_requires_columns():
     corr = bias.fit(*_planted(), "cole")
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['age'\]"):
         bias.correct_table(pd.DataFrame({"eid": [1], "predicted": [60.0]}), corr)
+
+
+@pytest.mark.parametrize("method", ["delta", "cole"])
+def test_age_slope_is_how_much_predictions_follow_age(method):
+    age, pred = _planted(slope=0.6)
+    corr = bias.fit(age, pred, method)
+    assert corr.age_slope == pytest.approx(0.6, abs=1e-9)
+    assert corr.tracks_age
+
+
+def test_a_model_that_predicts_the_mean_does_not_track_age():
+    # a model that has not learned: ~constant output. Delta would "correct" it to chronological age.
+    age, pred = _planted(slope=0.02, intercept=62.0, noise=0.1)
+    corr = bias.fit(age, pred, "delta")
+    assert corr.age_slope < bias.MIN_TRACKING_SLOPE and not corr.tracks_age
+    assert np.abs(corr.apply(pred, age) - age).mean() < 0.2  # the misleading near-perfect score

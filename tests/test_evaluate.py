@@ -190,3 +190,33 @@ def test_scatter_missing_column_raises(tmp_path, plot):
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['corrected'\]"):
         plot(_scatter_frame().drop(columns="corrected"), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def _correction_json(tmp_path, slope):
+    age = np.linspace(46, 81, 20)
+    path = tmp_path / f"correction_{slope}.json"
+    from ageatlas import bias
+
+    bias.fit(age, slope * age + 62 * (1 - slope), "delta").to_json(path)
+    return path
+
+
+def test_corrected_column_of_a_model_that_did_not_learn_is_flagged_not_bolded(tmp_path):
+    cohort = _cohort()
+    test = cohort[cohort["split"] == "test"]
+    preds = pd.DataFrame({"eid": test["eid"].astype(str), "predicted": 62.0, "corrected": test["age"] + 0.001})
+    (tmp_path / "m.tsv").write_text("epoch\tseconds\n1\t60\n")
+    (tmp_path / "t.json").write_text('{"seconds_per_sample": 0.1}')
+    flat = evaluate.model_columns("2.5D", preds, tmp_path / "m.tsv", tmp_path / "t.json", 48,
+                                  correction_json=_correction_json(tmp_path, 0.0))
+    learned = evaluate.model_columns("3D", preds.assign(corrected=test["age"].to_numpy() + 1.0), tmp_path / "m.tsv",
+                                     tmp_path / "t.json", 48, correction_json=_correction_json(tmp_path, 0.6))
+    assert flat[1].caveat and "has not learned age" in flat[1].caveat and learned[1].caveat is None
+    table = evaluate.table1(cohort, [*flat, *learned])
+    evaluate.write_table1(table, tmp_path / "t.tsv", tmp_path / "t.md")
+    md = (tmp_path / "t.md").read_text()
+    row = md.splitlines()[2]
+    # the flagged 0.001 is not the row's best; the learned model's corrected 1.000 is
+    assert row.endswith("| 0.001 † | 11.500 | **1.000** |")
+    assert "**0.001" not in md
+    assert "† 2.5D (bias-corrected) does not measure the 2.5D model" in md

@@ -31,6 +31,10 @@ MIN_SAMPLES = 3
 # Below this slope, Cole's division by the slope blows residuals up >100-fold:
 # the model barely tracks age and the "correction" would be noise.
 MIN_COLE_SLOPE = 0.01
+# Below this, the validation predictions rise less than 0.1 year per year of
+# age: the model has not learned age, and the delta correction, which adds
+# back (1 - slope) of chronological age, would score it as nearly perfect.
+MIN_TRACKING_SLOPE = 0.1
 
 
 @dataclass
@@ -47,6 +51,16 @@ class BiasCorrection:
     slope_pvalue: float = math.nan
     age_min: float = math.nan  # the validation ages it was fitted on, to spot extrapolation
     age_max: float = math.nan
+
+    @property
+    def age_slope(self) -> float:
+        """Years the validation predictions rise per year of chronological age."""
+        return 1.0 + self.slope if self.method == "delta" else self.slope
+
+    @property
+    def tracks_age(self) -> bool:
+        """Whether the model's predictions follow age enough for a correction to mean anything."""
+        return self.age_slope >= MIN_TRACKING_SLOPE
 
     def apply(self, predicted, age=None) -> np.ndarray:
         """Corrected predictions; ``age`` (chronological) is required for "delta"."""

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .bias import MIN_TRACKING_SLOPE, BiasCorrection
+
 SEXES = ("F", "M")
 BMI_GROUPS = ("healthy", "overweight", "obese")
 BASELINE = "Mean Pred."
@@ -41,6 +43,7 @@ class MethodResult:
     epoch_seconds: list[float] | None = None  # the training metrics.tsv `seconds` column
     inference_seconds_per_sample: float | None = None
     column: str = "predicted"  # e.g. "corrected" for a bias-corrected table
+    caveat: str | None = None  # why the column's MAEs do not measure the method (shown under the table)
 
 
 def read_epoch_seconds(metrics_tsv: str | Path) -> list[float]:
@@ -52,18 +55,34 @@ def read_epoch_seconds(metrics_tsv: str | Path) -> list[float]:
 
 
 def model_columns(name: str, predictions: pd.DataFrame, metrics_tsv: str | Path, timing_json: str | Path,
-                  training_samples: int) -> list[MethodResult]:
+                  training_samples: int, correction_json: str | Path | None = None) -> list[MethodResult]:
     """A model's two columns, as predicted and "(bias-corrected)", with the costs from its rules' records.
 
     `predictions` has eid, predicted and corrected (the bias rule's table);
     `metrics_tsv` is the training metrics, `timing_json` the prediction
-    rule's timing (``seconds_per_sample``).
+    rule's timing (``seconds_per_sample``), `correction_json` the fitted
+    correction: when the model does not track age, the corrected column
+    carries a caveat instead of passing for a result.
     """
     timing = json.loads(Path(timing_json).read_text())
     costs = dict(training_samples=int(training_samples), epoch_seconds=read_epoch_seconds(metrics_tsv),
                  inference_seconds_per_sample=timing["seconds_per_sample"])
+    corrected = f"{name} (bias-corrected)"
     return [MethodResult(name, predictions, column="predicted", **costs),
-            MethodResult(f"{name} (bias-corrected)", predictions, column="corrected", **costs)]
+            MethodResult(corrected, predictions, column="corrected",
+                         caveat=_correction_caveat(name, correction_json), **costs)]
+
+
+def _correction_caveat(name: str, correction_json: str | Path | None) -> str | None:
+    if correction_json is None:
+        return None
+    correction = BiasCorrection.from_json(correction_json)
+    if correction.tracks_age:
+        return None
+    return (f"{name} (bias-corrected) does not measure the {name} model: its validation predictions rise "
+            f"{correction.age_slope:.2f} years per year of age (below {MIN_TRACKING_SLOPE}), so it has not "
+            f"learned age and the {correction.method} correction largely returns chronological age. "
+            f"Compare the uncorrected column.")
 
 
 def _test_rows(cohort: pd.DataFrame) -> pd.DataFrame:
@@ -194,6 +213,7 @@ def table1(cohort: pd.DataFrame, methods: list[MethodResult]) -> pd.DataFrame:
         pred = _method_predictions(test, method)
         maes = [_mae(test.loc[m, "age"], pred[m]) for m in (_selector(test, s, b) for _, _, s, b in rows)]
         table[method.name] = maes + _cost_rows(method)
+    table.attrs["caveats"] = {m.name: m.caveat for m in methods if m.caveat}
     return table
 
 
@@ -238,11 +258,13 @@ def _markdown_rows(table: pd.DataFrame) -> list[list[str]]:
     by_metric = table.set_index("Metric", drop=False)
     out = []
     previous = (None, None)
+    caveats = table.attrs.get("caveats", {})
     for _, row in table[table["Metric"] == MAE].iterrows():
-        best = _best(row[methods].astype(float))
+        # A caveated column (a correction of a model that did not learn) never wins a row.
+        best = _best(row[methods].astype(float).where([m not in caveats for m in methods]))
         metric = "" if previous[0] == MAE else MAE
         category = "" if previous[1] == row["Category"] else row["Category"]
-        cells = [_cell(row[m], 3, best[m]) for m in methods]
+        cells = [_cell(row[m], 3, best[m]) + (" †" if m in caveats else "") for m in methods]
         out.append([metric, category, row["Sex"], str(row["n"]), *cells])
         previous = (MAE, row["Category"])
     samples = by_metric.loc[TRAINING_SAMPLES, methods].astype(float)
@@ -266,7 +288,8 @@ def to_markdown(table: pd.DataFrame) -> str:
         f"{BASELINE} predicts the mean training age of each row's population. "
         "Best (lowest) value per row in bold."
     )
-    return "\n".join(lines) + "\n\n" + caption + "\n"
+    notes = "".join(f"\n† {text}\n" for text in table.attrs.get("caveats", {}).values())
+    return "\n".join(lines) + "\n\n" + caption + "\n" + notes
 
 
 def write_table1(table: pd.DataFrame, tsv_path: str | Path, md_path: str | Path) -> None:

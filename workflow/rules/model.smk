@@ -134,10 +134,12 @@ rule table1:
         cohort=COHORT_TABLE,
         metrics=rules.train_age_model.output.metrics,
         timing=rules.predict_age.output.timing,
+        correction=rules.correct_bias.output.coefficients,
         # the 2.5D baseline's records (workflow/rules/baseline.smk)
         baseline_predictions=f"{BASELINE}/predictions_corrected.tsv",
         baseline_metrics=f"{BASELINE}/model/metrics.tsv",
         baseline_timing=f"{BASELINE}/inference_timing.json",
+        baseline_correction=f"{BASELINE}/bias_correction.json",
     output:
         tsv=report(
             f"{RESULTS}/age/table1.tsv",

@@ -17,6 +17,7 @@ methods = [
         i.baseline_metrics,
         i.baseline_timing,
         training_samples=cohort["split"].isin(snakemake.params.baseline_splits).sum(),
+        correction_json=i.baseline_correction,
     ),
     *evaluate.model_columns(
         "3D",
@@ -24,6 +25,7 @@ methods = [
         i.metrics,
         i.timing,
         training_samples=(cohort["split"] == "train").sum(),
+        correction_json=i.correction,
     ),
 ]
 table = evaluate.table1(cohort, methods)
