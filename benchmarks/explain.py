@@ -16,11 +16,13 @@ hours, so it runs --cpu-affine affine iterations and --cpu-steps steps per
 level, reports seconds per affine iteration and per deformable step on each
 level, and the per-participant time those rates give for the protocol's
 iteration counts at 100 and at 1000 steps a level (the bounds of the
-convergence stop). Peak memory: CUDA max allocated, or the process's peak RSS.
+convergence stop), and warps one map with the short run's transform.
+Peak memory: CUDA max allocated, or the process's peak RSS.
 Goal on an H100: Grad-CAM plus registration <= 30 s per participant.
+--save writes the figures as a record for benchmarks/sizing.py.
 
     .venv/bin/python benchmarks/explain.py            # the GPU if there is one, else the CPU
-    .venv/bin/python benchmarks/explain.py --device cpu
+    .venv/bin/python benchmarks/explain.py --device cpu --save explain-cpu.json
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ def main() -> None:
         waters = make_participants(Path(tmp))
         results = {part: run_part(part, device, waters, args) for part in ("gradcam", "registration")}
     print_table(device, results, args)
+    if args.save:
+        from ageatlas import sizing
+
+        results = {"device_type": device, "device": device_name(device), "threads": torch.get_num_threads(),
+                   **results}
+        record = sizing.make_record("explain", results, data="two SYNTHETIC full-size participants")
+        sizing.save_record(args.save, record)
 
 
 def parse_args():
@@ -58,6 +67,7 @@ def parse_args():
     parser.add_argument("--device", choices=["cpu", "cuda"])
     parser.add_argument("--cpu-affine", type=int, default=5, help="affine iterations timed on a CPU")
     parser.add_argument("--cpu-steps", type=int, default=3, help="deformable steps timed per level on a CPU")
+    parser.add_argument("--save", help="write the figures here as JSON (a record for benchmarks/sizing.py)")
     parser.add_argument("--part", choices=["gradcam", "registration"], help=argparse.SUPPRESS)
     parser.add_argument("--moving", help=argparse.SUPPRESS)
     parser.add_argument("--fixed", help=argparse.SUPPRESS)
@@ -147,6 +157,8 @@ def measure_registration(args, device) -> dict:
 
 def cpu_rates(moving, fixed, full, args, device) -> dict:
     """Seconds per affine iteration and per deformable step on each level, from short runs."""
+    import nibabel as nib
+
     from ageatlas import register as reg
 
     timed = {}
@@ -154,14 +166,19 @@ def cpu_rates(moving, fixed, full, args, device) -> dict:
         settings = reg.RegistrationSettings(affine_iterations=affine_iterations, max_steps=steps, min_delta=0.0,
                                             patience=10**6)
         start = time.perf_counter()
-        reg.register(moving, fixed, settings, device=device)
+        result = reg.register(moving, fixed, settings, device=device)
         timed[affine_iterations] = time.perf_counter() - start
+    # A warp costs the same whatever the steps were: the short run's transform is as good a timer.
+    start = time.perf_counter()
+    result.warp(nib.Nifti1Image(np.asarray(moving.dataobj, np.float32), moving.affine))
+    warp_seconds = time.perf_counter() - start
     # The difference of the two runs is cpu_affine affine iterations + cpu_steps steps on every level.
     per_affine = _per_affine(moving, fixed, args, device)
     per_step_all_levels = (timed[args.cpu_affine] - timed[0] - per_affine * args.cpu_affine) / args.cpu_steps
     protocol = {steps: full.affine_iterations * per_affine + steps * per_step_all_levels for steps in (100, 1000)}
     return {"seconds_per_affine_iteration": per_affine, "seconds_per_step_all_levels": per_step_all_levels,
-            "protocol_seconds_100_steps": protocol[100], "protocol_seconds_1000_steps": protocol[1000]}
+            "protocol_seconds_100_steps": protocol[100], "protocol_seconds_1000_steps": protocol[1000],
+            "warp_seconds": warp_seconds}
 
 
 def _per_affine(moving, fixed, args, device) -> float:
@@ -178,8 +195,12 @@ def _per_affine(moving, fixed, args, device) -> float:
     return (times[1] - times[0]) / args.cpu_affine
 
 
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "CPU"
+
+
 def print_table(device: str, results: dict, args) -> None:
-    name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "CPU"
+    name = device_name(device)
     threads = torch.get_num_threads()
     print(f"SYNTHETIC full-size participants, grid {results['gradcam']['shape']}, device {name} "
           f"({threads} CPU threads)")
@@ -202,6 +223,7 @@ def print_table(device: str, results: dict, args) -> None:
           f"{registration['protocol_seconds_100_steps'] / 60:>9.1f} min")
     print(f"{'registration, protocol at 1000 steps a level':<52} "
           f"{registration['protocol_seconds_1000_steps'] / 3600:>9.1f} h")
+    print(f"{'warping one map':<52} {registration['warp_seconds']:>9.2f} s")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ slices), then, each in a fresh process pinned to one core:
   - dcm2niix: convert the same DICOMs (extracted to disk first, timed
     apart) to one NIfTI per series, stations only, no stitching.
 Seconds are the best of --repeats; memory is the process's peak RSS.
+--save writes the figures as a record for benchmarks/sizing.py.
 
-    .venv/bin/python benchmarks/ingest.py
+    .venv/bin/python benchmarks/ingest.py [--save benchmarks/records/ingest.json]
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def best(runs: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--save", help="write the figures here as JSON (a record for benchmarks/sizing.py)")
     args = parser.parse_args()
     dcm2niix = shutil.which("dcm2niix") or str(Path(sys.executable).with_name("dcm2niix"))
     with tempfile.TemporaryDirectory(prefix="ingest_bench_") as tmp:
@@ -73,8 +75,9 @@ def main() -> None:
         synth.write_participant_zip(zip_path, person, scale=1.0, seed=1)
         with zipfile.ZipFile(zip_path) as zf:
             members, raw = len(zf.infolist()), sum(i.file_size for i in zf.infolist())
+        zipped = zip_path.stat().st_size
         print(f"SYNTHETIC full-size zip: {members} members, {raw / 2**20:.0f} MiB DICOM, "
-              f"{zip_path.stat().st_size / 2**20:.0f} MiB zipped; one core, best of {args.repeats}")
+              f"{zipped / 2**20:.0f} MiB zipped; one core, best of {args.repeats}")
 
         ours = best([run_json([sys.executable, "-c", INGEST, str(zip_path), str(tmp / f"out{i}")])
                      for i in range(args.repeats)])
@@ -95,6 +98,14 @@ def main() -> None:
     print(f"{'unzip to disk (needed by dcm2niix)':<58} {unzip['s']:>8.2f} {unzip['mib']:>9.0f}")
     print(f"{'dcm2niix -z y: 24 series -> .nii.gz, no stitching':<58} {conv['y']['s']:>8.2f} {conv['y']['mib']:>9.0f}")
     print(f"{'dcm2niix -z n: 24 series -> .nii, no stitching':<58} {conv['n']['s']:>8.2f} {conv['n']['mib']:>9.0f}")
+    if args.save:
+        from ageatlas import sizing
+
+        runs = {"ageatlas": ours, "unzip": unzip, "dcm2niix_gz": conv["y"], "dcm2niix": conv["n"]}
+        steps = {name: {"seconds": r["s"], "peak_mib": r["mib"]} for name, r in runs.items()}
+        results = {"device_type": "cpu", "threads": 1, "repeats": args.repeats, "steps": steps,
+                   "zip": {"members": members, "dicom_mib": raw / 2**20, "zip_mib": zipped / 2**20}}
+        sizing.save_record(args.save, sizing.make_record("ingest", results, data="one full-size SYNTHETIC zip"))
 
 
 if __name__ == "__main__":

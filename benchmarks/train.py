@@ -29,6 +29,7 @@ H100: <= 0.1 s and <= 0.02 s.
     .venv/bin/python benchmarks/train.py                 # both models, the GPU if there is one, else the CPU
     .venv/bin/python benchmarks/train.py --device all    # both devices
     .venv/bin/python benchmarks/train.py --model 2.5d    # one model
+    .venv/bin/python benchmarks/train.py --save rec.json # also a record for benchmarks/sizing.py
 """
 
 from __future__ import annotations
@@ -69,7 +70,13 @@ def main() -> None:
     if args.json:
         print(json.dumps(measure(args, devices[0], models[0])))
         return
-    print_table([in_fresh_process(device, model) for device in devices for model in models])
+    rows = [in_fresh_process(device, model) for device in devices for model in models]
+    print_table(rows)
+    if args.save:
+        from ageatlas import sizing
+
+        record = sizing.make_record("train", {"rows": rows}, data="random inputs at full size")
+        sizing.save_record(args.save, record)
 
 
 def parse_args() -> argparse.Namespace:
@@ -89,6 +96,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--accumulate", type=int, help="batches per Adam step (default: the model's config, 3D 32, 2.5D 1)")
     parser.add_argument("--no-bf16", action="store_true", help="float32 on the GPU too")
     parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--save", help="write the rows here as JSON (a record for benchmarks/sizing.py)")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one device, for the parent
     return parser.parse_args()
 
@@ -106,9 +114,9 @@ def forwarded_options() -> list[str]:
     for arg in sys.argv[1:]:
         if skip:
             skip = False
-        elif arg in ("--device", "--model"):
+        elif arg in ("--device", "--model", "--save"):
             skip = True
-        elif not arg.startswith(("--device=", "--model=")):
+        elif not arg.startswith(("--device=", "--model=", "--save=")):
             options.append(arg)
     return options
 
@@ -155,6 +163,8 @@ def measure(args: argparse.Namespace, device_name: str, model_name: str) -> dict
     return {
         "model": model_name,
         "device": describe(device),
+        "device_type": device.type,
+        "threads": torch.get_num_threads(),
         "input": "x".join(map(str, shape)),
         "batch": f"{batch_size} x {accumulate}" if accumulate > 1 else str(batch_size),
         "steps": steps,
