@@ -7,14 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ageatlas.atlas import (
-    choose_members,
-    choose_reference,
-    initial_template,
-    update_template,
-    warped_member,
-)
+from ageatlas.atlas import initial_template, update_template, warped_member
 from ageatlas.register import RegistrationSettings, register
+from ageatlas.selection import choose_members, choose_reference
 
 SHAPE = (24, 24, 32)
 SPACING = (4.0, 4.0, 4.0)
@@ -87,3 +82,13 @@ def test_update_needs_a_member():
     template = initial_template(_blob((0, 0, 0)), clip=0.6)
     with pytest.raises(ValueError, match="no member"):
         update_template(template, {})
+
+
+def test_building_the_dag_does_not_import_torch():
+    """common.smk calls these at DAG-build time, in every Snakemake process (each cluster job's too)."""
+    import subprocess
+    import sys
+
+    modules = "ageatlas.selection, ageatlas.cohort, ageatlas.aggregate, ageatlas.jobenv, ageatlas.phenotypes, ageatlas.layout"
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -77,7 +77,7 @@ from functools import lru_cache
 from snakemake.exceptions import WorkflowError
 
 from ageatlas import aggregate as aggregate_lib
-from ageatlas import atlas as atlas_lib
+from ageatlas import selection
 
 GROUPS = cohort_lib.group_names()
 SUBSETS = list(aggregate_lib.SUBSETS)
@@ -127,7 +127,7 @@ def atlas_members(group):
             f"its atlas: give one in atlas.given or widen atlas.splits"
         )
     return [
-        str(e) for e in atlas_lib.choose_members(rows, config["atlas"]["n_members"])
+        str(e) for e in selection.choose_members(rows, config["atlas"]["n_members"])
     ]
 
 
@@ -137,7 +137,7 @@ def atlas_reference(group):
         return str(given)
     table = cohort_frame()
     rows = table[table["eid"].isin(atlas_members(group))]
-    return str(atlas_lib.choose_reference(rows))
+    return str(selection.choose_reference(rows))
 
 
 def atlas_path(group):
@@ -218,4 +218,4 @@ def figure9_participants():
     """A few test participants spread over the age range."""
     table = cohort_frame()
     test = table[table["split"] == "test"]
-    return atlas_lib.choose_members(test, config["baseline"]["figure_participants"])
+    return selection.choose_members(test, config["baseline"]["figure_participants"])
