@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import os
 import subprocess
@@ -48,6 +47,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from ageatlas import sizing
 from ageatlas.baseline import BaselineConfig
 from ageatlas.train import TrainConfig
 
@@ -73,7 +73,6 @@ def main() -> None:
     rows = [in_fresh_process(device, model) for device in devices for model in models]
     print_table(rows)
     if args.save:
-        from ageatlas import sizing
 
         record = sizing.make_record("train", {"rows": rows}, data="random inputs at full size")
         sizing.save_record(args.save, record)
@@ -223,13 +222,7 @@ def peak_memory(device: torch.device) -> float:
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {torch.get_num_threads()} threads"
+    return f"{sizing.cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def print_table(rows: list[dict]) -> None:

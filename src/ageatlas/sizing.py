@@ -41,15 +41,20 @@ GPU_KEYS = {"train3d", "infer3d", "gradcam", "registration", "warp", "train25d",
 # ---- records -----------------------------------------------------------------
 
 
-def machine() -> str:
-    """The CPU model and core count (results say which device they ran on)."""
+def cpu_name() -> str:
+    """The CPU model, from /proc/cpuinfo where there is one."""
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{name}, {os.cpu_count()} cores"
+    return name
+
+
+def machine() -> str:
+    """The CPU model and core count (results say which device they ran on)."""
+    return f"{cpu_name()}, {os.cpu_count()} cores"
 
 
 def make_record(benchmark: str, results: dict, *, data: str, source: str = MEASURED) -> dict:
