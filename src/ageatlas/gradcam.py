@@ -85,11 +85,12 @@ def grad_cam(model: nn.Module, volume: torch.Tensor, layer: nn.Module | None = N
             (gradient,) = torch.autograd.grad(age.sum(), activation)
     finally:
         model.train(was_training)
-    layer_map = _weighted_activation(activation.detach(), gradient * sign_of(float(age.detach().reshape(-1)[0])))
+    predicted_age = float(age.detach().reshape(-1)[0])
+    layer_map = _weighted_activation(activation.detach(), gradient * sign_of(predicted_age))
     cam = _min_max(layer_map) if normalise else layer_map
     cam = F.interpolate(cam[None, None], size=tuple(volume.shape[2:]), mode=_UPSAMPLING[volume.ndim],
                         align_corners=False)
-    return CamResult(cam[0, 0].float().cpu(), float(age.detach().reshape(-1)[0]), layer_map.float().cpu())
+    return CamResult(cam[0, 0].float().cpu(), predicted_age, layer_map.float().cpu())
 
 
 def _target_sign(target: str, reference_age: float | None):
