@@ -21,17 +21,20 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/ingest.smk"
-include: "workflow/rules/qc.smk"
-include: "workflow/rules/model.smk"
+include: "workflow/rules/cohort.smk"
+include: "workflow/rules/age.smk"
 include: "workflow/rules/baseline.smk"
-include: "workflow/rules/explain.smk"
+include: "workflow/rules/explain_gradcam.smk"
+include: "workflow/rules/explain_atlas.smk"
+include: "workflow/rules/explain_register.smk"
+include: "workflow/rules/explain_maps.smk"
 
 
 rule all:
     default_target: True
     input:
-        qc_table=f"{RESULTS}/qc/participants.tsv",
-        table1=f"{RESULTS}/age/table1.md",
-        figures=f"{RESULTS}/age/figures/predicted_vs_age_by_group.png",
+        qc_table=PARTICIPANT_QC,
+        table1=f"{AGE}/table1.md",
+        figures=f"{AGE}/figures/predicted_vs_age_by_group.png",
         baseline_figure=f"{BASELINE}/figures/gradcam_projections.png",
         explain=explain_targets,

@@ -4,10 +4,10 @@ Two SYNTHETIC full-size participants (field-20201 zips at scale 1, stitched
 to 224 x 174 x 370 at 2.232 x 2.232 x 3 mm like the workflow does). Each
 part runs in a fresh process so its peak memory is its own:
 
-  gradcam       one Grad-CAM map (ageatlas.gradcam.grad_cam, layer3) of the
+  gradcam       one Grad-CAM map (ageatlas.explain.gradcam.grad_cam, layer3) of the
                 age model on the full-size input, after one warm-up call
   registration  participant B to participant A (the atlas stand-in) with the
-                authors' settings (ageatlas.register: affine 200 iterations,
+                authors' settings (ageatlas.explain.register: affine 200 iterations,
                 SVFFD on 3 levels, LNCC 7, up to 1000 steps a level, stop when
                 the loss stops falling), plus warping one map
 
@@ -54,7 +54,7 @@ def main() -> None:
         results = {part: run_part(part, device, waters, args) for part in ("gradcam", "registration")}
     print_table(device, results, args)
     if args.save:
-        from ageatlas import sizing
+        import cluster_sizing as sizing
 
         results = {"device_type": device, "device": device_name(device), "threads": torch.get_num_threads(),
                    **results}
@@ -76,14 +76,17 @@ def parse_args():
 
 def make_participants(tmp: Path) -> list[str]:
     """Two SYNTHETIC participants stitched to the full default grid; their water paths."""
-    from ageatlas import synth
-    from ageatlas.ingest import ingest_participant, stitched_path
-    from ageatlas.stitch import Grid, StitchOptions
+    from ageatlas.synthetic.dicom import write_participant_zip
+    from ageatlas.synthetic.participants import make_cohort
+    from ageatlas.core.paths import stitched_path
+    from ageatlas.ingest.participant import ingest_participant
+    from ageatlas.ingest.grid import Grid
+    from ageatlas.ingest.stitch import StitchOptions
 
     waters = []
-    for person in synth.make_cohort(2, seed=7):
+    for person in make_cohort(2, seed=7):
         zip_path = tmp / f"{person.eid}.zip"
-        synth.write_participant_zip(zip_path, person, scale=1.0, seed=7)
+        write_participant_zip(zip_path, person, scale=1.0, seed=7)
         out = tmp / str(person.eid)
         record = ingest_participant(str(person.eid), zip_path, out, Grid(), StitchOptions(), preview=False)
         if not record.passed:
@@ -122,9 +125,9 @@ def _sync(device) -> None:
 def measure_gradcam(args, device) -> dict:
     import nibabel as nib
 
-    from ageatlas.gradcam import grad_cam
-    from ageatlas.model import build_model
-    from ageatlas.preprocess import normalise
+    from ageatlas.explain.gradcam import grad_cam
+    from ageatlas.age.model import build_model
+    from ageatlas.age.preprocess import normalise
 
     water = np.asarray(nib.load(args.moving).dataobj, dtype=np.float32)
     volume = torch.from_numpy(normalise(water, "zero"))[None, None].to(device)
@@ -140,7 +143,7 @@ def measure_gradcam(args, device) -> dict:
 def measure_registration(args, device) -> dict:
     import nibabel as nib
 
-    from ageatlas import register as reg
+    from ageatlas.explain import register as reg
 
     moving, fixed = nib.load(args.moving), nib.load(args.fixed)
     full = reg.RegistrationSettings()
@@ -159,7 +162,7 @@ def cpu_rates(moving, fixed, full, args, device) -> dict:
     """Seconds per affine iteration and per deformable step on each level, from short runs."""
     import nibabel as nib
 
-    from ageatlas import register as reg
+    from ageatlas.explain import register as reg
 
     timed = {}
     for affine_iterations, steps in ((0, 1), (args.cpu_affine, 1 + args.cpu_steps)):
@@ -182,13 +185,13 @@ def cpu_rates(moving, fixed, full, args, device) -> dict:
 
 
 def _per_affine(moving, fixed, args, device) -> float:
-    from ageatlas import register as reg
+    from ageatlas.explain import register as reg
 
     times = []
     for iterations in (1, 1 + args.cpu_affine):
         settings = reg.RegistrationSettings(affine_iterations=iterations)
-        moving_img = reg._to_image(moving, settings.clip, device)
-        fixed_img = reg._to_image(fixed, settings.clip, device)
+        moving_img = reg.to_image(moving, settings.clip, device)
+        fixed_img = reg.to_image(fixed, settings.clip, device)
         start = time.perf_counter()
         reg._fit_affine(moving_img, fixed_img, settings)
         times.append(time.perf_counter() - start)

@@ -28,8 +28,9 @@ ONE_CORE = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREAD
 
 INGEST = """
 import json, resource, sys, time
-from ageatlas.ingest import ingest_participant
-from ageatlas.stitch import Grid, StitchOptions
+from ageatlas.ingest.participant import ingest_participant
+from ageatlas.ingest.grid import Grid
+from ageatlas.ingest.stitch import StitchOptions
 t = time.perf_counter()
 rec = ingest_participant("1000001", sys.argv[1], sys.argv[2], Grid(), StitchOptions(), preview=False)
 dt = time.perf_counter() - t
@@ -68,11 +69,12 @@ def main() -> None:
     dcm2niix = shutil.which("dcm2niix") or str(Path(sys.executable).with_name("dcm2niix"))
     with tempfile.TemporaryDirectory(prefix="ingest_bench_") as tmp:
         tmp = Path(tmp)
-        from ageatlas import synth
+        from ageatlas.synthetic.dicom import write_participant_zip
+        from ageatlas.synthetic.participants import make_cohort
 
-        person = synth.make_cohort(1, seed=1)[0]
+        person = make_cohort(1, seed=1)[0]
         zip_path = tmp / f"{person.eid}_20201_2_0.zip"
-        synth.write_participant_zip(zip_path, person, scale=1.0, seed=1)
+        write_participant_zip(zip_path, person, scale=1.0, seed=1)
         with zipfile.ZipFile(zip_path) as zf:
             members, raw = len(zf.infolist()), sum(i.file_size for i in zf.infolist())
         zipped = zip_path.stat().st_size
@@ -99,7 +101,7 @@ def main() -> None:
     print(f"{'dcm2niix -z y: 24 series -> .nii.gz, no stitching':<58} {conv['y']['s']:>8.2f} {conv['y']['mib']:>9.0f}")
     print(f"{'dcm2niix -z n: 24 series -> .nii, no stitching':<58} {conv['n']['s']:>8.2f} {conv['n']['mib']:>9.0f}")
     if args.save:
-        from ageatlas import sizing
+        import cluster_sizing as sizing
 
         runs = {"ageatlas": ours, "unzip": unzip, "dcm2niix_gz": conv["y"], "dcm2niix": conv["n"]}
         steps = {name: {"seconds": r["s"], "peak_mib": r["mib"]} for name, r in runs.items()}

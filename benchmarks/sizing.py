@@ -5,7 +5,7 @@ in benchmarks/records/, which hold the figures in the README's "Measured").
 GPU-hours come only from a record measured on CUDA; without one a stage says
 "not measured". The work per stage comes from the config (schema defaults
 filled in): split sizes, epochs, the registration protocol, atlas members.
-The arithmetic is ageatlas.sizing.
+The arithmetic is cluster_sizing.
 
 Disk is measured here, every run (a few seconds): one full-size SYNTHETIC
 participant goes through the workflow's own code (ingest, preprocess,
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from ageatlas import sizing
+import cluster_sizing as sizing
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -92,24 +92,32 @@ def measure_disk(config: dict) -> dict:
 
 
 def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[str, float]]:
-    """The per-participant files of each rule (keys as in ageatlas.sizing.stages), and seconds of two steps."""
+    """The per-participant files of each rule (keys as in cluster_sizing.stages), and seconds of two steps."""
     import nibabel as nib
     import torch
     import torch.nn.functional as F
     from deepali import spatial
 
-    from ageatlas import preprocess, provenance, synth
-    from ageatlas import register as reg
-    from ageatlas.atlas import warped_member
-    from ageatlas.gradcam import _min_max, _save_nifti
-    from ageatlas.ingest import ingest_participant, stitched_path
-    from ageatlas.projection import ProjectionOptions, project_participant
-    from ageatlas.stitch import Grid, StitchOptions
+    from ageatlas.age import preprocess
 
-    person = synth.make_cohort(1, seed=1)[0]
+    from ageatlas.core import provenance
+
+    from ageatlas.synthetic.dicom import write_participant_zip
+    from ageatlas.synthetic.participants import make_cohort
+    from ageatlas.explain import register as reg
+    from ageatlas.explain.atlas import warped_member
+    from ageatlas.core.files import nifti_image, save_nifti
+    from ageatlas.explain.gradcam import min_max
+    from ageatlas.core.paths import stitched_path
+    from ageatlas.ingest.participant import ingest_participant
+    from ageatlas.baseline.projection import ProjectionOptions, project_participant
+    from ageatlas.ingest.grid import Grid
+    from ageatlas.ingest.stitch import StitchOptions
+
+    person = make_cohort(1, seed=1)[0]
     eid = str(person.eid)
     zip_path = tmp / f"{eid}_20201_2_0.zip"
-    synth.write_participant_zip(zip_path, person, scale=1.0, seed=1)
+    write_participant_zip(zip_path, person, scale=1.0, seed=1)
     cfg = config["stitch"]  # as workflow/scripts/stitch.py builds it
     stitched = tmp / "stitched" / eid
     ingest_participant(eid, zip_path, stitched, Grid(tuple(cfg["grid"]["shape"]), tuple(cfg["grid"]["spacing"])),
@@ -131,17 +139,17 @@ def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[
     water = nib.load(str(water_path))
     grid = tuple(int(s) for s in water.shape[:3])
     layer = [-(-g // f) for g, f in zip(grid, (4, 8, 8))]
-    cam = _min_max(torch.relu(torch.randn(layer, generator=torch.Generator().manual_seed(0))))
+    cam = min_max(torch.relu(torch.randn(layer, generator=torch.Generator().manual_seed(0))))
     cam = F.interpolate(cam[None, None], size=grid, mode="trilinear", align_corners=False)[0, 0].numpy()
     gradcam = tmp / "gradcam" / f"{eid}.nii.gz"
-    _save_nifti(cam, water, gradcam)
+    save_nifti(gradcam, nifti_image(cam, water.affine, reference=water))
     sidecar = lambda path, rule, inputs: provenance.write_sidecar(  # noqa: E731
         path, provenance.provenance(config, inputs, rule=rule, wildcards={"eid": eid}))
     sidecar(gradcam, "gradcam", [cache, stitched])
 
     # Registration to an atlas on the stitched grid (this participant stands in for it).
     settings = reg.settings_from_config(config["registration"])
-    image = reg._to_image(water, settings.clip, "cpu")
+    image = reg.to_image(water, settings.clip, "cpu")
     svffd = spatial.StationaryVelocityFreeFormDeformation(image.grid(), stride=settings.stride,
                                                           steps=settings.scaling_squaring_steps)
     svffd.data_(0.01 * torch.randn_like(svffd.data()))

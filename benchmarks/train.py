@@ -1,9 +1,9 @@
 """Training and inference seconds per sample, and peak memory, of the 3D age model and the 2.5D baseline.
 
 Random inputs at full size through the models the workflow trains, built
-from their training configs (ageatlas.train.TrainConfig: the 3D ResNet-18 on
+from their training configs (ageatlas.age.train_config.TrainConfig: the 3D ResNet-18 on
 one 224 x 174 x 370 volume, the authors' stitched grid was 224 x 168 x 363;
-ageatlas.baseline.BaselineConfig: Langner's VGG16-bn on a 2 x 256 x 256
+ageatlas.baseline.model.BaselineConfig: Langner's VGG16-bn on a 2 x 256 x 256
 projection): float32 on the CPU; bfloat16 autocast and channels_last(_3d) on
 a GPU (the training defaults). Reading an input file is timed apart from the
 model (the loading column).
@@ -47,9 +47,9 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from ageatlas import sizing
-from ageatlas.baseline import BaselineConfig
-from ageatlas.train import TrainConfig
+import cluster_sizing as sizing
+from ageatlas.baseline.model import BaselineConfig
+from ageatlas.age.train_config import TrainConfig
 
 # Per model: its training config, the paper's training set and its A40 seconds per sample.
 MODELS = {

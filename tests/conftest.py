@@ -8,6 +8,6 @@ SCHEMAS = REPO / "workflow" / "schemas"
 
 @pytest.fixture
 def phenotype_schema():
-    from ageatlas.phenotypes import load_schema
+    from ageatlas.cohort.phenotypes import load_schema
 
     return load_schema(SCHEMAS / "phenotypes.schema.yaml")

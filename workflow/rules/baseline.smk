@@ -6,7 +6,7 @@
 
 rule projection:
     input:
-        f"{RESULTS}/stitched/{{eid}}",
+        STITCHED,
     output:
         projection=f"{BASELINE}/projections/{{eid}}.npy",
         preview=f"{BASELINE}/projections/{{eid}}.png",
@@ -18,12 +18,12 @@ rule projection:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=grows(2000),
+        runtime=grows(10),
     params:
         projection=config["projection"],
     script:
-        "../scripts/projection.py"
+        "../scripts/baseline/projection.py"
 
 
 use rule train_age_model as train_baseline with:
@@ -45,7 +45,7 @@ use rule train_age_model as train_baseline with:
         f"{BENCHMARKS}/train_baseline.tsv"
     resources:
         gpu=config["baseline"]["gpus"],
-        mem_mb=16000,
+        mem_mb=grows(16000),
         runtime=config["baseline"]["runtime"],
     params:
         train=config["baseline"],
@@ -67,8 +67,8 @@ use rule predict_age as predict_baseline with:
         f"{BENCHMARKS}/predict_baseline.tsv"
     resources:
         gpu=min(1, config["baseline"]["gpus"]),
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=grows(8000),
+        runtime=grows(60),
     params:
         batch_size=config["baseline"]["batch_size"],
         family="2.5d",
@@ -110,7 +110,7 @@ rule baseline_gradcam_figure:
     threads: 1
     resources:
         gpu=min(1, config["baseline"]["gpus"]),
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=grows(4000),
+        runtime=grows(30),
     script:
-        "../scripts/baseline_gradcam_figure.py"
+        "../scripts/baseline/baseline_gradcam_figure.py"

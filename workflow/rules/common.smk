@@ -1,11 +1,19 @@
-# Cohort and paths, known when the DAG is built (so -n, --dag, --rulegraph
-# and partial targets work before anything has run).
+# Cohort, paths and resources, known when the DAG is built (so -n, --dag,
+# --rulegraph and partial targets work before anything has run). Only light
+# modules are imported here: never torch or deepali
+# (tests/workflow/test_conventions.py checks).
 import os
+from functools import lru_cache
 
-from ageatlas import cohort as cohort_lib
-from ageatlas.jobenv import export_source_path
-from ageatlas import phenotypes as phenotypes_lib
-from ageatlas.layout import zip_name
+from snakemake.exceptions import WorkflowError
+
+from ageatlas.cohort import phenotypes as phenotypes_lib
+from ageatlas.cohort import selection
+from ageatlas.cohort import table as cohort_lib
+from ageatlas.core import paths
+from ageatlas.core.field20201 import zip_name
+from ageatlas.core.jobenv import export_source_path
+from ageatlas.core.vocabulary import SUBSETS, group_names
 
 export_source_path(os.path.join(workflow.basedir, "src"))
 
@@ -14,19 +22,42 @@ LOGS = config["logs_dir"]
 BENCHMARKS = config["benchmarks_dir"]
 SYNTHETIC = config["cohort"]["source"] == "synthetic"
 INSTANCE = config["cohort"]["instance"] if not SYNTHETIC else 2
-PHENOTYPE_QC = f"{RESULTS}/qc/phenotypes.tsv"
 # A stable path: workflow.source_path() gives a new temporary copy on every
 # run, which Snakemake then sees as changed params and reruns everything.
 PHENOTYPE_SCHEMA = os.path.join(
     workflow.basedir, "workflow/schemas/phenotypes.schema.yaml"
 )
 
-if SYNTHETIC:
-    from ageatlas import synth
+# Every path a rule writes, from ageatlas.core.paths: one folder per stage.
+STITCHED = f"{RESULTS}/{paths.STITCHED}"
+PHENOTYPE_QC = f"{RESULTS}/{paths.PHENOTYPE_QC}"
+PARTICIPANT_QC = f"{RESULTS}/{paths.PARTICIPANT_QC}"
+COHORT_TABLE = f"{RESULTS}/{paths.COHORT_TABLE}"
+AGE = f"{RESULTS}/{paths.AGE}"
+CACHE = f"{RESULTS}/{paths.CACHE}"
+AGE_MODEL = f"{RESULTS}/{paths.AGE_MODEL}"
+BASELINE = f"{RESULTS}/{paths.BASELINE}"
+EXPLAIN = f"{RESULTS}/{paths.EXPLAIN}"
+GRADCAM = f"{RESULTS}/{paths.GRADCAM}"
+ATLAS_DIR = f"{RESULTS}/{paths.ATLAS}"
+REGISTRATION_QC = f"{RESULTS}/{paths.REGISTRATION_QC}"
 
-    ZIP_DIR = f"{RESULTS}/synthetic"
+
+def grows(base):
+    """A resource (MB, minutes) that grows with each retry: attempt 2 asks 2x, attempt 3 3x.
+
+    A job killed for memory (OUT_OF_MEMORY) or time (TIMEOUT) thus gets more;
+    the bases are sized for full-size UK Biobank volumes (docs/measurements.md).
+    """
+    return lambda wildcards, attempt: base * attempt
+
+
+if SYNTHETIC:
+    from ageatlas.synthetic.participants import make_cohort
+
+    ZIP_DIR = f"{RESULTS}/{paths.SYNTHETIC}"
     PHENOTYPES = f"{ZIP_DIR}/phenotypes.csv"
-    SYNTHETIC_COHORT = synth.make_cohort(
+    SYNTHETIC_COHORT = make_cohort(
         config["synthetic"]["n_participants"],
         seed=config["seed"],
         offset_sd=config["synthetic"]["age_offset_sd"],
@@ -44,9 +75,16 @@ else:
     )
     EIDS = COHORT.eids
 
+GROUPS = group_names()
+ATLAS_ITERATIONS = config["atlas"]["iterations"]
+REG_GPUS = config["registration"]["gpus"]
+
 
 wildcard_constraints:
     eid=r"\d+",
+    group="|".join(GROUPS),
+    subset="|".join(SUBSETS),
+    iteration=r"\d+",
 
 
 def participant_zip(eid):
@@ -54,43 +92,10 @@ def participant_zip(eid):
 
 
 def stitched_dirs():
-    return expand(f"{RESULTS}/stitched/{{eid}}", eid=EIDS)
+    return expand(STITCHED, eid=EIDS)
 
 
-COHORT_TABLE = f"{RESULTS}/cohort/cohort.tsv"
-BASELINE = f"{RESULTS}/baseline"  # the 2.5D baseline (workflow/rules/baseline.smk)
-
-
-def cohort_members(*splits):
-    """eids of the cohort table's given splits, once the cohort checkpoint has run."""
-    table = cohort_lib.read_participant_tsv(checkpoints.cohort_table.get().output.table)
-    return table.loc[table["split"].isin(splits), "eid"].tolist()
-
-
-def cache_paths(*splits):
-    return expand(f"{RESULTS}/cache/{{eid}}.npy", eid=cohort_members(*splits))
-
-
-# ---- interpretability: groups, atlases, per-group inputs ----
-from functools import lru_cache
-
-from snakemake.exceptions import WorkflowError
-
-from ageatlas import aggregate as aggregate_lib
-from ageatlas import selection
-
-GROUPS = cohort_lib.group_names()
-SUBSETS = list(aggregate_lib.SUBSETS)
-EXPLAIN = f"{RESULTS}/explain"
-ATLAS_DIR = f"{RESULTS}/atlas"
-ATLAS_ITERATIONS = config["atlas"]["iterations"]
-REG_GPUS = config["registration"]["gpus"]
-
-
-wildcard_constraints:
-    group="|".join(GROUPS),
-    subset="|".join(SUBSETS),
-    iteration=r"\d+",
+# ---- after the cohort checkpoint: who is in which split and group ----------
 
 
 @lru_cache(maxsize=4)
@@ -104,6 +109,16 @@ def cohort_frame():
     return _cohort_frame(path, os.path.getmtime(path))
 
 
+def cohort_members(*splits):
+    """eids of the cohort table's given splits."""
+    table = cohort_frame()
+    return table.loc[table["split"].isin(splits), "eid"].tolist()
+
+
+def cache_paths(*splits):
+    return expand(CACHE, eid=cohort_members(*splits))
+
+
 def test_members(group):
     table = cohort_frame()
     rows = table[(table["split"] == "test") & (table["group"] == group)]
@@ -115,6 +130,9 @@ def active_groups():
     table = cohort_frame()
     present = set(table.loc[table["split"] == "test", "group"])
     return [group for group in GROUPS if group in present]
+
+
+# ---- the explain stage: atlases and per-group inputs -----------------------
 
 
 def atlas_members(group):
@@ -143,10 +161,6 @@ def atlas_reference(group):
 def atlas_path(group):
     """The group's atlas: the user's file, or the last built template."""
     return config["atlas"]["given"].get(group, f"{ATLAS_DIR}/{group}.nii.gz")
-
-
-def water(eid):
-    return f"{RESULTS}/stitched/{eid}/{eid}_W.nii.gz"
 
 
 def template(group, iteration):
@@ -183,12 +197,9 @@ def group_map(subset, kind="mean"):
 
 
 def explain_targets(wc):
-    """Everything the interpretability stage ends with."""
+    """Everything the explain stage ends with."""
     groups = active_groups()
-    targets = [
-        f"{RESULTS}/qc/registration.tsv",
-        f"{EXPLAIN}/figures/importance_by_group.png",
-    ]
+    targets = [REGISTRATION_QC, f"{EXPLAIN}/figures/importance_by_group.png"]
     if config["maps"]["example_group"] in groups:
         targets.append(
             f"{EXPLAIN}/figures/examples_{config['maps']['example_group']}.png"
@@ -203,7 +214,7 @@ def explain_targets(wc):
             ],
         )
     if SYNTHETIC:
-        targets.append(f"{EXPLAIN}/truth_check.tsv")
+        targets.append(f"{RESULTS}/{paths.TRUTH_CHECK}")
     return targets
 
 

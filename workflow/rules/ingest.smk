@@ -7,7 +7,7 @@ rule stitch:
     input:
         zip=participant_zip("{eid}"),
     output:
-        directory(f"{RESULTS}/stitched/{{eid}}"),
+        directory(STITCHED),
     log:
         f"{LOGS}/stitch/{{eid}}.log",
     benchmark:
@@ -16,9 +16,9 @@ rule stitch:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=grows(2000),
+        runtime=grows(10),
     params:
         stitch=config["stitch"],
     script:
-        "../scripts/stitch.py"
+        "../scripts/ingest/stitch.py"

@@ -15,8 +15,8 @@ if SYNTHETIC:
             "../../envs/ageatlas.yaml"
         threads: 1
         resources:
-            mem_mb=2000,
-            runtime=30,
+            mem_mb=grows(2000),
+            runtime=grows(30),
         params:
             n=config["synthetic"]["n_participants"],
             scale=config["synthetic"]["scale"],
@@ -25,4 +25,4 @@ if SYNTHETIC:
             offset_sd=config["synthetic"]["age_offset_sd"],
             age_effect_scale=config["synthetic"]["age_effect_scale"],
         script:
-            "../scripts/synthetic_cohort.py"
+            "../scripts/synthetic/synthetic_cohort.py"

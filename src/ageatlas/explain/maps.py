@@ -1,0 +1,159 @@
+"""Population importance maps: voxel-wise mean and SD of warped Grad-CAM maps.
+
+Each participant's Grad-CAM map has already been warped into its sex x BMI
+group atlas, so within a group all maps share one grid. The paper averages
+them into a population map per group (Figure 2), per age band (Figure 3) and
+per ageing class (Figure 5); this module builds those maps, and the ageing
+classes themselves, from the bias-corrected brain-age gap.
+
+Ageing classes: the paper says only "strongly over/under-estimated" and gives
+no cut-off, so the threshold is a configuration choice. By default it is one
+sample standard deviation (ddof=1) of the gap passed in; a fixed threshold in
+years may be given instead. The SD is taken over whatever `gap` holds, so the
+caller decides whether classes are defined over the whole test set or within
+a group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from ageatlas.core.files import nifti_image
+from ageatlas.core.paths import eid_of_path
+from ageatlas.core.vocabulary import AGEING_CLASSES, SUBSETS
+
+
+
+def ageing_class(
+    gap: pd.Series, threshold: float | None = None, sd_multiple: float = 1.0
+) -> pd.Series:
+    """Label each gap accelerated (> +t), decelerated (< -t) or aligned.
+
+    t is `threshold` if given, else `sd_multiple` * SD(gap) (ddof=1, NaN
+    ignored). Missing gaps stay missing rather than counting as aligned.
+    """
+    t = threshold if threshold is not None else sd_multiple * gap.std(ddof=1)
+    if not np.isfinite(t) or t < 0:
+        raise ValueError(f"ageing-class threshold must be finite and >= 0, got {t}")
+    labels = np.where(gap > t, "accelerated", np.where(gap < -t, "decelerated", "aligned"))
+    out = pd.Series(labels, index=gap.index, dtype=object).where(gap.notna())
+    return out.astype(pd.CategoricalDtype(AGEING_CLASSES))
+
+
+def near_perfect(gap: pd.Series, limit: float = 0.5) -> pd.Series:
+    """True where the absolute prediction error is below `limit` years (Figure 4)."""
+    return gap.abs() < limit
+
+
+def load_on_grid(path: str, ref_shape=None, ref_affine=None) -> tuple[np.ndarray, np.ndarray]:
+    """Load one map as float64, checking it sits on the reference grid."""
+    img = nib.load(path)
+    if ref_shape is not None and img.shape != ref_shape:
+        raise ValueError(f"{path}: shape {img.shape} differs from reference {ref_shape}")
+    if ref_affine is not None and not np.allclose(img.affine, ref_affine, atol=1e-5):
+        raise ValueError(f"{path}: affine differs from the reference map's affine")
+    return np.asarray(img.get_fdata(dtype=np.float64)), img.affine
+
+
+def mean_map(paths: list[str]) -> tuple[nib.Nifti1Image, nib.Nifti1Image, int]:
+    """Voxel-wise mean and sample SD (ddof=1) of maps on one grid.
+
+    Streams with Welford's update so only one map is held at a time (a group
+    has ~200 whole-body volumes). The first map fixes the reference shape and
+    affine; any other map that differs raises, naming the file. With a single
+    map the SD is undefined and filled with NaN.
+    """
+    if not paths:
+        raise ValueError("mean_map needs at least one map")
+    mean, affine = load_on_grid(paths[0])
+    m2 = np.zeros_like(mean)
+    for n, path in enumerate(paths[1:], start=2):
+        data, _ = load_on_grid(path, mean.shape, affine)
+        delta = data - mean
+        mean += delta / n
+        m2 += delta * (data - mean)
+    n = len(paths)
+    sd = np.sqrt(m2 / (n - 1)) if n > 1 else np.full_like(mean, np.nan)
+    mean_img = nifti_image(mean, affine, f"ageatlas mean n={n}")
+    return mean_img, nifti_image(sd, affine, f"ageatlas sd n={n}"), n
+
+
+def ageing_table(
+    predictions: pd.DataFrame,
+    cohort: pd.DataFrame,
+    *,
+    threshold: float | None = None,
+    sd_multiple: float = 1.0,
+    near_perfect_limit: float = 0.5,
+) -> pd.DataFrame:
+    """Test participants with group, age band, bias-corrected gap and ageing class.
+
+    Classes are defined within each sex x BMI group (the paper's Figure 5 is
+    one group), by ``threshold`` years or ``sd_multiple`` x the group's SD.
+    """
+    test = predictions.loc[predictions["split"] == "test", ["eid", "age", "gap"]].copy()
+    test["eid"] = test["eid"].astype(str)  # eids name files: text, as in the cohort table
+    cohort = cohort.assign(eid=cohort["eid"].astype(str))
+    missing = set(test["eid"]) - set(cohort["eid"])
+    if missing:
+        raise ValueError(f"predicted participants missing from the cohort table: {sorted(missing)[:5]}")
+    table = test.merge(cohort[["eid", "sex", "bmi", "group", "age_band"]], on="eid", how="left")
+    classes = [_group_classes(part["gap"], threshold, sd_multiple) for _, part in table.groupby("group", sort=True)]
+    table["ageing_class"] = pd.concat(classes).reindex(table.index).astype(object) if classes else []
+    table["near_perfect"] = near_perfect(table["gap"], near_perfect_limit)
+    return table.sort_values(["group", "eid"]).reset_index(drop=True)
+
+
+def _group_classes(gap: pd.Series, threshold, sd_multiple) -> pd.Series:
+    """Classes of one group; none (NaN) when an SD threshold has fewer than 2 gaps to come from."""
+    if threshold is None and gap.notna().sum() < 2:
+        return pd.Series(np.nan, index=gap.index, dtype=pd.CategoricalDtype(AGEING_CLASSES))
+    return ageing_class(gap, threshold, sd_multiple)
+
+
+def subset_eids(table: pd.DataFrame, group: str, subset: str) -> list:
+    """eids of one group's subset (one of :data:`SUBSETS`)."""
+    if subset not in SUBSETS:
+        raise ValueError(f"unknown subset {subset!r}; expected one of {', '.join(SUBSETS)}")
+    rows = table.loc[table["group"] == group]
+    if subset != "all":
+        column, value = subset.split("-", 1)
+        rows = rows.loc[rows[column] == value]
+    return rows["eid"].tolist()
+
+
+def nan_map(reference: nib.Nifti1Image, description: str = "") -> nib.Nifti1Image:
+    """An all-NaN map on ``reference``'s grid: stands in for a map that cannot exist.
+
+    NaN makes an accidental average visibly wrong instead of quietly biased.
+    """
+    return nifti_image(np.full(reference.shape[:3], np.nan), reference.affine, description)
+
+
+def usable_maps(
+    eids, warped_paths, record_paths
+) -> tuple[list[str], dict[str, str]]:
+    """Warped maps of ``eids`` whose registration passed QC, and why the others are out.
+
+    Paths are matched to eids by file name ({eid}.nii.gz, {eid}.json); a
+    participant with no record is an error, not a silent drop.
+    """
+    import json
+
+    warped = {eid_of_path(p): str(p) for p in warped_paths}
+    records = {eid_of_path(p): str(p) for p in record_paths}
+    used, excluded = [], {}
+    for eid in map(str, eids):
+        if eid not in warped or eid not in records:
+            raise ValueError(f"participant {eid}: no warped map or registration record among the inputs")
+        record = json.loads(open(records[eid]).read())
+        if record["status"] == "ok":
+            used.append(warped[eid])
+        else:
+            excluded[eid] = "registration failed: " + "; ".join(record["reasons"])
+    return used, excluded

@@ -1,0 +1,118 @@
+"""Checks against the SYNTHETIC cohort's truth label maps.
+
+The synthetic phantom (:mod:`ageatlas.synthetic.phantom`) knows where age was planted
+(``AGE_REGIONS``) and where every tissue is. Two questions get numbers here:
+
+- Does registration align anatomy? Each participant's labels are taken into
+  atlas space three ways (no registration: world coordinates only; affine;
+  affine + deformable), and compared by Dice with the consensus of the other
+  participants of the group (leave-one-out majority vote).
+- Does the population importance map look where age is? The share of
+  importance inside the age regions divided by their share of the body
+  volume: 1 means no preference, above 1 means enrichment.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+from nibabel.processing import resample_from_to
+
+from ageatlas.explain.register import Registration
+
+STAGES = ("none", "affine", "deformable")
+
+
+def labels_on(reference: nib.Nifti1Image, labels: nib.Nifti1Image) -> nib.Nifti1Image:
+    """A label map resampled (nearest neighbour) onto ``reference``'s grid."""
+    out = resample_from_to(labels, (reference.shape[:3], reference.affine), order=0, cval=0)
+    return nib.Nifti1Image(np.asarray(out.dataobj).astype(np.uint8), reference.affine)
+
+
+def labels_in_atlas(
+    registration: Registration, labels_native: nib.Nifti1Image, atlas: nib.Nifti1Image
+) -> dict[str, np.ndarray]:
+    """Labels (on the moving image's grid) in atlas space after each stage."""
+    affine_only = Registration(
+        registration.fixed_grid, registration.moving_grid, registration.affine, None, registration.settings
+    )
+    return {
+        "none": np.asarray(labels_on(atlas, labels_native).dataobj),
+        "affine": np.asarray(affine_only.warp(labels_native, order=0).dataobj),
+        "deformable": np.asarray(registration.warp(labels_native, order=0).dataobj),
+    }
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks; NaN when both are empty."""
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else float("nan")
+
+
+def leave_one_out_dice(maps: list[np.ndarray], labels) -> np.ndarray:
+    """Dice per participant (rows) and label (columns) with the others' majority vote.
+
+    A voxel belongs to a label in the consensus when more than half of the
+    other participants have that label there. Needs at least 2 maps.
+    """
+    if len(maps) < 2:
+        raise ValueError("leave-one-out Dice needs at least 2 participants")
+    counts = {label: sum((m == label).astype(np.int32) for m in maps) for label in labels}
+    others = len(maps) - 1
+    out = np.empty((len(maps), len(labels)))
+    for i, m in enumerate(maps):
+        for j, label in enumerate(labels):
+            own = m == label
+            consensus = (counts[label] - own) * 2 > others
+            out[i, j] = dice(own, consensus)
+    return out
+
+
+def majority_labels(maps: list[np.ndarray], n_labels: int) -> np.ndarray:
+    """Voxel-wise most frequent label (ties to the lower value)."""
+    counts = np.stack([sum((m == label).astype(np.int32) for m in maps) for label in range(n_labels)])
+    return counts.argmax(axis=0).astype(np.uint8)
+
+
+def enrichment(importance: np.ndarray, labels: np.ndarray, age_labels) -> float:
+    """(Importance share in the age regions) / (their share of the body volume).
+
+    Body = every non-background voxel; importance outside the body is
+    ignored, so a map that is flat over the body gives 1.
+    """
+    body = labels > 0
+    age = np.isin(labels, list(age_labels)) & body
+    total = float(np.nansum(importance[body]))
+    if total <= 0 or not age.any():
+        return float("nan")
+    return (float(np.nansum(importance[age])) / total) / (age.sum() / body.sum())
+
+
+def group_check(participants, atlas: nib.Nifti1Image, population_mean: nib.Nifti1Image, age_labels,
+                n_labels: int) -> dict:
+    """Registration Dice per stage and importance enrichment for one group.
+
+    ``participants`` yields (eid, registration or None, native labels on the
+    stitched grid, Grad-CAM map on the stitched grid). Failed registrations
+    are counted, not used.
+    """
+    stages = {stage: [] for stage in STAGES}
+    native_enrichment, failed = [], []
+    for eid, registration, labels, gradcam in participants:
+        native_enrichment.append(enrichment(np.asarray(gradcam.dataobj), np.asarray(labels.dataobj), age_labels))
+        if registration is None:
+            failed.append(str(eid))
+            continue
+        for stage, warped in labels_in_atlas(registration, labels, atlas).items():
+            stages[stage].append(warped)
+    result = {"n": len(native_enrichment), "failed_registrations": failed,
+              "native_enrichment_mean": float(np.nanmean(native_enrichment)) if native_enrichment else None}
+    if len(stages["deformable"]) < 2:
+        return result
+    all_labels = list(range(1, n_labels))
+    for stage, maps in stages.items():
+        result[f"dice_age_regions_{stage}"] = float(np.nanmean(leave_one_out_dice(maps, list(age_labels))))
+        result[f"dice_all_regions_{stage}"] = float(np.nanmean(leave_one_out_dice(maps, all_labels)))
+    consensus = majority_labels(stages["deformable"], n_labels)
+    result["atlas_enrichment"] = enrichment(np.asarray(population_mean.get_fdata()), consensus, age_labels)
+    return result

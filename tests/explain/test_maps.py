@@ -1,0 +1,206 @@
+"""Tests for population maps and ageing classes."""
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from ageatlas.core.vocabulary import AGEING_CLASSES
+from ageatlas.explain.maps import (
+    ageing_class,
+    ageing_table,
+    mean_map,
+    near_perfect,
+    subset_eids,
+    usable_maps,
+)
+
+SHAPE = (12, 12, 16)
+AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
+
+
+def _write(path, data, affine=AFFINE):
+    nib.save(nib.Nifti1Image(data.astype(np.float32), affine), str(path))
+    return str(path)
+
+
+@pytest.fixture
+def stack(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.gamma(2.0, 1.0, size=(7, *SHAPE)).astype(np.float32)
+    paths = [_write(tmp_path / f"m{i}.nii.gz", d) for i, d in enumerate(data)]
+    return paths, data.astype(np.float64)
+
+
+def test_mean_and_sd_match_numpy(stack):
+    paths, data = stack
+    mean, sd, n = mean_map(paths)
+    assert n == 7
+    np.testing.assert_allclose(mean.get_fdata(), data.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(sd.get_fdata(), data.std(axis=0, ddof=1), rtol=1e-5)
+    np.testing.assert_array_equal(mean.affine, AFFINE)
+    assert b"n=7" in mean.header["descrip"].tobytes()
+    assert b"n=7" in sd.header["descrip"].tobytes()
+
+
+def test_single_map_sd_is_nan(stack):
+    paths, data = stack
+    mean, sd, n = mean_map(paths[:1])
+    assert n == 1
+    np.testing.assert_allclose(mean.get_fdata(), data[0], rtol=1e-6)
+    assert np.isnan(sd.get_fdata()).all()
+
+
+def test_shape_mismatch_names_file(stack, tmp_path):
+    paths, _ = stack
+    bad = _write(tmp_path / "wrong_shape.nii.gz", np.zeros((12, 12, 15)))
+    with pytest.raises(ValueError, match="wrong_shape.nii.gz.*shape"):
+        mean_map(paths + [bad])
+
+
+def test_affine_mismatch_names_file(stack, tmp_path):
+    paths, _ = stack
+    shifted = AFFINE.copy()
+    shifted[0, 3] = 5.0
+    bad = _write(tmp_path / "wrong_affine.nii.gz", np.zeros(SHAPE), shifted)
+    with pytest.raises(ValueError, match="wrong_affine.nii.gz.*affine"):
+        mean_map(paths[:2] + [bad] + paths[2:])
+
+
+def test_empty_path_list_rejected():
+    with pytest.raises(ValueError, match="at least one"):
+        mean_map([])
+
+
+def test_ageing_class_fixed_threshold():
+    gap = pd.Series([-3.0, -2.0, -1.9, 0.0, 2.0, 2.1, np.nan])
+    got = ageing_class(gap, threshold=2.0)
+    expected = ["decelerated", "aligned", "aligned", "aligned", "aligned", "accelerated"]
+    assert got.iloc[:6].tolist() == expected
+    assert pd.isna(got.iloc[6])
+    assert list(got.cat.categories) == list(AGEING_CLASSES)
+
+
+def test_ageing_class_sd_threshold():
+    gap = pd.Series([-2.0, -1.0, 0.0, 1.0, 2.0])  # sample SD = sqrt(2.5) ~ 1.58
+    assert ageing_class(gap).tolist() == [
+        "decelerated", "aligned", "aligned", "aligned", "accelerated",
+    ]
+    # 0.5 SD ~ 0.79 moves +-1 out of "aligned"
+    assert ageing_class(gap, sd_multiple=0.5).tolist() == [
+        "decelerated", "decelerated", "aligned", "accelerated", "accelerated",
+    ]
+
+
+def test_near_perfect():
+    gap = pd.Series([-0.6, -0.49, 0.0, 0.5, 0.3])
+    assert near_perfect(gap).tolist() == [False, True, True, False, True]
+
+
+def test_subset_maps_as_the_workflow_builds_them(stack):
+    """subset_eids picks a subset's members, mean_map averages their maps (rule population_map)."""
+    paths, data = stack
+    eids = [f"{1000 + i}" for i in range(7)]
+    by_eid = dict(zip(eids, paths))
+    table = pd.DataFrame({
+        "eid": eids,
+        "group": ["F_healthy"] * 7,
+        "age_band": ["lt60", "lt60", "lt60", "60to70", "60to70", "60to70", "60to70"],
+        "gap": [5.0, 4.0, 0.1, -0.2, 0.3, 0.0, 0.2],
+    })
+    table["ageing_class"] = ageing_class(table["gap"], threshold=3.0)
+
+    def subset_map(subset):
+        return mean_map([by_eid[e] for e in subset_eids(table, "F_healthy", subset)])
+
+    assert subset_map("all")[2] == 7
+    assert len(subset_eids(table, "F_healthy", "age_band-lt60")) == 3
+    assert subset_eids(table, "F_healthy", "ageing_class-decelerated") == []
+    mean, _, n = subset_map("age_band-60to70")
+    assert n == 4
+    np.testing.assert_allclose(mean.get_fdata(), data[3:].mean(axis=0), rtol=1e-6)
+    _, sd, n = subset_map("ageing_class-accelerated")
+    assert n == 2
+    np.testing.assert_allclose(sd.get_fdata(), data[:2].std(axis=0, ddof=1), rtol=1e-5)
+
+
+# ---- workflow helpers: ageing table, subsets, usable maps ------------------
+
+def _predictions_and_cohort():
+    predictions = pd.DataFrame({
+        "eid": [1, 2, 3, 4, 5, 6, 7],
+        "split": ["test"] * 6 + ["val"],
+        "age": [50.0, 55.0, 65.0, 72.0, 58.0, 61.0, 70.0],
+        "gap": [5.0, -5.0, 0.1, 0.0, 3.0, -0.2, 9.0],
+    })
+    cohort = pd.DataFrame({
+        "eid": ["1", "2", "3", "4", "5", "6", "7"],
+        "sex": ["F"] * 4 + ["M"] * 3,
+        "bmi": [22.0] * 7,
+        "group": ["F_healthy"] * 4 + ["M_healthy"] * 3,
+        "age_band": ["lt60", "lt60", "60to70", "ge70", "lt60", "60to70", "ge70"],
+    })
+    return predictions, cohort
+
+
+def test_ageing_table_classes_within_groups_by_threshold():
+    predictions, cohort = _predictions_and_cohort()
+    table = ageing_table(predictions, cohort, threshold=2.0)
+    assert list(table["eid"]) == ["1", "2", "3", "4", "5", "6"]  # test split only, eids as text
+    classes = dict(zip(table["eid"], table["ageing_class"]))
+    assert classes == {"1": "accelerated", "2": "decelerated", "3": "aligned", "4": "aligned",
+                       "5": "accelerated", "6": "aligned"}
+    assert list(table.loc[table["near_perfect"], "eid"]) == ["3", "4", "6"]
+
+
+def test_ageing_table_rejects_participants_missing_from_cohort():
+    predictions, cohort = _predictions_and_cohort()
+    with pytest.raises(ValueError, match="missing from the cohort"):
+        ageing_table(predictions, cohort[cohort["eid"] != "3"])
+
+
+def test_subset_eids():
+    predictions, cohort = _predictions_and_cohort()
+    table = ageing_table(predictions, cohort, threshold=2.0)
+    assert subset_eids(table, "F_healthy", "all") == ["1", "2", "3", "4"]
+    assert subset_eids(table, "F_healthy", "age_band-lt60") == ["1", "2"]
+    assert subset_eids(table, "M_healthy", "ageing_class-accelerated") == ["5"]
+    assert subset_eids(table, "M_healthy", "ageing_class-decelerated") == []
+    with pytest.raises(ValueError, match="unknown subset"):
+        subset_eids(table, "F_healthy", "age_band-old")
+
+
+def test_usable_maps_leaves_out_failed_registrations(tmp_path):
+    import json
+
+    warped, records = [], []
+    for eid, status in (("1", "ok"), ("2", "failed"), ("3", "ok")):
+        warped.append(str(tmp_path / f"{eid}.nii.gz"))
+        record = tmp_path / f"{eid}.json"
+        record.write_text(json.dumps({"status": status, "reasons": [] if status == "ok" else ["folding"]}))
+        records.append(str(record))
+    used, excluded = usable_maps(["1", "2", "3"], warped, records)
+    assert used == [warped[0], warped[2]] and excluded == {"2": "registration failed: folding"}
+    with pytest.raises(ValueError, match="participant 9"):
+        usable_maps(["9"], warped, records)
+
+
+def test_ageing_table_leaves_a_single_participant_group_unclassified():
+    predictions, cohort = _predictions_and_cohort()
+    predictions = predictions[predictions["eid"] != 6].assign(split="test")
+    predictions = predictions[~predictions["eid"].isin([5])]
+    table = ageing_table(predictions, cohort)  # M_healthy has only eid 7: no SD
+    assert table.loc[table["eid"] == "7", "ageing_class"].isna().all()
+    assert table.loc[table["group"] == "F_healthy", "ageing_class"].notna().all()
+
+
+def test_eid_of_path_and_nan_map():
+    from ageatlas.core.paths import eid_of_path
+    from ageatlas.explain.maps import nan_map
+
+    assert eid_of_path("/a/b/1000123.nii.gz") == "1000123" and eid_of_path("x/42.json") == "42"
+    reference = nib.Nifti1Image(np.zeros(SHAPE, np.float32), AFFINE)
+    placeholder = nan_map(reference, "registration failed")
+    assert placeholder.shape == SHAPE and np.allclose(placeholder.affine, AFFINE)
+    assert np.isnan(placeholder.get_fdata()).all()
+    assert placeholder.header["descrip"].tobytes().startswith(b"registration failed")

@@ -1,0 +1,234 @@
+"""Tests for ageatlas.explain.register on small synthetic blob volumes."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from deepali import spatial
+
+from ageatlas.explain.register import (
+    Registration,
+    RegistrationFailed,
+    RegistrationSettings,
+    folding_share,
+    grid_from_nifti,
+    load_outcome,
+    normalise_for_registration,
+    qc_reasons,
+    register,
+    register_files,
+    save_outcome,
+    settings_from_config,
+)
+
+SHAPE = (32, 32, 48)
+SPACING = (2.232, 2.232, 3.0)
+FAST = RegistrationSettings(
+    affine_iterations=40, affine_lr=0.05, levels=2, deformable_lr=1e-2, max_steps=20
+)
+
+
+def _affine(origin) -> np.ndarray:
+    # Non-identity orientation (flipped first axis) with anisotropic spacing.
+    affine = np.diag([-SPACING[0], SPACING[1], SPACING[2], 1.0])
+    affine[:3, 3] = origin
+    return affine
+
+
+def _world(affine: np.ndarray) -> np.ndarray:
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij"), axis=-1)
+    return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _phantom(points: np.ndarray):
+    """Soft ellipsoid body with an off-centre inner organ; labels 0/1/2."""
+    body = ((points / np.array([22.0, 20.0, 45.0])) ** 2).sum(-1)
+    organ = (((points - np.array([6.0, -4.0, 10.0])) / np.array([8.0, 7.0, 14.0])) ** 2).sum(-1)
+    image = 1 / (1 + np.exp((body - 1) * 8)) + 0.8 / (1 + np.exp((organ - 1) * 6))
+    labels = (body < 1).astype(np.int16) + ((organ < 1) & (body < 1))
+    return image.astype(np.float32), labels.astype(np.int16)
+
+
+def _moving_points(points: np.ndarray) -> np.ndarray:
+    """Fixed-space location of each moving-image point: scale, shift, bend."""
+    shifted = (points - np.array([5.0, -4.0, 8.0])) / 1.12
+    bend = 3.0 * np.sin(points[..., 2:3] / 15.0) * np.array([1.0, 0.0, 0.0])
+    return shifted + bend
+
+
+@pytest.fixture(scope="module")
+def pair():
+    fixed_affine, moving_affine = _affine([35.0, -30.0, -70.0]), _affine([38.0, -33.0, -66.0])
+    fixed_img, fixed_lab = _phantom(_world(fixed_affine))
+    moving_img, moving_lab = _phantom(_moving_points(_world(moving_affine)))
+    return {
+        "fixed": nib.Nifti1Image(fixed_img, fixed_affine),
+        "moving": nib.Nifti1Image(moving_img * 500.0, moving_affine),
+        "fixed_labels": fixed_lab,
+        "moving_labels": nib.Nifti1Image(moving_lab, moving_affine),
+    }
+
+
+@pytest.fixture(scope="module")
+def result(pair):
+    return register(pair["moving"], pair["fixed"], FAST)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(
+        np.mean(
+            [2 * ((a == k) & (b == k)).sum() / ((a == k).sum() + (b == k).sum()) for k in (1, 2)]
+        )
+    )
+
+
+def test_defaults_match_method_notes():
+    s = RegistrationSettings()
+    assert (s.affine_iterations, s.affine_lr, s.stride, s.levels) == (200, 0.01, (4, 4, 8), 3)
+    assert (s.lncc_kernel, s.bending_weight, s.deformable_lr, s.max_steps) == (7, 0.01, 1e-3, 1000)
+    assert (s.scaling_squaring_steps, s.clip) == (5, 0.6)
+
+
+def test_normalise_clips_and_rescales():
+    out = normalise_for_registration(np.array([0.0, 30.0, 60.0, 100.0]))
+    np.testing.assert_allclose(out, [0.0, 0.5, 1.0, 1.0])
+    assert normalise_for_registration(np.ones(3)).max() == 0
+
+
+def test_grid_keeps_world_geometry():
+    affine = _affine([35.0, -30.0, -70.0])
+    grid = grid_from_nifti(affine, SHAPE)
+    index = np.array([[3.0, 5.0, 7.0]])
+    world_lps = grid.index_to_world(index).numpy()
+    world_ras = affine[:3, :3] @ index[0] + affine[:3, 3]
+    np.testing.assert_allclose(world_lps[0], world_ras * np.array([-1, -1, 1]), atol=1e-4)
+
+
+def test_similarity_improves_affine_then_deformable(result):
+    m = result.metrics
+    # 1 - NCC is the residual dissimilarity; each stage must shrink it clearly.
+    assert 1 - m["affine"]["ncc"] < 0.3 * (1 - m["before"]["ncc"])
+    assert 1 - m["deformable"]["ncc"] < 0.5 * (1 - m["affine"]["ncc"])
+    assert m["deformable"]["mse"] < m["affine"]["mse"] < m["before"]["mse"]
+    assert m["seconds"] > 0
+
+
+def test_warped_image_approaches_fixed(pair, result):
+    fixed = normalise_for_registration(pair["fixed"].get_fdata())
+    moving = normalise_for_registration(pair["moving"].get_fdata())
+    warped = result.warp(nib.Nifti1Image(moving, pair["moving"].affine))
+    assert warped.shape == SHAPE
+    np.testing.assert_allclose(warped.affine, pair["fixed"].affine, atol=1e-4)
+    before = np.abs(moving - fixed).mean()
+    after = np.abs(warped.get_fdata() - fixed).mean()
+    assert after < 0.5 * before
+
+
+def test_label_warp_keeps_labels_and_improves_dice(pair, result):
+    warped = result.warp(pair["moving_labels"], order=0)
+    data = np.asanyarray(warped.dataobj)
+    assert data.dtype == np.int16
+    assert set(np.unique(data)) <= {0, 1, 2}
+    before = _dice(np.asanyarray(pair["moving_labels"].dataobj), pair["fixed_labels"])
+    after = _dice(data, pair["fixed_labels"])
+    assert after > before + 0.05 and after > 0.8
+
+
+def test_no_folding(result):
+    assert result.metrics["folding_share"] < 1e-3
+
+
+def test_warp_rejects_other_grid(pair, result):
+    with pytest.raises(ValueError):
+        result.warp(pair["fixed"])
+
+
+def test_save_load_round_trip(tmp_path, pair, result):
+    path = tmp_path / "reg.pt"
+    result.save(path)
+    loaded = Registration.load(path)
+    assert loaded.settings == result.settings
+    a = result.warp(pair["moving"]).get_fdata()
+    b = loaded.warp(pair["moving"]).get_fdata()
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_deformable_stops_when_loss_stops_falling(pair):
+    # A huge min_delta makes any level count as converged after `patience` steps.
+    quick = RegistrationSettings(
+        affine_iterations=2, levels=1, max_steps=500, min_delta=0.5, patience=3
+    )
+    steps = register(pair["moving"], pair["fixed"], quick).metrics["deformable_steps"]
+    assert steps == {0: 4}
+
+
+def test_folding_share_detects_folds():
+    # A plain FFD with large random coefficients folds; a zero one does not.
+    grid = grid_from_nifti(_affine([0.0, 0.0, 0.0]), SHAPE)
+    ffd = spatial.FreeFormDeformation(grid, stride=(4, 4, 8))
+    assert folding_share(ffd) == 0
+    torch.manual_seed(0)
+    ffd.data_(torch.randn_like(ffd.data()) * 0.3)
+    assert folding_share(ffd) > 0.02
+
+
+def test_finest_level_fits_at_half_resolution_and_warps_full_grid(pair):
+    settings = RegistrationSettings(
+        affine_iterations=40, affine_lr=0.05, levels=2, finest_level=1, deformable_lr=1e-2, max_steps=20
+    )
+    half = register(pair["moving"], pair["fixed"], settings)
+    assert set(half.metrics["deformable_steps"]) == {1}
+    assert half.metrics["before"]["ncc"] < 0.85 and half.metrics["deformable"]["ncc"] > 0.99
+    warped = half.warp(pair["moving_labels"], order=0)
+    assert warped.shape == pair["fixed"].shape and np.allclose(warped.affine, pair["fixed"].affine, atol=1e-3)
+    with pytest.raises(ValueError, match="finest_level"):
+        register(pair["moving"], pair["fixed"], RegistrationSettings(levels=2, finest_level=2))
+
+
+def test_displacement_of_a_pure_shift_is_the_shift(pair):
+    fixed = pair["fixed"]
+    shifted_affine = fixed.affine.copy()
+    shifted_affine[2, 3] += 6.0  # same content 6 mm superior (RAS z = LPS z)
+    moving = nib.Nifti1Image(np.asanyarray(fixed.dataobj), shifted_affine)
+    settings = RegistrationSettings(affine_iterations=150, affine_lr=0.02, levels=1, max_steps=5)
+    disp = register(moving, fixed, settings).displacement_mm()
+    assert disp.shape == fixed.shape[::-1] + (3,)
+    np.testing.assert_allclose(disp.reshape(-1, 3).mean(0), [0.0, 0.0, 6.0], atol=1.0)
+
+
+def test_qc_reasons():
+    good = {"before": {"ncc": 0.8}, "affine": {"ncc": 0.85}, "deformable": {"ncc": 0.9}, "folding_share": 0.0}
+    assert qc_reasons(good, 0.001) == []
+    worse = {**good, "deformable": {"ncc": 0.7}}
+    assert "worse" in qc_reasons(worse, 0.001)[0]
+    # a self-registration that loses a hair of similarity is not "worse"
+    assert qc_reasons({**good, "before": {"ncc": 1.0}, "deformable": {"ncc": 0.999}}, 0.001) == []
+    assert "folding" in qc_reasons({**good, "folding_share": 0.01}, 0.001)[0]
+    assert "non-finite" in qc_reasons({**good, "affine": {"ncc": float("nan")}}, 0.001)[0]
+
+
+def test_failed_registration_is_a_record_and_a_marker(tmp_path, pair):
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    fixed = tmp_path / "fixed.nii.gz"
+    nib.save(pair["fixed"], fixed)
+    registration, record = register_files(broken, fixed, FAST, max_folding_share=0.001)
+    assert registration is None and record["status"] == "failed" and record["reasons"]
+    save_outcome(registration, record, tmp_path / "t.pt", tmp_path / "t.json")
+    with pytest.raises(RegistrationFailed, match="registration failed"):
+        load_outcome(tmp_path / "t.pt")
+
+
+def test_outcome_round_trip(tmp_path, pair, result):
+    record = {"status": "ok", "reasons": [], **result.metrics}
+    save_outcome(result, record, tmp_path / "t.pt", tmp_path / "t.json")
+    loaded = load_outcome(tmp_path / "t.pt")
+    np.testing.assert_allclose(loaded.warp(pair["moving"]).get_fdata(), result.warp(pair["moving"]).get_fdata(),
+                               atol=1e-5)
+
+
+def test_settings_from_config_ignores_other_keys():
+    settings = settings_from_config({"stride": [2, 2, 4], "levels": 2, "max_folding_share": 0.1, "gpus": 1})
+    assert settings.stride == (2, 2, 4) and settings.levels == 2

@@ -1,0 +1,57 @@
+"""Tests for ageatlas.explain.truth: Dice, leave-one-out consensus, enrichment."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ageatlas.explain.truth import dice, enrichment, labels_on, leave_one_out_dice, majority_labels
+
+
+def test_dice_values():
+    a = np.zeros((4, 4), bool)
+    b = a.copy()
+    a[:2] = True
+    b[1:3] = True
+    assert dice(a, b) == pytest.approx(0.5)
+    assert np.isnan(dice(np.zeros(3, bool), np.zeros(3, bool)))
+
+
+def test_leave_one_out_flags_the_misaligned_participant():
+    base = np.zeros((10, 10), np.uint8)
+    base[2:6, 2:6] = 1
+    shifted = np.roll(base, 4, axis=0)
+    scores = leave_one_out_dice([base, base, base, shifted], [1])
+    assert scores[:3, 0] == pytest.approx([1.0, 1.0, 1.0])
+    assert scores[3, 0] == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        leave_one_out_dice([base], [1])
+
+
+def test_majority_labels():
+    a, b, c = (np.full((2, 2), v, np.uint8) for v in (1, 1, 2))
+    assert (majority_labels([a, b, c], 3) == 1).all()
+
+
+def test_enrichment_is_one_for_flat_and_above_for_focused_maps():
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[1:9, 1:9, 1:9] = 1
+    labels[4:6, 4:6, 4:6] = 7
+    flat = np.ones(labels.shape)
+    assert enrichment(flat, labels, [7]) == pytest.approx(1.0)
+    focused = np.where(labels == 7, 1.0, 0.1)
+    assert enrichment(focused, labels, [7]) > 5
+    # importance outside the body does not count
+    assert enrichment(np.where(labels == 0, 100.0, 1.0), labels, [7]) == pytest.approx(1.0)
+
+
+def test_labels_on_resamples_by_world_position():
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[5, 5, 5] = 3
+    src = nib.Nifti1Image(labels, np.diag([2.0, 2.0, 2.0, 1.0]))
+    ref_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    out = labels_on(nib.Nifti1Image(np.zeros((20, 20, 20), np.float32), ref_affine), src)
+    hits = np.argwhere(np.asarray(out.dataobj) == 3)
+    # the 2 mm voxel centred at 10 mm covers the 1 mm voxels at 9-11 mm
+    assert out.shape == (20, 20, 20) and len(hits) > 0 and (np.abs(hits - 10) <= 1).all()

@@ -1,0 +1,317 @@
+"""The workflow end to end on tiny SYNTHETIC cohorts, through the snakemake CLI.
+
+These are the user's commands: a synthetic demo run, a real-format run with
+a hand-made phenotype table full of defects, and config mistakes.
+"""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import ageatlas
+from ageatlas.core import provenance
+from ageatlas.synthetic.dicom import write_participant_zip
+from ageatlas.synthetic.participants import make_cohort
+
+REPO = Path(__file__).resolve().parents[2]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+GRID = {"shape": [45, 35, 74], "spacing": [11.16, 11.16, 15.0]}
+
+
+def _load_tool(name: str):
+    """A helper module from tests/tools (not a package: also run as scripts)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report_in_browser = _load_tool("report_in_browser")
+
+pytestmark = pytest.mark.workflow
+
+
+def run_snakemake(workdir: Path, config: dict, *flags: str, target: str = "qc/participants.tsv"):
+    """snakemake on ``config`` up to ``target`` (a path under results_dir, or a rule name)."""
+    configfile = workdir / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    if "/" in target:
+        target = str(Path(config["results_dir"]) / target)
+    cmd = [SNAKEMAKE, target, "--snakefile", str(REPO / "Snakefile"), "--configfile", str(configfile),
+           "--directory", str(workdir), "--cores", "2", *flags]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def base_config(tmp_path: Path) -> dict:
+    return {
+        "results_dir": str(tmp_path / "results"),
+        "logs_dir": str(tmp_path / "logs"),
+        "benchmarks_dir": str(tmp_path / "bench"),
+        "seed": 3,
+        "stitch": {"grid": GRID},
+    }
+
+
+def qc_by_eid(results: Path) -> pd.DataFrame:
+    table = pd.read_csv(results / "qc" / "participants.tsv", sep="\t", dtype=str, keep_default_na=False)
+    return table.set_index("eid")
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("synthetic_run")
+    eids = [str(p.eid) for p in make_cohort(6, seed=3)]
+    config = base_config(tmp) | {
+        "cohort": {"source": "synthetic"},
+        "synthetic": {
+            "n_participants": 6,
+            "scale": 0.2,
+            "defects": {eids[1]: ["fat_water_swap"], eids[2]: ["truncated_zip"], eids[3]: ["repeat_station"]},
+        },
+    }
+    result = run_snakemake(tmp, config)
+    return tmp, eids, result
+
+
+def test_synthetic_run_completes_without_keep_going(synthetic_run):
+    tmp, eids, result = synthetic_run
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = qc_by_eid(tmp / "results")
+    assert sorted(table.index) == sorted(eids)  # nobody silently dropped
+    assert table.loc[eids[0], "status"] == "ok"
+    assert table.loc[eids[2], "status"] == "excluded"
+    assert eids[2] in table.loc[eids[2], "reasons"] or "zip" in table.loc[eids[2], "reasons"].lower()
+    assert table.loc[eids[1], "status"] == "warning" and "swap" in table.loc[eids[1], "reasons"].lower()
+    assert table.loc[eids[3], "status"] == "warning"
+
+
+def test_finished_run_has_nothing_left_to_do(synthetic_run):
+    """A rerun must not redo work (a path that changes per run would retrain the model)."""
+    tmp, _, _ = synthetic_run
+    config = yaml.safe_load((tmp / "config.yaml").read_text())
+    result = run_snakemake(tmp, config, "-n")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
+def test_synthetic_run_writes_stitched_volumes_on_the_grid(synthetic_run):
+    tmp, eids, _ = synthetic_run
+    folder = tmp / "results" / "stitched" / eids[0]
+    water = nib.load(folder / f"{eids[0]}_W.nii.gz")
+    fat = nib.load(folder / f"{eids[0]}_F.nii.gz")
+    assert water.shape == tuple(GRID["shape"]) == fat.shape
+    assert np.allclose(water.header.get_zooms(), GRID["spacing"], atol=1e-3)
+    assert nib.aff2axcodes(water.affine) == ("R", "A", "S")
+    data = water.get_fdata()
+    assert data.max() > 0 and (data > 0).mean() > 0.1  # a body, not an empty grid
+    assert (folder / f"{eids[0]}_preview.png").stat().st_size > 1000
+    # The excluded participant keeps its QC record and no half-written images.
+    broken = tmp / "results" / "stitched" / eids[2]
+    assert (broken / "qc.json").exists() and not list(broken.glob("*.nii.gz"))
+
+
+def test_real_format_run_reports_every_phenotype_problem(tmp_path):
+    zips = tmp_path / "zips"
+    zips.mkdir()
+    people = make_cohort(4, seed=5)
+    for p in people:
+        write_participant_zip(zips / f"{p.eid}_20201_2_0.zip", p, scale=0.2, seed=5)
+    a, b, c, d = (p.eid for p in people)
+    (tmp_path / "pheno.csv").write_text(
+        "eid,31-0.0,21003-2.0,21001-2.0\n"
+        f"{a},0,60.1,24\n{b},1,71,\n{c},2,55,30\n"  # b: no BMI, c: sex code 2, d: no row
+        "1234567,1,50,22\n"  # a participant without a zip
+    )
+    config = base_config(tmp_path) | {
+        "cohort": {"source": "ukbb", "zip_dir": str(zips), "phenotypes": str(tmp_path / "pheno.csv")}
+    }
+    result = run_snakemake(tmp_path, config)
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = qc_by_eid(tmp_path / "results")
+    # Passed (a coarse test scan may warn about a thin overlap), with no phenotype problem.
+    assert table.loc[str(a), "status"] in ("ok", "warning")
+    assert "phenotypes" not in table.loc[str(a), "reasons"]
+    assert "missing bmi" in table.loc[str(b), "reasons"]
+    assert "sex code '2'" in table.loc[str(c), "reasons"]
+    assert "no row in the phenotype table" in table.loc[str(d), "reasons"]
+    assert "no zip 1234567_20201_2_0.zip" in table.loc["1234567", "reasons"]
+    assert not (tmp_path / "results" / "stitched" / str(b)).exists()  # invalid rows are not processed
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"stich": {}}, "stich"),
+        ({"stitch": {"grid": {"shape": [10, 10]}}}, "shape"),
+        ({"cohort": {"source": "ukbb"}}, "zip_dir"),
+    ],
+)
+def test_config_mistakes_name_the_key(tmp_path, change, message):
+    config = base_config(tmp_path) | {"cohort": {"source": "synthetic"}} | change
+    result = run_snakemake(tmp_path, config, "-n")
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+def test_unusable_phenotype_table_names_file_and_column(tmp_path):
+    (tmp_path / "zips").mkdir()
+    (tmp_path / "p.csv").write_text("eid,31-0.0\n1,0\n")
+    config = base_config(tmp_path) | {
+        "cohort": {"source": "ukbb", "zip_dir": str(tmp_path / "zips"), "phenotypes": str(tmp_path / "p.csv")}
+    }
+    result = run_snakemake(tmp_path, config, "-n")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "p.csv" in output and "21003-2.0" in output
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """The whole workflow on 12 SYNTHETIC participants, run once for the tests that read its results."""
+    tmp_path = tmp_path_factory.mktemp("pipeline_run")
+    config = base_config(tmp_path) | {
+        "cohort": {"source": "synthetic"},
+        "synthetic": {"n_participants": 12, "scale": 0.2},
+        "split": {"sizes": {"train": 0.5, "val": 0.25, "test": 0.25}},
+        "preprocess": {"downsample": 2},
+        "train": {"epochs": 2, "lr": 0.0001, "batch_size": 2, "accumulate": 1, "num_workers": 0, "gpus": 0},
+        # the 2.5D baseline at the smallest size VGG16 takes (five max-pools leave 1 x 1)
+        "projection": {"size": [32, 32]},
+        "baseline": {"epochs": 1, "batch_size": 4, "hidden": 16, "pool": 1, "max_shift": 2, "num_workers": 0,
+                     "gpus": 0, "figure_participants": 2},
+        # 3 test participants: atlases from every split so each test group has one
+        "atlas": {"n_members": 2, "iterations": 1, "splits": ["train", "val", "test"]},
+        "registration": {"affine_iterations": 10, "levels": 2, "finest_level": 1, "lncc_kernel": 3,
+                         "max_steps": 10, "gpus": 0},
+        "maps": {"n_perm": 19},
+    }
+    result = run_snakemake(tmp_path, config, target="all")
+    return tmp_path, config, result
+
+
+def test_whole_pipeline_trains_predicts_and_writes_table1(pipeline_run):
+    """The model stage end to end on 12 SYNTHETIC participants (a smoke test; learning is tested in test_train)."""
+    tmp_path, _, result = pipeline_run
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    results = tmp_path / "results"
+    cohort = pd.read_csv(results / "cohort" / "cohort.tsv", sep="\t")
+    assert cohort["split"].value_counts().to_dict() == {"train": 6, "val": 3, "test": 3}
+    predictions = pd.read_csv(results / "age" / "predictions_corrected.tsv", sep="\t")
+    assert sorted(predictions["split"].unique()) == ["test", "val"] and len(predictions) == 6
+    assert predictions["corrected"].notna().all()
+    metrics = pd.read_csv(results / "model" / "metrics.tsv", sep="\t")
+    assert list(metrics["epoch"]) == [1, 2]
+    table1 = (results / "age" / "table1.md").read_text()
+    assert "Mean Pred." in table1 and "3D (bias-corrected)" in table1
+    check_baseline_outputs(results, cohort, table1)
+    assert (results / "age" / "figures" / "predicted_vs_age_by_group.png").stat().st_size > 5000
+    log = (tmp_path / "logs" / "train_age_model.log").read_text()
+    assert "CPU" in log  # no GPU here: the log says so
+    # One Grad-CAM map per test participant, on its stitched grid with its affine.
+    for eid in cohort.loc[cohort["split"] == "test", "eid"]:
+        cam = nib.load(results / "gradcam" / f"{eid}.nii.gz")
+        water = nib.load(results / "stitched" / str(eid) / f"{eid}_W.nii.gz")
+        assert cam.shape == water.shape and np.allclose(cam.affine, water.affine)
+        values = cam.get_fdata()
+        assert 0.0 <= values.min() and values.max() <= 1.0
+
+    check_explain_outputs(results, cohort)
+
+
+def check_baseline_outputs(results: Path, cohort: pd.DataFrame, table1_md: str) -> None:
+    """The 2.5D baseline: a projection per participant, its Table 1 columns with costs, Figure 9."""
+    projections = sorted((results / "baseline" / "projections").glob("*.npy"))
+    assert sorted(int(p.stem) for p in projections) == sorted(cohort["eid"])
+    assert np.load(projections[0]).shape == (2, 32, 32)
+    table = pd.read_csv(results / "age" / "table1.tsv", sep="\t").set_index("Metric")
+    assert "2.5D (bias-corrected)" in table1_md
+    costs = table.loc[["Nr. training samples", "Runtime/epoch (min)", "Inference/sample (s)"], "2.5D"].astype(float)
+    assert costs.iloc[0] == 6 and (costs > 0).all()
+    assert (results / "baseline" / "figures" / "gradcam_projections.png").stat().st_size > 5000
+
+
+def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
+    """Registration QC, warped maps on their atlas grid, population maps and figures."""
+    test = cohort[cohort["split"] == "test"]
+    registration = pd.read_csv(results / "qc" / "registration.tsv", sep="\t", dtype={"eid": str})
+    assert sorted(registration["eid"]) == sorted(test["eid"].astype(str))
+    assert set(registration["status"]) <= {"ok", "failed"}
+    for group, members in test.groupby("group"):
+        atlas = nib.load(results / "atlas" / f"{group}.nii.gz")
+        ok = registration[(registration["group"] == group) & (registration["status"] == "ok")]
+        for eid in members["eid"].astype(str):
+            warped = nib.load(results / "explain" / group / "warped" / f"{eid}.nii.gz")
+            assert warped.shape == atlas.shape and np.allclose(warped.affine, atlas.affine, atol=1e-3)
+        summary = json.loads((results / "explain" / group / "maps" / "all.json").read_text())
+        assert summary["n"] == len(ok) and sorted(summary["eids"]) == sorted(ok["eid"])
+        for name in ("importance_by_age_band", "importance_by_ageing_class", "accelerated_vs_decelerated"):
+            assert (results / "explain" / group / "figures" / f"{name}.png").stat().st_size > 5000
+    assert (results / "explain" / "figures" / "importance_by_group.png").stat().st_size > 5000
+    truth = pd.read_csv(results / "explain" / "truth_check.tsv", sep="\t")
+    assert sorted(truth["group"]) == sorted(test["group"].unique())
+
+
+def test_results_carry_provenance(pipeline_run):
+    """Tables and maps have a sidecar naming the version, the commit, the config hash and the inputs."""
+    tmp_path, _, result = pipeline_run
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    results = tmp_path / "results"
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    commit = head.stdout.strip() if head.returncode == 0 else "unknown"
+    maps = sorted(results.glob("explain/*/maps/all_mean.nii.gz"))
+    assert maps
+    paths = [results / "age" / "table1.tsv", results / "qc" / "participants.tsv", maps[0],
+             *sorted(results.glob("gradcam/*.nii.gz"))[:1]]
+    records = [provenance.read_sidecar(path) for path in paths]
+    for path, record in zip(paths, records):
+        assert record["version"] == ageatlas.__version__ and record["git_commit"] == commit, path
+        assert record["output"]["path"] == str(path)
+        assert record["inputs"] and all(Path(entry["path"]).exists() for entry in record["inputs"]), path
+    assert len({record["config_sha256"] for record in records}) == 1  # one run, one config
+    assert records[2]["rule"] == "population_map" and records[2]["wildcards"]["subset"] == "all"
+
+
+def report_results(html: str) -> dict:
+    """The results a Snakemake HTML report embeds (`var results = {...};` in its `<script id="results">`)."""
+    block = html.split('<script id="results">', 1)[1].split("</script>", 1)[0].strip()
+    assert block.startswith("var results = "), block[:200]
+    return json.loads(block[len("var results = "):].rstrip(";"))
+
+
+def test_report_shows_every_figure_and_table_with_a_caption(pipeline_run):
+    tmp_path, config, result = pipeline_run
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    results = tmp_path / "results"
+    report = tmp_path / "report.html"
+    made = run_snakemake(tmp_path, config, "--report", str(report), target="all")
+    assert made.returncode == 0, (made.stdout + made.stderr)[-4000:]
+    embedded = report_results(report.read_text())
+    figures = {str(p) for p in results.rglob("figures/*.png")}
+    tables = {str(results / name) for name in (
+        "qc/participants.tsv", "qc/phenotypes.tsv", "qc/registration.tsv", "cohort/cohort.tsv",
+        "model/metrics.tsv", "age/predictions_corrected.tsv", "age/table1.tsv", "age/table1.md",
+        "explain/ageing_classes.tsv", "explain/truth_check.tsv", "baseline/model/metrics.tsv",
+        "baseline/predictions_corrected.tsv")}
+    assert figures and figures | tables <= set(embedded), sorted(figures | tables - set(embedded))
+    for path, entry in embedded.items():
+        caption = " ".join(entry["caption"].split())
+        assert "Made by" in caption, (path, caption)  # what it shows and how it was made
+    assert "<table" in embedded[str(results / "age" / "table1.tsv")]["caption"]  # Table 1 itself, inline
+
+    # Headless chromium: the page renders, every figure opens in the viewer and decodes, captions show.
+    seen = report_in_browser.browse(report)
+    assert not seen["errors"], seen["errors"]
+    assert {"Quality control", "Age model", "Population maps"} <= set(seen["categories"])
+    for path in figures:
+        shown = seen["results"][path]
+        assert shown["shown"] and shown["width"] > 100 and shown["height"] > 100, (path, shown)
+    for path, shown in seen["results"].items():
+        assert "Made by" in shown["info"], (path, shown["info"][:500])

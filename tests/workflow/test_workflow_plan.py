@@ -1,0 +1,194 @@
+"""What Snakemake plans: inspection before anything ran, and partial reruns of one group.
+
+The partial-rerun tests read the plan of a dry run (`snakemake -n`) on a run
+that looks finished: every output of the DAG is created empty (the two
+checkpoint tables for real, so the DAG after them is known) and given one
+modification time. That costs seconds instead of the minutes of a real run,
+and the plan is the same: Snakemake decides from paths and times.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ageatlas.cohort import table as cohort_lib
+from ageatlas.synthetic.participants import make_cohort
+
+REPO = Path(__file__).resolve().parents[2]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+SPLIT = {"train": 0.5, "val": 0.25, "test": 0.25}
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """The snakemake CLI on ``workdir/config.yaml``; targets go first in ``args`` (before any -R list)."""
+    cmd = [SNAKEMAKE, *args, "--snakefile", str(REPO / "Snakefile"), "--configfile", str(workdir / "config.yaml"),
+           "--directory", str(workdir), "--cores", "1"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def write_config(workdir: Path, n_participants: int) -> dict:
+    config = {
+        "results_dir": str(workdir / "results"),
+        "logs_dir": str(workdir / "logs"),
+        "benchmarks_dir": str(workdir / "bench"),
+        "seed": 3,
+        "cohort": {"source": "synthetic"},
+        "synthetic": {"n_participants": n_participants, "scale": 0.2},
+        "split": {"sizes": SPLIT},
+        "atlas": {"n_members": 2, "iterations": 1},
+    }
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    return config
+
+
+def missing_outputs(workdir: Path) -> list[Path]:
+    result = snakemake(workdir, "--summary")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines() if line.count("\t") == 5]
+    return [Path(row[0]) for row in rows[1:] if row[4] == "missing"]
+
+
+def fake_finished_run(workdir: Path, config: dict) -> pd.DataFrame:
+    """Create every output of the DAG (round by round: checkpoints reveal more) with one mtime."""
+    results = Path(config["results_dir"])
+    cohort_path = results / "cohort" / "cohort.tsv"
+    people = make_cohort(config["synthetic"]["n_participants"], seed=config["seed"])
+    frame = pd.DataFrame([{"eid": p.eid, "sex": p.sex, "age": p.age, "bmi": p.bmi} for p in people])
+    for _ in range(6):
+        missing = missing_outputs(workdir)
+        if not missing:
+            return cohort_lib.read_participant_tsv(cohort_path)
+        for path in missing:
+            if path == cohort_path:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cohort_lib.cohort_table(frame, SPLIT, config["seed"]).to_csv(path, sep="\t", index=False)
+            elif "." not in path.name:  # directory outputs: stitched/{eid}, synthetic/truth
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+        # One time for all: no output is older than its inputs, so the
+        # checkpoints count as done and the DAG after them unfolds.
+        stamp = time.time() - 60
+        for root, dirs, files in os.walk(results):
+            for name in dirs + files:
+                os.utime(os.path.join(root, name), (stamp, stamp))
+    raise AssertionError("the DAG kept growing: outputs still missing after 6 rounds")
+
+
+JOB_LINE = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job in a dry run's plan."""
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    jobs: list[tuple[str, dict]] = []
+    for line in (result.stdout + "\n" + result.stderr).splitlines():
+        match = JOB_LINE.match(line)
+        if match:
+            jobs.append((match.group(1), {}))
+        elif jobs and line.strip().startswith("wildcards: "):
+            pairs = line.strip()[len("wildcards: "):].split(", ")
+            jobs[-1][1].update(pair.split("=", 1) for pair in pairs)
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A run of 48 SYNTHETIC participants that looks finished: 2 test participants per group."""
+    workdir = tmp_path_factory.mktemp("finished_plan")
+    config = write_config(workdir, 48)
+    table = fake_finished_run(workdir, config)
+    test = table[table["split"] == "test"]
+    assert test.groupby("group").size().min() >= 2 and test["group"].nunique() == 6
+    return workdir, config, table
+
+
+def group_of(table: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(table["eid"].astype(str), table["group"]))
+
+
+def test_dag_rulegraph_and_summary_work_before_anything_ran(tmp_path):
+    write_config(tmp_path, 12)
+    for flag in ("--dag", "--rulegraph"):
+        result = snakemake(tmp_path, flag)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.lstrip().startswith("digraph"), result.stdout[:300]
+        assert "stitch" in result.stdout and "qc_table" in result.stdout
+    result = snakemake(tmp_path, "--summary")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[0].split("\t")[:3] == ["output_file", "date", "rule"]
+    plan = planned_jobs(snakemake(tmp_path, "-n"))
+    assert sum(rule == "stitch" for rule, _ in plan) == 12
+    assert not (tmp_path / "results").exists()  # nothing was computed
+
+
+def test_finished_run_plans_nothing(finished):
+    workdir, _, _ = finished
+    result = snakemake(workdir, "-n")
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, result.stderr[-2000:]
+
+
+def test_rerunning_one_group_schedules_only_that_groups_jobs(finished):
+    """The group target, with its Grad-CAM, atlas and registration forced: exactly that group's jobs."""
+    workdir, config, table = finished
+    group = "F_overweight"
+    target = f"{config['results_dir']}/explain/{group}/figures/importance_by_age_band.png"
+    jobs = planned_jobs(snakemake(workdir, target, "-n", "--forcerun", "gradcam", "atlas_init", "register"))
+    test_eids = set(table.loc[(table["split"] == "test") & (table["group"] == group), "eid"].astype(str))
+    groups = group_of(table)
+    for rule, wildcards in jobs:
+        assert wildcards.get("group", group) == group, (rule, wildcards)
+        if "eid" in wildcards:
+            assert groups[wildcards["eid"]] == group, (rule, wildcards)
+    by_rule = {}
+    for rule, wildcards in jobs:
+        by_rule.setdefault(rule, []).append(wildcards)
+    assert {w["eid"] for w in by_rule["gradcam"]} == test_eids
+    assert {w["eid"] for w in by_rule["register"]} == test_eids
+    assert {w["eid"] for w in by_rule["warp_gradcam"]} == test_eids
+    assert sorted(w["subset"] for w in by_rule["population_map"]) == sorted(
+        ["all", "age_band-lt60", "age_band-60to70", "age_band-ge70",
+         "ageing_class-accelerated", "ageing_class-aligned", "ageing_class-decelerated"])
+    assert len(by_rule["class_test"]) == len(by_rule["group_figures"]) == len(by_rule["atlas"]) == 1
+    # Shared upstream work is done and stays done; nothing across groups is in this DAG.
+    assert not set(by_rule) & {"stitch", "preprocess", "train_age_model", "predict_age", "cohort_table",
+                                 "registration_qc", "importance_figure", "truth_summary", "all"}
+
+
+def test_forcerun_of_one_groups_registration_leaves_other_groups_untouched(finished):
+    """The whole workflow's plan after forcing one group's registrations: no job of another group."""
+    workdir, config, table = finished
+    group = "M_healthy"
+    test_eids = sorted(table.loc[(table["split"] == "test") & (table["group"] == group), "eid"].astype(str))
+    transforms = [f"{config['results_dir']}/explain/{group}/registration/{eid}.pt" for eid in test_eids]
+    jobs = planned_jobs(snakemake(workdir, "all", "-n", "--forcerun", *transforms))
+    groups = group_of(table)
+    for rule, wildcards in jobs:
+        assert wildcards.get("group", group) == group, (rule, wildcards)
+        if "eid" in wildcards:
+            assert groups[wildcards["eid"]] == group, (rule, wildcards)
+    rules = [rule for rule, _ in jobs]
+    assert sorted(w["eid"] for r, w in jobs if r == "register") == test_eids
+    assert rules.count("population_map") == 7 and rules.count("group_figures") == 1
+    # Besides the group's own jobs, only the tables and figures that gather all groups rerun.
+    gathering = {"registration_qc", "importance_figure", "examples_figure", "truth_summary", "all"}
+    assert {r for r, w in jobs if "group" not in w} <= gathering
+    assert "gradcam" not in rules and "atlas_register" not in rules
+
+
+@pytest.mark.parametrize("subset", ["age_band-ge70", "ageing_class-accelerated"])
+def test_one_age_band_or_ageing_class_of_a_group(finished, subset):
+    workdir, config, _ = finished
+    target = f"{config['results_dir']}/explain/F_obese/maps/{subset}_mean.nii.gz"
+    jobs = planned_jobs(snakemake(workdir, target, "-n", "--forcerun", "population_map"))
+    assert jobs == [("population_map", {"group": "F_obese", "subset": subset})]

@@ -1,0 +1,168 @@
+# The age stage: training cache, 3D ResNet-18 training (GPU), prediction,
+# bias correction, Table 1 and figures.
+
+
+rule preprocess:
+    input:
+        STITCHED,
+    output:
+        CACHE,
+    log:
+        f"{LOGS}/preprocess/{{eid}}.log",
+    benchmark:
+        f"{BENCHMARKS}/preprocess/{{eid}}.tsv"
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=grows(2000),
+        runtime=grows(10),
+    params:
+        preprocess=config["preprocess"],
+        seed=config["seed"],
+    script:
+        "../scripts/age/preprocess.py"
+
+
+rule train_age_model:
+    input:
+        cohort=COHORT_TABLE,
+        train=lambda wc: cache_paths("train"),
+        val=lambda wc: cache_paths("val"),
+    output:
+        checkpoint=f"{AGE_MODEL}/checkpoint.pt",
+        metrics=report(
+            f"{AGE_MODEL}/metrics.tsv",
+            caption="../report/training_metrics.rst",
+            category="Age model",
+        ),
+    log:
+        f"{LOGS}/train_age_model.log",
+    benchmark:
+        f"{BENCHMARKS}/train_age_model.tsv"
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 8
+    resources:
+        gpu=config["train"]["gpus"],
+        mem_mb=grows(32000),
+        runtime=config["train"]["runtime"],
+    params:
+        train=config["train"],
+        model=config["model"],
+        seed=config["seed"],
+    script:
+        "../scripts/age/train_age_model.py"
+
+
+rule predict_age:
+    input:
+        checkpoint=rules.train_age_model.output.checkpoint,
+        cohort=COHORT_TABLE,
+        caches=lambda wc: cache_paths("val", "test"),
+    output:
+        predictions=f"{AGE}/predictions.tsv",
+        timing=f"{AGE}/inference_timing.json",
+    log:
+        f"{LOGS}/predict_age.log",
+    benchmark:
+        f"{BENCHMARKS}/predict_age.tsv"
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 4
+    resources:
+        gpu=min(1, config["train"]["gpus"]),
+        mem_mb=grows(16000),
+        runtime=grows(120),
+    params:
+        batch_size=config["predict"]["batch_size"],
+    script:
+        "../scripts/age/predict_age.py"
+
+
+rule correct_bias:
+    input:
+        rules.predict_age.output.predictions,
+    output:
+        predictions=report(
+            f"{AGE}/predictions_corrected.tsv",
+            caption="../report/predictions.rst",
+            category="Age model",
+        ),
+        coefficients=f"{AGE}/bias_correction.json",
+    log:
+        f"{LOGS}/correct_bias.log",
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=grows(2000),
+        runtime=grows(10),
+    params:
+        method=config["bias"]["method"],
+    script:
+        "../scripts/age/correct_bias.py"
+
+
+rule table1:
+    input:
+        predictions=rules.correct_bias.output.predictions,
+        cohort=COHORT_TABLE,
+        metrics=rules.train_age_model.output.metrics,
+        timing=rules.predict_age.output.timing,
+        correction=rules.correct_bias.output.coefficients,
+        # the 2.5D baseline's records (workflow/rules/baseline.smk)
+        baseline_predictions=f"{BASELINE}/predictions_corrected.tsv",
+        baseline_metrics=f"{BASELINE}/model/metrics.tsv",
+        baseline_timing=f"{BASELINE}/inference_timing.json",
+        baseline_correction=f"{BASELINE}/bias_correction.json",
+    output:
+        tsv=report(
+            f"{AGE}/table1.tsv",
+            caption="../report/table1.rst",
+            category="Age model",
+        ),
+        md=report(
+            f"{AGE}/table1.md",
+            caption="../report/table1.rst",
+            category="Age model",
+        ),
+    log:
+        f"{LOGS}/table1.log",
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=grows(2000),
+        runtime=grows(10),
+    params:
+        baseline_splits=config["baseline"]["train_splits"],
+    script:
+        "../scripts/age/table1.py"
+
+
+rule age_figures:
+    input:
+        predictions=rules.correct_bias.output.predictions,
+        cohort=COHORT_TABLE,
+    output:
+        before_after=report(
+            f"{AGE}/figures/predicted_vs_age.png",
+            caption="../report/predicted_vs_age.rst",
+            category="Age model",
+        ),
+        by_group=report(
+            f"{AGE}/figures/predicted_vs_age_by_group.png",
+            caption="../report/predicted_vs_age_by_group.rst",
+            category="Age model",
+        ),
+    log:
+        f"{LOGS}/age_figures.log",
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=grows(2000),
+        runtime=grows(10),
+    script:
+        "../scripts/age/age_figures.py"

@@ -1,0 +1,232 @@
+# The explain stage, 4/4: population maps per group, age band and ageing
+# class, the voxel-wise class test and the figures. Paths carry the group, so
+# one group reruns on its own (README, "Partial reruns").
+
+
+rule ageing_classes:
+    input:
+        predictions=rules.correct_bias.output.predictions,
+        cohort=COHORT_TABLE,
+    output:
+        report(
+            f"{EXPLAIN}/ageing_classes.tsv",
+            caption="../report/ageing_classes.rst",
+            category="Population maps",
+            subcategory="All groups",
+        ),
+    log:
+        f"{LOGS}/ageing_classes.log",
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=grows(1000),
+        runtime=grows(5),
+    params:
+        maps=config["maps"],
+    script:
+        "../scripts/explain/ageing_classes.py"
+
+
+rule population_map:
+    input:
+        classes=rules.ageing_classes.output[0],
+        warped=group_files(f"{EXPLAIN}/{{group}}/warped/{{eid}}.nii.gz"),
+        records=group_files(f"{EXPLAIN}/{{group}}/registration/{{eid}}.json"),
+    output:
+        mean=f"{EXPLAIN}/{{group}}/maps/{{subset}}_mean.nii.gz",
+        sd=f"{EXPLAIN}/{{group}}/maps/{{subset}}_sd.nii.gz",
+        members=f"{EXPLAIN}/{{group}}/maps/{{subset}}.json",
+    log:
+        f"{LOGS}/maps/{{group}}/{{subset}}.log",
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=grows(8000),
+        runtime=grows(30),
+    script:
+        "../scripts/explain/population_map.py"
+
+
+rule class_test:
+    input:
+        classes=rules.ageing_classes.output[0],
+        warped=group_files(f"{EXPLAIN}/{{group}}/warped/{{eid}}.nii.gz"),
+        records=group_files(f"{EXPLAIN}/{{group}}/registration/{{eid}}.json"),
+    output:
+        t=f"{EXPLAIN}/{{group}}/stats/accelerated_vs_decelerated_t.nii.gz",
+        logp=f"{EXPLAIN}/{{group}}/stats/accelerated_vs_decelerated_logp_fwe.nii.gz",
+        significant=f"{EXPLAIN}/{{group}}/stats/accelerated_vs_decelerated_significant.nii.gz",
+        summary=f"{EXPLAIN}/{{group}}/stats/accelerated_vs_decelerated.json",
+    log:
+        f"{LOGS}/stats/{{group}}.log",
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 2
+    resources:
+        mem_mb=grows(32000),
+        runtime=grows(120),
+    params:
+        maps=config["maps"],
+        seed=config["seed"],
+    script:
+        "../scripts/explain/class_test.py"
+
+
+rule group_figures:
+    input:
+        atlas=lambda wc: atlas_path(wc.group),
+        bands=[group_map(s) for s in SUBSETS if s.startswith("age_band")],
+        classes=[group_map(s) for s in SUBSETS if s.startswith("ageing_class")],
+        members=[f"{EXPLAIN}/{{group}}/maps/{s}.json" for s in SUBSETS],
+        t=rules.class_test.output.t,
+        significant=rules.class_test.output.significant,
+        summary=rules.class_test.output.summary,
+    output:
+        bands=report(
+            f"{EXPLAIN}/{{group}}/figures/importance_by_age_band.png",
+            caption="../report/group_age_band.rst",
+            category="Population maps",
+            subcategory="{group}",
+        ),
+        classes=report(
+            f"{EXPLAIN}/{{group}}/figures/importance_by_ageing_class.png",
+            caption="../report/group_ageing_class.rst",
+            category="Population maps",
+            subcategory="{group}",
+        ),
+        test=report(
+            f"{EXPLAIN}/{{group}}/figures/accelerated_vs_decelerated.png",
+            caption="../report/group_class_test.rst",
+            category="Population maps",
+            subcategory="{group}",
+        ),
+    log:
+        f"{LOGS}/figures/{{group}}.log",
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=grows(4000),
+        runtime=grows(10),
+    params:
+        threshold=config["maps"]["threshold"],
+    script:
+        "../scripts/explain/group_figures.py"
+
+
+rule importance_figure:
+    input:
+        atlases=lambda wc: [atlas_path(g) for g in active_groups()],
+        maps=lambda wc: expand(
+            f"{EXPLAIN}/{{group}}/maps/all_mean.nii.gz", group=active_groups()
+        ),
+        members=lambda wc: expand(
+            f"{EXPLAIN}/{{group}}/maps/all.json", group=active_groups()
+        ),
+    output:
+        report(
+            f"{EXPLAIN}/figures/importance_by_group.png",
+            caption="../report/importance_by_group.rst",
+            category="Population maps",
+            subcategory="All groups",
+        ),
+    log:
+        f"{LOGS}/figures/importance_by_group.log",
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=grows(8000),
+        runtime=grows(10),
+    params:
+        threshold=config["maps"]["threshold"],
+    script:
+        "../scripts/explain/importance_figure.py"
+
+
+rule examples_figure:
+    input:
+        atlas=atlas_path(config["maps"]["example_group"]),
+        classes=rules.ageing_classes.output[0],
+        warped=lambda wc: expand(
+            f"{EXPLAIN}/{{group}}/warped/{{eid}}.nii.gz",
+            group=config["maps"]["example_group"],
+            eid=test_members(config["maps"]["example_group"]),
+        ),
+        records=lambda wc: expand(
+            f"{EXPLAIN}/{{group}}/registration/{{eid}}.json",
+            group=config["maps"]["example_group"],
+            eid=test_members(config["maps"]["example_group"]),
+        ),
+    output:
+        report(
+            f"{EXPLAIN}/figures/examples_{config['maps']['example_group']}.png",
+            caption="../report/examples.rst",
+            category="Population maps",
+            subcategory="All groups",
+        ),
+    log:
+        f"{LOGS}/figures/examples.log",
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=grows(4000),
+        runtime=grows(10),
+    params:
+        group=config["maps"]["example_group"],
+        per_class=config["maps"]["examples_per_class"],
+        threshold=config["maps"]["threshold"],
+    script:
+        "../scripts/explain/examples_figure.py"
+
+
+# ---- SYNTHETIC cohort only: checks against the planted truth ---------------
+
+if SYNTHETIC:
+
+    rule truth_check:
+        input:
+            atlas=lambda wc: atlas_path(wc.group),
+            labels=f"{ZIP_DIR}/truth",
+            mean=f"{EXPLAIN}/{{group}}/maps/all_mean.nii.gz",
+            transforms=group_files(f"{EXPLAIN}/{{group}}/registration/{{eid}}.pt"),
+            gradcam=group_files(GRADCAM),
+            stitched=group_files(STITCHED),
+        output:
+            f"{EXPLAIN}/{{group}}/truth_check.json",
+        log:
+            f"{LOGS}/truth_check/{{group}}.log",
+        conda:
+            "../../envs/ageatlas.yaml"
+        threads: 1
+        resources:
+            mem_mb=grows(8000),
+            runtime=grows(30),
+        script:
+            "../scripts/explain/truth_check.py"
+
+    rule truth_summary:
+        input:
+            lambda wc: expand(
+                f"{EXPLAIN}/{{group}}/truth_check.json", group=active_groups()
+            ),
+        output:
+            report(
+                f"{EXPLAIN}/truth_check.tsv",
+                caption="../report/truth_check.rst",
+                category="Population maps",
+                subcategory="All groups",
+            ),
+        log:
+            f"{LOGS}/truth_summary.log",
+        conda:
+            "../../envs/ageatlas.yaml"
+        threads: 1
+        resources:
+            mem_mb=grows(1000),
+            runtime=grows(5),
+        script:
+            "../scripts/explain/truth_summary.py"

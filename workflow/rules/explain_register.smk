@@ -1,0 +1,68 @@
+# The explain stage, 3/4: registration of each test participant to its
+# group's atlas, warping of its Grad-CAM map, and the registration QC table.
+
+
+rule register:
+    input:
+        atlas=lambda wc: atlas_path(wc.group),
+        stitched=STITCHED,
+        cohort=COHORT_TABLE,
+    output:
+        transform=f"{EXPLAIN}/{{group}}/registration/{{eid}}.pt",
+        record=f"{EXPLAIN}/{{group}}/registration/{{eid}}.json",
+    log:
+        f"{LOGS}/register/{{group}}/{{eid}}.log",
+    benchmark:
+        f"{BENCHMARKS}/register/{{group}}/{{eid}}.tsv"
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        gpu=REG_GPUS,
+        mem_mb=grows(16000),
+        runtime=grows(60),
+    params:
+        registration=config["registration"],
+        built_atlas=lambda wc: wc.group not in config["atlas"]["given"],
+    script:
+        "../scripts/explain/register.py"
+
+
+rule warp_gradcam:
+    input:
+        transform=rules.register.output.transform,
+        gradcam=GRADCAM,
+        atlas=lambda wc: atlas_path(wc.group),
+    output:
+        f"{EXPLAIN}/{{group}}/warped/{{eid}}.nii.gz",
+    log:
+        f"{LOGS}/warp/{{group}}/{{eid}}.log",
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=grows(8000),
+        runtime=grows(15),
+    script:
+        "../scripts/explain/warp_gradcam.py"
+
+
+rule registration_qc:
+    input:
+        all_test_files(f"{EXPLAIN}/{{group}}/registration/{{eid}}.json"),
+    output:
+        report(
+            REGISTRATION_QC,
+            caption="../report/qc_registration.rst",
+            category="Quality control",
+        ),
+    log:
+        f"{LOGS}/registration_qc.log",
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=grows(2000),
+        runtime=grows(10),
+    script:
+        "../scripts/explain/registration_qc.py"

@@ -1,0 +1,30 @@
+"""Grad-CAM map of one test participant, saved with its stitched image's affine."""
+
+import logging
+
+from ageatlas.core import logs
+
+from ageatlas.core import provenance
+from ageatlas.cohort.table import read_participant_tsv
+from ageatlas.explain.gradcam import cam_for_participant
+from ageatlas.core.paths import stitched_path
+
+logs.to_file(snakemake.log[0])
+eid = snakemake.wildcards.eid
+settings = snakemake.params.gradcam
+cohort = read_participant_tsv(snakemake.input.cohort)
+# The deviation target's reference: the training mean age (the output bias's start).
+reference_age = float(cohort.loc[cohort["split"] == "train", "age"].mean())
+info = cam_for_participant(
+    snakemake.input.checkpoint,
+    snakemake.input.cache,
+    stitched_path(snakemake.input.stitched, eid, "W"),
+    snakemake.output[0],
+    layer_name=settings["layer"],
+    normalise=settings["normalise"],
+    target=settings["target"],
+    reference_age=reference_age,
+    downsample_factor=snakemake.params.downsample,
+)
+logging.info("participant %s: %s", eid, info)
+provenance.record(snakemake)

@@ -1,0 +1,32 @@
+"""Mean and SD of one group's warped Grad-CAM maps over one subset (all, an age band, an ageing class)."""
+
+import json
+import logging
+
+import nibabel as nib
+import pandas as pd
+
+from ageatlas.core import logs
+
+from ageatlas.core import provenance
+from ageatlas.explain.maps import eid_of_path, mean_map, nan_map, subset_eids, usable_maps
+
+logs.to_file(snakemake.log[0])
+group, subset = snakemake.wildcards.group, snakemake.wildcards.subset
+classes = pd.read_csv(snakemake.input.classes, sep="\t", dtype={"eid": str})
+eids = subset_eids(classes, group, subset)
+paths, excluded = usable_maps(eids, snakemake.input.warped, snakemake.input.records)
+if paths:
+    mean, sd, n = mean_map(paths)
+else:
+    # An empty subset still gets its files (targets must exist): NaN, n=0 in the record.
+    mean = sd = nan_map(nib.load(snakemake.input.warped[0]), f"ageatlas {subset} n=0")
+    n = 0
+nib.save(mean, snakemake.output.mean)
+nib.save(sd, snakemake.output.sd)
+record = {"group": group, "subset": subset, "n": n, "eids": [eid_of_path(p) for p in paths],
+          "excluded": excluded}
+with open(snakemake.output.members, "w") as out:
+    json.dump(record, out, indent=2)
+logging.info("%s %s: n=%d, %d excluded", group, subset, n, len(excluded))
+provenance.record(snakemake)

@@ -1,0 +1,23 @@
+"""Warp one participant's Grad-CAM map into its group atlas with its registration."""
+
+import logging
+
+import nibabel as nib
+
+from ageatlas.core import logs
+
+from ageatlas.core import provenance
+from ageatlas.explain.maps import nan_map
+from ageatlas.explain.register import RegistrationFailed, load_outcome
+
+logs.to_file(snakemake.log[0])
+try:
+    warped = load_outcome(snakemake.input.transform).warp(nib.load(snakemake.input.gradcam), order=1)
+    logging.info("warped %s", snakemake.input.gradcam)
+except RegistrationFailed as failed:
+    # The population rules leave this participant out (registration record);
+    # NaN makes any accidental average visibly wrong instead of quietly biased.
+    warped = nan_map(nib.load(snakemake.input.atlas), "registration failed: not a map")
+    logging.warning("%s", failed)
+nib.save(warped, snakemake.output[0])
+provenance.record(snakemake)
