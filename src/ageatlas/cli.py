@@ -13,46 +13,48 @@ from pathlib import Path
 
 import yaml
 
+from ageatlas.core import paths
+
+
+def _status_counts(table_path: Path) -> str:
+    import pandas as pd
+
+    table = pd.read_csv(table_path, sep="\t", dtype=str, keep_default_na=False)
+    return ", ".join(f"{n} {s}" for s, n in table["status"].value_counts().items())
+
 
 def where(configfile: str) -> str:
     """A short account of a finished run: result folders, QC counts, report."""
     config = yaml.safe_load(Path(configfile).read_text())
     results = Path(config["results_dir"])
     lines = [f"Results of {configfile} are in {results.resolve()}/"]
-    qc_table = results / "qc" / "participants.tsv"
+    qc_table = results / paths.PARTICIPANT_QC
     if qc_table.exists():
-        import pandas as pd
-
-        table = pd.read_csv(qc_table, sep="\t", dtype=str, keep_default_na=False)
-        counts = ", ".join(f"{n} {s}" for s, n in table["status"].value_counts().items())
-        lines.append(f"  QC table      {qc_table}  ({counts})")
-    stitched = results / "stitched"
-    if stitched.is_dir():
-        lines.append(f"  stitched MRI  {stitched}/{{eid}}/{{eid}}_W.nii.gz, _F.nii.gz, _preview.png")
-    table1 = results / "age" / "table1.md"
-    if table1.exists():
-        lines.append(f"  Table 1       {table1}  (MAE by sex x BMI group; .tsv beside it)")
-        lines.append(f"  figures       {results / 'age' / 'figures'}/")
-        lines.append(f"  predictions   {results / 'age' / 'predictions_corrected.tsv'}")
-        lines.append(f"  model         {results / 'model' / 'checkpoint.pt'}  (metrics.tsv beside it)")
-    if (results / "gradcam").is_dir():
-        lines.append(f"  Grad-CAM      {results / 'gradcam'}/{{eid}}.nii.gz  (test participants, stitched space)")
-    explain = results / "explain"
-    if (results / "atlas").is_dir():
-        lines.append(f"  atlases       {results / 'atlas'}/{{group}}.nii.gz  (one per sex x BMI group)")
+        lines.append(f"  QC table      {qc_table}  ({_status_counts(qc_table)})")
+    ingest = results / paths.INGEST
+    if ingest.is_dir():
+        lines.append(f"  stitched MRI  {ingest}/{{eid}}/{{eid}}_W.nii.gz, _F.nii.gz, _preview.png")
+    age = results / paths.AGE
+    if (results / paths.TABLE1).exists():
+        lines.append(f"  Table 1       {results / paths.TABLE1}  (MAE by sex x BMI group; .tsv beside it)")
+        lines.append(f"  figures       {age / 'figures'}/")
+        lines.append(f"  predictions   {age / 'predictions_corrected.tsv'}")
+        lines.append(f"  model         {results / paths.AGE_MODEL / 'checkpoint.pt'}  (metrics.tsv beside it)")
+    gradcam = (results / paths.GRADCAM).parent
+    if gradcam.is_dir():
+        lines.append(f"  Grad-CAM      {gradcam}/{{eid}}.nii.gz  (test participants, stitched space)")
+    explain = results / paths.EXPLAIN
+    if (results / paths.ATLAS).is_dir():
+        lines.append(f"  atlases       {results / paths.ATLAS}/{{group}}.nii.gz  (one per sex x BMI group)")
     if (explain / "figures").is_dir():
         lines.append(f"  importance    {explain / 'figures'}/importance_by_group.png, examples_*.png")
         lines.append(f"  per group     {explain}/{{group}}/maps/ (mean, SD per subset), stats/, figures/")
-    registration_qc = results / "qc" / "registration.tsv"
+    registration_qc = results / paths.REGISTRATION_QC
     if registration_qc.exists():
-        import pandas as pd
-
-        table = pd.read_csv(registration_qc, sep="\t", dtype=str, keep_default_na=False)
-        counts = ", ".join(f"{n} {s}" for s, n in table["status"].value_counts().items())
-        lines.append(f"  registration  {registration_qc}  ({counts})")
-    if (explain / "truth_check.tsv").exists():
-        lines.append(f"  truth check   {explain / 'truth_check.tsv'}  (SYNTHETIC: Dice, enrichment in age regions)")
-    synthetic = results / "synthetic"
+        lines.append(f"  registration  {registration_qc}  ({_status_counts(registration_qc)})")
+    if (results / paths.TRUTH_CHECK).exists():
+        lines.append(f"  truth check   {results / paths.TRUTH_CHECK}  (SYNTHETIC: Dice, enrichment in age regions)")
+    synthetic = results / paths.SYNTHETIC
     if synthetic.is_dir():
         lines.append(f"  SYNTHETIC cohort (zips, phenotypes, truth)  {synthetic}/")
     logs = Path(config.get("logs_dir", "logs"))

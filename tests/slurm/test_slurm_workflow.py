@@ -194,15 +194,15 @@ def test_slurm_results_equal_the_local_run(runs):
     assert files_slurm == files_local, sorted(set(files_slurm) ^ set(files_local))
     # ... the same cohort, split, QC and predictions, byte for byte: training on
     # the CPU is deterministic for a seed (same code, same torch threads here) ...
-    for table in ("cohort/cohort.tsv", "qc/participants.tsv", "qc/phenotypes.tsv",
+    for table in ("cohort/cohort.tsv", "cohort/participant_qc.tsv", "cohort/phenotype_qc.tsv",
                   "age/predictions.tsv", "age/predictions_corrected.tsv"):
         assert filecmp.cmp(local / table, slurm / table, shallow=False), table
-    metrics = [pd.read_csv(root / "model" / "metrics.tsv", sep="\t") for root in (local, slurm)]
+    metrics = [pd.read_csv(root / "age" / "model" / "metrics.tsv", sep="\t") for root in (local, slurm)]
     learning = ["epoch", "train_mae", "val_mae", "lr"]  # not seconds, samples_per_s
     pd.testing.assert_frame_equal(metrics[0][learning], metrics[1][learning], check_exact=True)
     # ... the same Grad-CAM maps, exactly ...
-    for path in sorted((local / "gradcam").glob("*.nii.gz")):
-        assert np.array_equal(nib.load(path).get_fdata(), nib.load(slurm / "gradcam" / path.name).get_fdata()), path
+    for path in sorted((local / "explain" / "gradcam").glob("*.nii.gz")):
+        assert np.array_equal(nib.load(path).get_fdata(), nib.load(slurm / "explain" / "gradcam" / path.name).get_fdata()), path
     # ... and registration to float32 rounding. Each run repeats itself bit for
     # bit, but the local and the SLURM run differ at the rounding level from the
     # first deformable registration on (measured with the same code and inputs:
@@ -239,7 +239,7 @@ def test_the_cancelled_job_was_retried_with_more_memory_and_nothing_was_lost(run
     assert mem[retried[0]["JobIDRaw"]] == 2 * mem[cancelled["JobIDRaw"]], (cancelled, retried)
     # Nothing lost: the participant's map exists and equals the local run's.
     eid = cancelled["Comment"].split("_wildcards_")[-1].split("_")[-1]
-    local_map = nib.load(runs.results("local") / "gradcam" / f"{eid}.nii.gz")
-    slurm_map = nib.load(runs.results("slurm") / "gradcam" / f"{eid}.nii.gz")
+    local_map = nib.load(runs.results("local") / "explain" / "gradcam" / f"{eid}.nii.gz")
+    slurm_map = nib.load(runs.results("slurm") / "explain" / "gradcam" / f"{eid}.nii.gz")
     assert np.array_equal(local_map.get_fdata(), slurm_map.get_fdata())
     assert np.allclose(local_map.affine, slurm_map.affine)

@@ -39,7 +39,7 @@ report_in_browser = _load_tool("report_in_browser")
 pytestmark = pytest.mark.workflow
 
 
-def run_snakemake(workdir: Path, config: dict, *flags: str, target: str = "qc/participants.tsv"):
+def run_snakemake(workdir: Path, config: dict, *flags: str, target: str = "cohort/participant_qc.tsv"):
     """snakemake on ``config`` up to ``target`` (a path under results_dir, or a rule name)."""
     configfile = workdir / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
@@ -104,7 +104,7 @@ def test_finished_run_has_nothing_left_to_do(synthetic_run):
 
 def test_synthetic_run_writes_stitched_volumes_on_the_grid(synthetic_run):
     tmp, eids, _ = synthetic_run
-    folder = tmp / "results" / "stitched" / eids[0]
+    folder = tmp / "results" / "ingest" / eids[0]
     water = nib.load(folder / f"{eids[0]}_W.nii.gz")
     fat = nib.load(folder / f"{eids[0]}_F.nii.gz")
     assert water.shape == tuple(GRID["shape"]) == fat.shape
@@ -114,7 +114,7 @@ def test_synthetic_run_writes_stitched_volumes_on_the_grid(synthetic_run):
     assert data.max() > 0 and (data > 0).mean() > 0.1  # a body, not an empty grid
     assert (folder / f"{eids[0]}_preview.png").stat().st_size > 1000
     # The excluded participant keeps its QC record and no half-written images.
-    broken = tmp / "results" / "stitched" / eids[2]
+    broken = tmp / "results" / "ingest" / eids[2]
     assert (broken / "qc.json").exists() and not list(broken.glob("*.nii.gz"))
 
 
@@ -143,7 +143,7 @@ def test_real_format_run_reports_every_phenotype_problem(tmp_path):
     assert "sex code '2'" in table.loc[str(c), "reasons"]
     assert "no row in the phenotype table" in table.loc[str(d), "reasons"]
     assert "no zip 1234567_20201_2_0.zip" in table.loc["1234567", "reasons"]
-    assert not (tmp_path / "results" / "stitched" / str(b)).exists()  # invalid rows are not processed
+    assert not (tmp_path / "results" / "ingest" / str(b)).exists()  # invalid rows are not processed
 
 
 @pytest.mark.parametrize(
@@ -207,7 +207,7 @@ def test_whole_pipeline_trains_predicts_and_writes_table1(pipeline_run):
     predictions = pd.read_csv(results / "age" / "predictions_corrected.tsv", sep="\t")
     assert sorted(predictions["split"].unique()) == ["test", "val"] and len(predictions) == 6
     assert predictions["corrected"].notna().all()
-    metrics = pd.read_csv(results / "model" / "metrics.tsv", sep="\t")
+    metrics = pd.read_csv(results / "age" / "model" / "metrics.tsv", sep="\t")
     assert list(metrics["epoch"]) == [1, 2]
     table1 = (results / "age" / "table1.md").read_text()
     assert "Mean Pred." in table1 and "3D (bias-corrected)" in table1
@@ -217,8 +217,8 @@ def test_whole_pipeline_trains_predicts_and_writes_table1(pipeline_run):
     assert "CPU" in log  # no GPU here: the log says so
     # One Grad-CAM map per test participant, on its stitched grid with its affine.
     for eid in cohort.loc[cohort["split"] == "test", "eid"]:
-        cam = nib.load(results / "gradcam" / f"{eid}.nii.gz")
-        water = nib.load(results / "stitched" / str(eid) / f"{eid}_W.nii.gz")
+        cam = nib.load(results / "explain" / "gradcam" / f"{eid}.nii.gz")
+        water = nib.load(results / "ingest" / str(eid) / f"{eid}_W.nii.gz")
         assert cam.shape == water.shape and np.allclose(cam.affine, water.affine)
         values = cam.get_fdata()
         assert 0.0 <= values.min() and values.max() <= 1.0
@@ -245,7 +245,7 @@ def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
     assert sorted(registration["eid"]) == sorted(test["eid"].astype(str))
     assert set(registration["status"]) <= {"ok", "failed"}
     for group, members in test.groupby("group"):
-        atlas = nib.load(results / "atlas" / f"{group}.nii.gz")
+        atlas = nib.load(results / "explain" / "atlas" / f"{group}.nii.gz")
         ok = registration[(registration["group"] == group) & (registration["status"] == "ok")]
         for eid in members["eid"].astype(str):
             warped = nib.load(results / "explain" / group / "warped" / f"{eid}.nii.gz")
@@ -296,7 +296,7 @@ def test_report_shows_every_figure_and_table_with_a_caption(pipeline_run):
     embedded = report_results(report.read_text())
     figures = {str(p) for p in results.rglob("figures/*.png")}
     tables = {str(results / name) for name in (
-        "qc/participants.tsv", "qc/phenotypes.tsv", "qc/registration.tsv", "cohort/cohort.tsv",
+        "cohort/participant_qc.tsv", "cohort/phenotype_qc.tsv", "explain/registration_qc.tsv", "cohort/cohort.tsv",
         "model/metrics.tsv", "age/predictions_corrected.tsv", "age/table1.tsv", "age/table1.md",
         "explain/ageing_classes.tsv", "explain/truth_check.tsv", "baseline/model/metrics.tsv",
         "baseline/predictions_corrected.tsv")}
