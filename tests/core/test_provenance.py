@@ -105,5 +105,6 @@ def test_every_script_writing_tables_or_maps_records_provenance():
     expected = ["phenotype_qc", "qc_table", "cohort_table", "predict_age", "correct_bias", "table1",
                 "train_age_model", "ageing_classes", "gradcam", "atlas_init", "atlas_update", "atlas_register",
                 "copy_atlas", "warp_gradcam", "registration_qc", "population_map", "class_test", "truth_summary"]
-    missing = [name for name in expected if "provenance.record(snakemake)" not in (scripts / f"{name}.py").read_text()]
+    by_name = {path.stem: path for path in scripts.rglob("*.py")}
+    missing = [name for name in expected if "provenance.record(snakemake)" not in by_name[name].read_text()]
     assert not missing, f"scripts without provenance.record(snakemake): {missing}"

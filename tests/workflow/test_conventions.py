@@ -1,5 +1,6 @@
 """Workflow conventions checked in CI: snakemake --lint, snakefmt, and the rules' conda envs."""
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -123,3 +124,24 @@ def test_every_rule_that_runs_code_names_an_existing_conda_env():
             elif (path.parent / match.group(1)).resolve().parent != REPO / "envs":
                 problems.append(f"{path.name}: rule {name}'s env is not under envs/")
     assert checked > 20 and not problems, problems
+
+
+def is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent is a module, not a package: name is a function
+        return False
+
+
+def test_building_the_dag_imports_neither_torch_nor_deepali():
+    """Every ageatlas module common.smk imports runs at DAG-build time, in every Snakemake process
+    (each cluster job's too): importing torch there would cost seconds per job."""
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    modules = sorted(set(re.findall(r"^\s*from (ageatlas[\w.]*) import (\w+)", common, flags=re.M)))
+    names = [f"{package}.{name}" if is_module(f"{package}.{name}") else package for package, name in modules]
+    assert "ageatlas.synthetic.participants" in names and "ageatlas.cohort.table" in names
+    code = ("import importlib, sys\n"
+            f"for name in {names!r}: importlib.import_module(name)\n"
+            "print(sorted({'torch', 'deepali'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", (names, result.stdout)

@@ -28,7 +28,7 @@ PHENOTYPE_SCHEMA = os.path.join(
     workflow.basedir, "workflow/schemas/phenotypes.schema.yaml"
 )
 
-# Every path a rule writes, from ageatlas.core.paths: one folder per stage.
+# Every path the rules write comes from ageatlas.core.paths (one folder per stage).
 STITCHED = f"{RESULTS}/{paths.STITCHED}"
 PHENOTYPE_QC = f"{RESULTS}/{paths.PHENOTYPE_QC}"
 PARTICIPANT_QC = f"{RESULTS}/{paths.PARTICIPANT_QC}"
