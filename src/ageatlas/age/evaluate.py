@@ -217,7 +217,7 @@ def table1(cohort: pd.DataFrame, methods: list[MethodResult]) -> pd.DataFrame:
     return table
 
 
-def overallmae(cohort: pd.DataFrame, method: MethodResult) -> dict[str, float]:
+def overall_mae(cohort: pd.DataFrame, method: MethodResult) -> dict[str, float]:
     """Whole-test-set MAE of a method and of the baseline (mean training age of everybody).
 
     The baseline is the one in Table 1's "Overall M+F" cell, so the workflow's

@@ -81,8 +81,8 @@ def scatter_by_group(df, path: str | Path):
         for c, bmi in enumerate(BMI_GROUPS):
             group = df[(df["sex"] == sex) & (df["bmi_group"] == bmi)]
             name = f"{_SEX_NAMES[sex]}, {bmi}"
-            mae = f"MAE {mae(group['age'], group['corrected']):.2f} years" if len(group) else "no participants"
-            title = f"{name}: {mae} (n={len(group)})"
+            error = f"MAE {mae(group['age'], group['corrected']):.2f} years" if len(group) else "no participants"
+            title = f"{name}: {error} (n={len(group)})"
             _age_scatter(axes[r, c], group["age"], group["corrected"], limits, title, "Corrected predicted age (years)")
     axes[0, 0].legend(loc="upper left", fontsize=8)
     fig.suptitle("Bias-corrected predicted vs chronological age (test set)", fontsize=10)
