@@ -4,7 +4,7 @@ The config's class says which model, which input files, which augmentation
 and which loss (`TrainConfig` the 3D model, `ageatlas.baseline.model.BaselineConfig`
 the projections' VGG16); the training loop, resume, DDP and prediction are shared.
 
-The defaults are the authors' recipe (method-notes.md): L1 loss, Adam lr 1e-4,
+The defaults are the authors' recipe (docs/sources.md): L1 loss, Adam lr 1e-4,
 batch 1 with 32 accumulated steps, ReduceLROnPlateau(0.1, patience 3) on
 validation MAE, 100 epochs, seed 42. Two additions: the output bias starts at
 the training mean age (``init_output_bias``, so short runs start at the mean

@@ -2,7 +2,7 @@
 
 Shared by the reader (`ageatlas.ingest.reader`) and the synthetic writer
 (`ageatlas.synthetic.dicom`), so both agree on one description of the real format.
-Sources: ../shared/reference/ukbb-format.md and the public readers it cites.
+Sources: docs/sources.md, "The field-20201 format".
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class StationSpec:
         return "Dixon_BH_17s_" if self.breath_hold else "Dixon_noBH_"
 
 
-#: The six stations, head to foot (ukbb-format.md, "Geometry per station").
+#: The six stations, head to foot (docs/sources.md, "The field-20201 format").
 STATIONS: tuple[StationSpec, ...] = (
     StationSpec(1, 224, 168, 64, 3.0, False),
     StationSpec(2, 224, 174, 44, 4.5, True),

@@ -6,7 +6,7 @@ image of one reference participant, normalised with the registration recipe
 to the current template (affine, then SVFFD: :mod:`ageatlas.explain.register`); the
 next template is the mean of the warped member images, warped with the
 negated mean displacement so that it sits at the members' mean shape rather
-than at the reference's (method-notes.md, "Template"). Members whose
+than at the reference's (docs/sources.md, "The authors' method"). Members whose
 registration failed QC are left out of the means and listed.
 
 The workflow runs one job per member registration and one per template

@@ -1,6 +1,6 @@
 """Pairwise image registration with hf-deepali (affine, then SVFFD).
 
-Follows the WholeBodyAtlas recipe (method-notes.md, "Atlases and registration"):
+Follows the WholeBodyAtlas recipe (docs/sources.md, "The authors' method"):
 images are min-max normalised, clipped at 0.6 and min-max normalised again;
 an affine transform (scaling, rotation, translation) is fitted with MSE and
 Adam; a stationary velocity free-form deformation is then fitted on a Gaussian

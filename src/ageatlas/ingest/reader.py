@@ -1,7 +1,7 @@
 """Read one participant's field-20201 zip into station volumes: `read_participant`.
 
 Everything is derived from DICOM tags, never from member names, file order or
-the manifest (its header "can not be relied on", see ukbb-format.md, so it is
+the manifest (its header "can not be relied on", see docs/sources.md, so it is
 skipped). Steps, and the module holding each:
 
 1. `scan_zip` (`dicom_headers`, in a zip opened by `zip_archive`): parse every

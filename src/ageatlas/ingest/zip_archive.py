@@ -5,7 +5,7 @@ paths, and unsafe ones (``../x``, absolute, control characters) are not even
 opened. Declared sizes in the central directory are checked against
 `ZipLimits` before any member is decompressed (zipfile never returns more
 than the declared size, so the check bounds memory). The manifest's header
-"can not be relied on" (see ukbb-format.md), so the manifest is skipped.
+"can not be relied on" (see docs/sources.md), so the manifest is skipped.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One participant's field-20201 zip: the acquired series as DICOM slices, plus a manifest.
 
 UK Biobank images cannot be shipped, so the synthetic cohort is written in exactly the layout the
-pipeline meets in real data (``reference/ukbb-format.md``). Everything written is labelled
+pipeline meets in real data (docs/sources.md). Everything written is labelled
 synthetic (InstitutionName and Manufacturer "ageatlas synthetic").
 
 ``{eid}_20201_2_0.zip`` holds, flat at its root, one DICOM file per 2D slice named after its
