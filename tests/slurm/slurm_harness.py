@@ -106,9 +106,9 @@ def make_test_profile(dest: Path, cluster: Cluster, source: Path = PROJECT_PROFI
     ``source`` gets them added to its default-resources. Then
     TEST_PROFILE_SETTINGS apply, ``max-threads`` is the node's CPUs (a rule's
     ``threads: 8`` would ask more CPUs than the node has), and with
-    ``mem_divisor`` > 1 every memory request is divided by it (the real
-    workflow's rules ask up to 32 GB, the test node has ~24 GB; divided by 8,
-    two jobs fit side by side and retries still get 2x, 3x). ``overrides`` use
+    ``mem_divisor`` > 1 the profile's default memory is divided by it (the
+    real workflow's rules ask up to 32 GB and the test node has ~24 GB: the
+    workflow's config scales the rules' own requests, resources.mem_scale). ``overrides`` use
     the profile's keys with ``_`` for ``-`` (``slurm_array_jobs="make"``);
     ``None`` removes a key. Returns the profile directory, for ``--profile``.
     """
@@ -136,9 +136,6 @@ def make_test_profile(dest: Path, cluster: Cluster, source: Path = PROJECT_PROFI
             return f"max(100, ({expression}) // {mem_divisor})"
 
         config["default-resources"]["mem_mb"] = scaled(config["default-resources"]["mem_mb"])
-        for resources in (config.get("set-resources") or {}).values():
-            if "mem_mb" in resources:
-                resources["mem_mb"] = scaled(resources["mem_mb"])
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return dest

@@ -74,6 +74,7 @@ def cut_config() -> dict:
         "registration": {"affine_iterations": 10, "levels": 2, "finest_level": 1, "lncc_kernel": 3,
                          "max_steps": 10, "gpus": 1},
         "maps": {"n_perm": 19},
+        "resources": {"mem_scale": 1 / MEM_DIVISOR},  # the rules' requests, sized for full-size volumes
     }
 
 
@@ -234,7 +235,7 @@ def test_the_cancelled_job_was_retried_with_more_memory_and_nothing_was_lost(run
     assert "Trying to restart job" in run.log
     retried = [j for j in jobs if j["Comment"] == cancelled["Comment"] and j["JobIDRaw"] != cancelled["JobIDRaw"]]
     assert len(retried) == 1 and retried[0]["State"] == "COMPLETED", (cancelled, retried)
-    # attempt 2 asks for twice the memory (profile: mem_mb "16000 * attempt", divided by 8 here)
+    # attempt 2 asks for twice the memory (rule: memory(16000), scaled by 1/8 here)
     mem = {j["JobIDRaw"]: int(re.match(r"(\d+)M", j["ReqMem"]).group(1)) for j in (cancelled, retried[0])}
     assert mem[retried[0]["JobIDRaw"]] == 2 * mem[cancelled["JobIDRaw"]], (cancelled, retried)
     # Nothing lost: the participant's map exists and equals the local run's.

@@ -15,7 +15,7 @@ rule preprocess:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(2000),
+        mem_mb=memory(2000),
         runtime=grows(10),
     params:
         preprocess=config["preprocess"],
@@ -45,7 +45,7 @@ rule train_age_model:
     threads: 8
     resources:
         gpu=config["train"]["gpus"],
-        mem_mb=grows(32000),
+        mem_mb=memory(32000),
         runtime=config["train"]["runtime"],
     params:
         train=config["train"],
@@ -72,7 +72,7 @@ rule predict_age:
     threads: 4
     resources:
         gpu=min(1, config["train"]["gpus"]),
-        mem_mb=grows(16000),
+        mem_mb=memory(16000),
         runtime=grows(120),
     params:
         batch_size=config["predict"]["batch_size"],
@@ -96,7 +96,7 @@ rule correct_bias:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(2000),
+        mem_mb=memory(2000),
         runtime=grows(10),
     params:
         method=config["bias"]["method"],
@@ -133,7 +133,7 @@ rule table1:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(2000),
+        mem_mb=memory(2000),
         runtime=grows(10),
     params:
         baseline_splits=config["baseline"]["train_splits"],
@@ -162,7 +162,7 @@ rule age_figures:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(2000),
+        mem_mb=memory(2000),
         runtime=grows(10),
     script:
         "../scripts/age/age_figures.py"

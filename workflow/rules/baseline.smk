@@ -18,7 +18,7 @@ rule projection:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(2000),
+        mem_mb=memory(2000),
         runtime=grows(10),
     params:
         projection=config["projection"],
@@ -45,7 +45,7 @@ use rule train_age_model as train_baseline with:
         f"{BENCHMARKS}/train_baseline.tsv"
     resources:
         gpu=config["baseline"]["gpus"],
-        mem_mb=grows(16000),
+        mem_mb=memory(16000),
         runtime=config["baseline"]["runtime"],
     params:
         train=config["baseline"],
@@ -67,7 +67,7 @@ use rule predict_age as predict_baseline with:
         f"{BENCHMARKS}/predict_baseline.tsv"
     resources:
         gpu=min(1, config["baseline"]["gpus"]),
-        mem_mb=grows(8000),
+        mem_mb=memory(8000),
         runtime=grows(60),
     params:
         batch_size=config["baseline"]["batch_size"],
@@ -110,7 +110,7 @@ rule baseline_gradcam_figure:
     threads: 1
     resources:
         gpu=min(1, config["baseline"]["gpus"]),
-        mem_mb=grows(4000),
+        mem_mb=memory(4000),
         runtime=grows(30),
     script:
         "../scripts/baseline/baseline_gradcam_figure.py"

@@ -20,7 +20,7 @@ rule phenotype_qc:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(2000),
+        mem_mb=memory(2000),
         runtime=grows(10),
     params:
         columns=config["phenotypes"]["columns"],
@@ -52,7 +52,7 @@ checkpoint qc_table:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(2000),
+        mem_mb=memory(2000),
         runtime=grows(10),
     params:
         max_excluded_fraction=config["qc"]["max_excluded_fraction"],
@@ -74,7 +74,7 @@ checkpoint cohort_table:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(2000),
+        mem_mb=memory(2000),
         runtime=grows(10),
     params:
         columns=config["phenotypes"]["columns"],

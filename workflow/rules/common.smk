@@ -44,12 +44,18 @@ REGISTRATION_QC = f"{RESULTS}/{paths.REGISTRATION_QC}"
 
 
 def grows(base):
-    """A resource (MB, minutes) that grows with each retry: attempt 2 asks 2x, attempt 3 3x.
+    """Minutes that grow with each retry: attempt 2 asks 2x, attempt 3 3x.
 
-    A job killed for memory (OUT_OF_MEMORY) or time (TIMEOUT) thus gets more;
-    the bases are sized for full-size UK Biobank volumes (docs/measurements.md).
+    A job killed for time (TIMEOUT) thus gets more; the bases are sized for
+    full-size UK Biobank volumes (docs/measurements.md).
     """
     return lambda wildcards, attempt: base * attempt
+
+
+def memory(base):
+    """MB that grow with each retry, scaled by config resources.mem_scale (at least 100 MB)."""
+    scaled = max(100, int(base * config["resources"]["mem_scale"]))
+    return lambda wildcards, attempt: scaled * attempt
 
 
 if SYNTHETIC:

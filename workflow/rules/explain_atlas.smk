@@ -13,7 +13,7 @@ rule atlas_init:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(2000),
+        mem_mb=memory(2000),
         runtime=grows(10),
     params:
         clip=config["registration"]["clip"],
@@ -38,7 +38,7 @@ rule atlas_register:
     threads: 1
     resources:
         gpu=REG_GPUS,
-        mem_mb=grows(16000),
+        mem_mb=memory(16000),
         runtime=grows(60),
     params:
         registration=config["registration"],
@@ -58,7 +58,7 @@ rule atlas_update:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(16000),
+        mem_mb=memory(16000),
         runtime=grows(60),
     script:
         "../scripts/explain/atlas_update.py"
@@ -75,7 +75,7 @@ rule atlas:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(1000),
+        mem_mb=memory(1000),
         runtime=grows(5),
     script:
         "../scripts/explain/copy_atlas.py"

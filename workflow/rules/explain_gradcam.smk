@@ -19,7 +19,7 @@ rule gradcam:
     threads: 2
     resources:
         gpu=min(1, config["train"]["gpus"]),
-        mem_mb=grows(16000),
+        mem_mb=memory(16000),
         runtime=grows(30),
     params:
         gradcam=config["gradcam"],

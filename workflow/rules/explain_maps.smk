@@ -20,7 +20,7 @@ rule ageing_classes:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(1000),
+        mem_mb=memory(1000),
         runtime=grows(5),
     params:
         maps=config["maps"],
@@ -43,7 +43,7 @@ rule population_map:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(8000),
+        mem_mb=memory(8000),
         runtime=grows(30),
     script:
         "../scripts/explain/population_map.py"
@@ -65,7 +65,7 @@ rule class_test:
         "../../envs/ageatlas.yaml"
     threads: 2
     resources:
-        mem_mb=grows(32000),
+        mem_mb=memory(32000),
         runtime=grows(120),
     params:
         maps=config["maps"],
@@ -108,7 +108,7 @@ rule group_figures:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(4000),
+        mem_mb=memory(4000),
         runtime=grows(10),
     params:
         threshold=config["maps"]["threshold"],
@@ -138,7 +138,7 @@ rule importance_figure:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(8000),
+        mem_mb=memory(8000),
         runtime=grows(10),
     params:
         threshold=config["maps"]["threshold"],
@@ -173,7 +173,7 @@ rule examples_figure:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(4000),
+        mem_mb=memory(4000),
         runtime=grows(10),
     params:
         group=config["maps"]["example_group"],
@@ -203,7 +203,7 @@ if SYNTHETIC:
             "../../envs/ageatlas.yaml"
         threads: 1
         resources:
-            mem_mb=grows(8000),
+            mem_mb=memory(8000),
             runtime=grows(30),
         script:
             "../scripts/explain/truth_check.py"
@@ -226,7 +226,7 @@ if SYNTHETIC:
             "../../envs/ageatlas.yaml"
         threads: 1
         resources:
-            mem_mb=grows(1000),
+            mem_mb=memory(1000),
             runtime=grows(5),
         script:
             "../scripts/explain/truth_summary.py"

@@ -19,7 +19,7 @@ rule register:
     threads: 1
     resources:
         gpu=REG_GPUS,
-        mem_mb=grows(16000),
+        mem_mb=memory(16000),
         runtime=grows(60),
     params:
         registration=config["registration"],
@@ -41,7 +41,7 @@ rule warp_gradcam:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(8000),
+        mem_mb=memory(8000),
         runtime=grows(15),
     script:
         "../scripts/explain/warp_gradcam.py"
@@ -62,7 +62,7 @@ rule registration_qc:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(2000),
+        mem_mb=memory(2000),
         runtime=grows(10),
     script:
         "../scripts/explain/registration_qc.py"

@@ -16,7 +16,7 @@ rule stitch:
         "../../envs/ageatlas.yaml"
     threads: 1
     resources:
-        mem_mb=grows(2000),
+        mem_mb=memory(2000),
         runtime=grows(10),
     params:
         stitch=config["stitch"],

@@ -15,7 +15,7 @@ if SYNTHETIC:
             "../../envs/ageatlas.yaml"
         threads: 1
         resources:
-            mem_mb=grows(2000),
+            mem_mb=memory(2000),
             runtime=grows(30),
         params:
             n=config["synthetic"]["n_participants"],

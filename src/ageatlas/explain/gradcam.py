@@ -14,7 +14,7 @@ the mean age (ageatlas.age.train_config's init_output_bias) encodes only deviati
 it; Grad-CAM of the age then shows evidence for "older" in everyone and
 nothing of what makes a young participant look young. The deviation target
 shows, per participant, the evidence for the side of the mean they were
-predicted on (measured on the SYNTHETIC cohort: README, "Truth check").
+predicted on (measured on the SYNTHETIC cohort: docs/measurements.md, "Interpretability stage of the demo").
 
 Unlike M3d-CAM, which writes uint8 maps with an identity affine and
 transposed axes, `cam_for_participant` resamples the map onto the
