@@ -35,12 +35,17 @@ test-slurm: $(STAMP)
 		exit 1; }
 	$(BIN)/python -m pytest tests/slurm
 
+## Workflow and Python style (CI runs the same checks in tests/workflow/test_conventions.py).
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 fmt: $(STAMP)
 	$(BIN)/snakefmt Snakefile workflow/rules
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 clean-demo:
 	rm -rf results/demo logs/demo

@@ -22,6 +22,13 @@ def test_snakemake_lint_is_clean():
     assert result.returncode == 0 and "Congratulations" in output, output[-4000:]
 
 
+def test_python_is_ruff_formatted_and_clean():
+    """ruff format and ruff check (pyproject.toml [tool.ruff]) over the whole tree."""
+    for args in (["format", "--check", "."], ["check", "."]):
+        result = subprocess.run([str(BIN / "ruff"), *args], cwd=REPO, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
 def test_snakefmt_formatted():
     result = subprocess.run([str(BIN / "snakefmt"), "--check", "--diff", *map(str, RULE_FILES)],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
