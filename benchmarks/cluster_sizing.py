@@ -47,7 +47,9 @@ def cpu_name() -> str:
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            name = next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
     except (OSError, StopIteration):
         pass
     return name
@@ -61,8 +63,15 @@ def machine() -> str:
 def make_record(benchmark: str, results: dict, *, data: str, source: str = MEASURED) -> dict:
     """A record of this process's measurement (the command is this process's own)."""
     command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
-    return {"benchmark": benchmark, "source": source, "command": command,
-            "date": dt.date.today().isoformat(), "machine": machine(), "data": data, "results": results}
+    return {
+        "benchmark": benchmark,
+        "source": source,
+        "command": command,
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "data": data,
+        "results": results,
+    }
 
 
 def save_record(path, record: dict) -> None:
@@ -75,16 +84,19 @@ def load_record(path, benchmark: str) -> dict:
     record = json.loads(Path(path).read_text())
     missing = [k for k in RECORD_KEYS if k not in record]
     if missing or record["benchmark"] != benchmark:
-        raise ValueError(f"{path} is not a {benchmark!r} benchmark record "
-                         f"(benchmark {record.get('benchmark')!r}, missing {missing})")
+        raise ValueError(
+            f"{path} is not a {benchmark!r} benchmark record "
+            f"(benchmark {record.get('benchmark')!r}, missing {missing})"
+        )
     return record
 
 
 # ---- per-unit rates from records ----------------------------------------------
 
 
-def rates(ingest: dict | None, trains: list[dict], explains: list[dict], disk: dict,
-          settings: "Settings") -> dict[str, dict[str, float]]:
+def rates(
+    ingest: dict | None, trains: list[dict], explains: list[dict], disk: dict, settings: Settings
+) -> dict[str, dict[str, float]]:
     """{"cpu": {key: core-seconds per unit}, "cuda": {key: GPU-seconds per unit}}; a later record wins."""
     out: dict[str, dict[str, float]] = {"cpu": {}, "cuda": {}}
     grid = "x".join(map(str, settings.grid))
@@ -112,8 +124,10 @@ def rates(ingest: dict | None, trains: list[dict], explains: list[dict], disk: d
         if device == "cuda":  # the whole protocol, run until it converged
             _put(out[device], "registration", reg["seconds"], 1)
         else:  # short runs' rates, scaled to the protocol's iterations
-            seconds = (settings.affine_iterations * reg["seconds_per_affine_iteration"]
-                       + settings.steps_per_level * reg["seconds_per_step_all_levels"])
+            seconds = (
+                settings.affine_iterations * reg["seconds_per_affine_iteration"]
+                + settings.steps_per_level * reg["seconds_per_step_all_levels"]
+            )
             _put(out[device], "registration", seconds, threads)
         _put(out[device], "warp", reg.get("warp_seconds"), threads)
     return out
@@ -122,8 +136,10 @@ def rates(ingest: dict | None, trains: list[dict], explains: list[dict], disk: d
 def _check(record: dict, measured: str, expected: str) -> None:
     """A record measured at another size than the config's would size the wrong thing."""
     if measured != expected:
-        raise ValueError(f"{record['benchmark']} record ({record['command']}) measured {measured}, "
-                         f"the config's size is {expected}")
+        raise ValueError(
+            f"{record['benchmark']} record ({record['command']}) measured {measured}, "
+            f"the config's size is {expected}"
+        )
 
 
 def _threads(result: dict) -> int:
@@ -156,7 +172,7 @@ class Settings:
     atlas_splits: tuple = ("train", "val")
 
     @classmethod
-    def from_config(cls, config: dict, steps_per_level: int | None = None) -> "Settings":
+    def from_config(cls, config: dict, steps_per_level: int | None = None) -> Settings:
         """From a validated config (schema defaults filled in)."""
         reg, atlas = config["registration"], config["atlas"]
         return cls(
@@ -214,22 +230,43 @@ def stages(n: int, s: Settings) -> list[Stage]:
     protocol = f"{s.affine_iterations} affine iterations + {s.steps_per_level:,} steps a level"
     return [
         Stage("ingest: zip -> stitched W + F", f"{n:,} zips", {"ingest": n}, {"stitched": n}),
-        Stage("preprocess: training cache", f"{cohort_n:,} volumes", {"preprocess": cohort_n}, {"cache": cohort_n}),
-        Stage("2.5D projections", f"{projected:,} participants", {"projection": projected},
-              {"projection": projected}),
-        Stage("3D training", f"{s.epochs_3d} epochs x ({c['train']:,} train + {c['val']:,} val)",
-              {"train3d": s.epochs_3d * c["train"], "infer3d": s.epochs_3d * c["val"]}),
+        Stage(
+            "preprocess: training cache",
+            f"{cohort_n:,} volumes",
+            {"preprocess": cohort_n},
+            {"cache": cohort_n},
+        ),
+        Stage(
+            "2.5D projections",
+            f"{projected:,} participants",
+            {"projection": projected},
+            {"projection": projected},
+        ),
+        Stage(
+            "3D training",
+            f"{s.epochs_3d} epochs x ({c['train']:,} train + {c['val']:,} val)",
+            {"train3d": s.epochs_3d * c["train"], "infer3d": s.epochs_3d * c["val"]},
+        ),
         Stage("3D inference", f"{predicted:,} val + test", {"infer3d": predicted}),
         Stage("Grad-CAM", f"{test:,} test", {"gradcam": test}, {"gradcam": test}),
-        Stage("atlases (fixed per run)",
-              f"{atlas_regs:,} registrations ({s.atlas_groups} groups x {members} x {s.atlas_iterations} passes)",
-              {"registration": atlas_regs, "warp": atlas_regs},
-              {"atlas_member": atlas_regs, "template": templates}),
-        Stage("registration to the group atlas", f"{test:,} test x ({protocol})",
-              {"registration": test}, {"registration": test}),
+        Stage(
+            "atlases (fixed per run)",
+            f"{atlas_regs:,} registrations ({s.atlas_groups} groups x {members} x {s.atlas_iterations} passes)",
+            {"registration": atlas_regs, "warp": atlas_regs},
+            {"atlas_member": atlas_regs, "template": templates},
+        ),
+        Stage(
+            "registration to the group atlas",
+            f"{test:,} test x ({protocol})",
+            {"registration": test},
+            {"registration": test},
+        ),
         Stage("warp Grad-CAM maps", f"{test:,} test", {"warp": test}, {"warped": test}),
-        Stage("2.5D training", f"{s.epochs_25d} epochs x ({baseline_train:,} train + {c['val']:,} val)",
-              {"train25d": s.epochs_25d * baseline_train, "infer25d": s.epochs_25d * c["val"]}),
+        Stage(
+            "2.5D training",
+            f"{s.epochs_25d} epochs x ({baseline_train:,} train + {c['val']:,} val)",
+            {"train25d": s.epochs_25d * baseline_train, "infer25d": s.epochs_25d * c["val"]},
+        ),
         Stage("2.5D inference", f"{predicted:,} val + test", {"infer25d": predicted}),
     ]
 
@@ -248,7 +285,10 @@ def hours(stage: Stage, device_rates: dict[str, float]) -> Hours | None:
     measured = [key for key in keys if key in device_rates]
     if not measured:
         return None
-    return Hours(sum(stage.work[key] * device_rates[key] for key in measured) / 3600, len(measured) < len(keys))
+    return Hours(
+        sum(stage.work[key] * device_rates[key] for key in measured) / 3600,
+        len(measured) < len(keys),
+    )
 
 
 def gib(stage: Stage, bytes_per_file: dict[str, float]) -> float | str:
@@ -259,9 +299,16 @@ def gib(stage: Stage, bytes_per_file: dict[str, float]) -> float | str:
 
 def cost(n: int, s: Settings, rate: dict, bytes_per_file: dict) -> list[dict]:
     """Per stage: name, basis, cpu_h, gpu_h (Hours; None: not measured; "-": a CPU stage), disk_gib."""
-    return [{"stage": st.name, "basis": st.basis, "cpu_h": hours(st, rate["cpu"]),
-             "gpu_h": hours(st, rate["cuda"]) if st.gpu else "-", "disk_gib": gib(st, bytes_per_file)}
-            for st in stages(n, s)]
+    return [
+        {
+            "stage": st.name,
+            "basis": st.basis,
+            "cpu_h": hours(st, rate["cpu"]),
+            "gpu_h": hours(st, rate["cuda"]) if st.gpu else "-",
+            "disk_gib": gib(st, bytes_per_file),
+        }
+        for st in stages(n, s)
+    ]
 
 
 # ---- the table ------------------------------------------------------------------
@@ -303,7 +350,10 @@ def markdown(s: Settings, rate: dict, bytes_per_file: dict, sizes=(1000, 3120, 1
     cells = ["**total**", ""]
     for n in sizes:
         rows = tables[n]
-        cells += [total([r["cpu_h"] for r in rows]), total([r["gpu_h"] for r in rows]),
-                  fmt(sum(r["disk_gib"] for r in rows if r["disk_gib"] != "-"))]
+        cells += [
+            total([r["cpu_h"] for r in rows]),
+            total([r["gpu_h"] for r in rows]),
+            fmt(sum(r["disk_gib"] for r in rows if r["disk_gib"] != "-")),
+        ]
     lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +88,13 @@ def measure(n: int, repeats: int) -> dict:
         )
         (root / "toy.smk").write_text(TOY)
         ours_args = ["--snakefile", str(REPO / "Snakefile"), "--configfile", str(config)]
-        toy_args = ["--snakefile", str(root / "toy.smk"), "--config", f"zip_dir={zips}", f"phenotypes={pheno}"]
+        toy_args = [
+            "--snakefile",
+            str(root / "toy.smk"),
+            "--config",
+            f"zip_dir={zips}",
+            f"phenotypes={pheno}",
+        ]
         ours = min(dry_run(ours_args, root) for _ in range(repeats))
         toy = min(dry_run(toy_args, root) for _ in range(repeats))
     return {"n": n, "ours_s": ours[0], "ours_mib": ours[1], "toy_s": toy[0], "toy_mib": toy[1]}
@@ -102,11 +106,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="best of N runs each")
     args = parser.parse_args()
     print(f"snakemake -n, {os.cpu_count()} cores; best of {args.repeats}")
-    print(f"{'participants':>12} {'ageatlas s':>11} {'MiB':>7} {'bare s':>8} {'MiB':>7} {'ratio':>6}")
+    print(
+        f"{'participants':>12} {'ageatlas s':>11} {'MiB':>7} {'bare s':>8} {'MiB':>7} {'ratio':>6}"
+    )
     for n in args.sizes:
         r = measure(n, args.repeats)
-        print(f"{r['n']:>12} {r['ours_s']:>11.2f} {r['ours_mib']:>7.0f} {r['toy_s']:>8.2f} "
-              f"{r['toy_mib']:>7.0f} {r['ours_s'] / r['toy_s']:>6.2f}", flush=True)
+        print(
+            f"{r['n']:>12} {r['ours_s']:>11.2f} {r['ours_mib']:>7.0f} {r['toy_s']:>8.2f} "
+            f"{r['toy_mib']:>7.0f} {r['ours_s'] / r['toy_s']:>6.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

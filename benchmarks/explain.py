@@ -51,13 +51,19 @@ def main() -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="explain_bench_") as tmp:
         waters = make_participants(Path(tmp))
-        results = {part: run_part(part, device, waters, args) for part in ("gradcam", "registration")}
+        results = {
+            part: run_part(part, device, waters, args) for part in ("gradcam", "registration")
+        }
     print_table(device, results, args)
     if args.save:
         import cluster_sizing as sizing
 
-        results = {"device_type": device, "device": device_name(device), "threads": torch.get_num_threads(),
-                   **results}
+        results = {
+            "device_type": device,
+            "device": device_name(device),
+            "threads": torch.get_num_threads(),
+            **results,
+        }
         record = sizing.make_record("explain", results, data="two SYNTHETIC full-size participants")
         sizing.save_record(args.save, record)
 
@@ -65,9 +71,15 @@ def main() -> None:
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"])
-    parser.add_argument("--cpu-affine", type=int, default=5, help="affine iterations timed on a CPU")
-    parser.add_argument("--cpu-steps", type=int, default=3, help="deformable steps timed per level on a CPU")
-    parser.add_argument("--save", help="write the figures here as JSON (a record for benchmarks/sizing.py)")
+    parser.add_argument(
+        "--cpu-affine", type=int, default=5, help="affine iterations timed on a CPU"
+    )
+    parser.add_argument(
+        "--cpu-steps", type=int, default=3, help="deformable steps timed per level on a CPU"
+    )
+    parser.add_argument(
+        "--save", help="write the figures here as JSON (a record for benchmarks/sizing.py)"
+    )
     parser.add_argument("--part", choices=["gradcam", "registration"], help=argparse.SUPPRESS)
     parser.add_argument("--moving", help=argparse.SUPPRESS)
     parser.add_argument("--fixed", help=argparse.SUPPRESS)
@@ -76,28 +88,46 @@ def parse_args():
 
 def make_participants(tmp: Path) -> list[str]:
     """Two SYNTHETIC participants stitched to the full default grid; their water paths."""
+    from ageatlas.core.paths import stitched_path
+    from ageatlas.ingest.grid import Grid
+    from ageatlas.ingest.participant import ingest_participant
+    from ageatlas.ingest.stitch import StitchOptions
     from ageatlas.synthetic.dicom import write_participant_zip
     from ageatlas.synthetic.participants import make_cohort
-    from ageatlas.core.paths import stitched_path
-    from ageatlas.ingest.participant import ingest_participant
-    from ageatlas.ingest.grid import Grid
-    from ageatlas.ingest.stitch import StitchOptions
 
     waters = []
     for person in make_cohort(2, seed=7):
         zip_path = tmp / f"{person.eid}.zip"
         write_participant_zip(zip_path, person, scale=1.0, seed=7)
         out = tmp / str(person.eid)
-        record = ingest_participant(str(person.eid), zip_path, out, Grid(), StitchOptions(), preview=False)
+        record = ingest_participant(
+            str(person.eid), zip_path, out, Grid(), StitchOptions(), preview=False
+        )
         if not record.passed:
-            raise RuntimeError(f"synthetic participant {person.eid} failed ingest: {record.reasons}")
+            raise RuntimeError(
+                f"synthetic participant {person.eid} failed ingest: {record.reasons}"
+            )
         waters.append(str(stitched_path(out, str(person.eid), "W")))
     return waters
 
 
 def run_part(part: str, device: str, waters: list[str], args) -> dict:
-    cmd = [sys.executable, __file__, "--part", part, "--device", device, "--moving", waters[1],
-           "--fixed", waters[0], "--cpu-affine", str(args.cpu_affine), "--cpu-steps", str(args.cpu_steps)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--part",
+        part,
+        "--device",
+        device,
+        "--moving",
+        waters[1],
+        "--fixed",
+        waters[0],
+        "--cpu-affine",
+        str(args.cpu_affine),
+        "--cpu-steps",
+        str(args.cpu_steps),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -106,7 +136,11 @@ def measure(args) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = measure_gradcam(args, device) if args.part == "gradcam" else measure_registration(args, device)
+    result = (
+        measure_gradcam(args, device)
+        if args.part == "gradcam"
+        else measure_registration(args, device)
+    )
     result["peak_mib"] = peak_mib(device)
     return result
 
@@ -125,9 +159,9 @@ def _sync(device) -> None:
 def measure_gradcam(args, device) -> dict:
     import nibabel as nib
 
-    from ageatlas.explain.gradcam import grad_cam
     from ageatlas.age.model import build_model
     from ageatlas.age.preprocess import normalise
+    from ageatlas.explain.gradcam import grad_cam
 
     water = np.asarray(nib.load(args.moving).dataobj, dtype=np.float32)
     volume = torch.from_numpy(normalise(water, "zero"))[None, None].to(device)
@@ -152,9 +186,12 @@ def measure_registration(args, device) -> dict:
         start = time.perf_counter()
         result.warp(nib.Nifti1Image(np.asarray(moving.dataobj, np.float32), moving.affine))
         _sync(device)
-        return {"seconds": result.metrics["seconds"], "warp_seconds": time.perf_counter() - start,
-                "steps": result.metrics["deformable_steps"], "ncc": {k: result.metrics[k]["ncc"]
-                                                                     for k in ("before", "affine", "deformable")}}
+        return {
+            "seconds": result.metrics["seconds"],
+            "warp_seconds": time.perf_counter() - start,
+            "steps": result.metrics["deformable_steps"],
+            "ncc": {k: result.metrics[k]["ncc"] for k in ("before", "affine", "deformable")},
+        }
     return cpu_rates(moving, fixed, full, args, device)
 
 
@@ -166,8 +203,9 @@ def cpu_rates(moving, fixed, full, args, device) -> dict:
 
     timed = {}
     for affine_iterations, steps in ((0, 1), (args.cpu_affine, 1 + args.cpu_steps)):
-        settings = reg.RegistrationSettings(affine_iterations=affine_iterations, max_steps=steps, min_delta=0.0,
-                                            patience=10**6)
+        settings = reg.RegistrationSettings(
+            affine_iterations=affine_iterations, max_steps=steps, min_delta=0.0, patience=10**6
+        )
         start = time.perf_counter()
         result = reg.register(moving, fixed, settings, device=device)
         timed[affine_iterations] = time.perf_counter() - start
@@ -177,11 +215,20 @@ def cpu_rates(moving, fixed, full, args, device) -> dict:
     warp_seconds = time.perf_counter() - start
     # The difference of the two runs is cpu_affine affine iterations + cpu_steps steps on every level.
     per_affine = _per_affine(moving, fixed, args, device)
-    per_step_all_levels = (timed[args.cpu_affine] - timed[0] - per_affine * args.cpu_affine) / args.cpu_steps
-    protocol = {steps: full.affine_iterations * per_affine + steps * per_step_all_levels for steps in (100, 1000)}
-    return {"seconds_per_affine_iteration": per_affine, "seconds_per_step_all_levels": per_step_all_levels,
-            "protocol_seconds_100_steps": protocol[100], "protocol_seconds_1000_steps": protocol[1000],
-            "warp_seconds": warp_seconds}
+    per_step_all_levels = (
+        timed[args.cpu_affine] - timed[0] - per_affine * args.cpu_affine
+    ) / args.cpu_steps
+    protocol = {
+        steps: full.affine_iterations * per_affine + steps * per_step_all_levels
+        for steps in (100, 1000)
+    }
+    return {
+        "seconds_per_affine_iteration": per_affine,
+        "seconds_per_step_all_levels": per_step_all_levels,
+        "protocol_seconds_100_steps": protocol[100],
+        "protocol_seconds_1000_steps": protocol[1000],
+        "warp_seconds": warp_seconds,
+    }
 
 
 def _per_affine(moving, fixed, args, device) -> float:
@@ -205,27 +252,43 @@ def device_name(device: str) -> str:
 def print_table(device: str, results: dict, args) -> None:
     name = device_name(device)
     threads = torch.get_num_threads()
-    print(f"SYNTHETIC full-size participants, grid {results['gradcam']['shape']}, device {name} "
-          f"({threads} CPU threads)")
+    print(
+        f"SYNTHETIC full-size participants, grid {results['gradcam']['shape']}, device {name} "
+        f"({threads} CPU threads)"
+    )
     gradcam = results["gradcam"]
-    print(f"{'Grad-CAM (layer3), one participant':<52} {gradcam['seconds']:>9.2f} s {gradcam['peak_mib']:>8.0f} MiB")
+    print(
+        f"{'Grad-CAM (layer3), one participant':<52} {gradcam['seconds']:>9.2f} s {gradcam['peak_mib']:>8.0f} MiB"
+    )
     registration = results["registration"]
     if device == "cuda":
         total = gradcam["seconds"] + registration["seconds"] + registration["warp_seconds"]
-        print(f"{'registration, authors protocol':<52} {registration['seconds']:>9.2f} s "
-              f"{registration['peak_mib']:>8.0f} MiB   steps {registration['steps']}")
+        print(
+            f"{'registration, authors protocol':<52} {registration['seconds']:>9.2f} s "
+            f"{registration['peak_mib']:>8.0f} MiB   steps {registration['steps']}"
+        )
         print(f"{'warping one map':<52} {registration['warp_seconds']:>9.2f} s")
-        print(f"{'Grad-CAM + registration + warp per participant':<52} {total:>9.2f} s "
-              f"(goal on an H100: <= {GOAL_H100_S:.0f} s)")
+        print(
+            f"{'Grad-CAM + registration + warp per participant':<52} {total:>9.2f} s "
+            f"(goal on an H100: <= {GOAL_H100_S:.0f} s)"
+        )
         return
-    print(f"{'registration: per affine iteration':<52} {registration['seconds_per_affine_iteration']:>9.2f} s "
-          f"{registration['peak_mib']:>8.0f} MiB")
-    print(f"{'registration: per deformable step on all 3 levels':<52} "
-          f"{registration['seconds_per_step_all_levels']:>9.2f} s")
-    print(f"{'registration, protocol at 100 steps a level':<52} "
-          f"{registration['protocol_seconds_100_steps'] / 60:>9.1f} min")
-    print(f"{'registration, protocol at 1000 steps a level':<52} "
-          f"{registration['protocol_seconds_1000_steps'] / 3600:>9.1f} h")
+    print(
+        f"{'registration: per affine iteration':<52} {registration['seconds_per_affine_iteration']:>9.2f} s "
+        f"{registration['peak_mib']:>8.0f} MiB"
+    )
+    print(
+        f"{'registration: per deformable step on all 3 levels':<52} "
+        f"{registration['seconds_per_step_all_levels']:>9.2f} s"
+    )
+    print(
+        f"{'registration, protocol at 100 steps a level':<52} "
+        f"{registration['protocol_seconds_100_steps'] / 60:>9.1f} min"
+    )
+    print(
+        f"{'registration, protocol at 1000 steps a level':<52} "
+        f"{registration['protocol_seconds_1000_steps'] / 3600:>9.1f} h"
+    )
     print(f"{'warping one map':<52} {registration['warp_seconds']:>9.2f} s")
 
 

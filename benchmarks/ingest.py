@@ -64,7 +64,9 @@ def best(runs: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--save", help="write the figures here as JSON (a record for benchmarks/sizing.py)")
+    parser.add_argument(
+        "--save", help="write the figures here as JSON (a record for benchmarks/sizing.py)"
+    )
     args = parser.parse_args()
     dcm2niix = shutil.which("dcm2niix") or str(Path(sys.executable).with_name("dcm2niix"))
     with tempfile.TemporaryDirectory(prefix="ingest_bench_") as tmp:
@@ -78,36 +80,85 @@ def main() -> None:
         with zipfile.ZipFile(zip_path) as zf:
             members, raw = len(zf.infolist()), sum(i.file_size for i in zf.infolist())
         zipped = zip_path.stat().st_size
-        print(f"SYNTHETIC full-size zip: {members} members, {raw / 2**20:.0f} MiB DICOM, "
-              f"{zipped / 2**20:.0f} MiB zipped; one core, best of {args.repeats}")
+        print(
+            f"SYNTHETIC full-size zip: {members} members, {raw / 2**20:.0f} MiB DICOM, "
+            f"{zipped / 2**20:.0f} MiB zipped; one core, best of {args.repeats}"
+        )
 
-        ours = best([run_json([sys.executable, "-c", INGEST, str(zip_path), str(tmp / f"out{i}")])
-                     for i in range(args.repeats)])
+        ours = best(
+            [
+                run_json([sys.executable, "-c", INGEST, str(zip_path), str(tmp / f"out{i}")])
+                for i in range(args.repeats)
+            ]
+        )
         assert ours["status"] != "excluded", ours
-        unzip = best([run_json([sys.executable, "-c", TIMED, "unzip", "-q", "-o", str(zip_path), "-d", str(tmp / "dcm")])
-                      for _ in range(args.repeats)])
+        unzip = best(
+            [
+                run_json(
+                    [
+                        sys.executable,
+                        "-c",
+                        TIMED,
+                        "unzip",
+                        "-q",
+                        "-o",
+                        str(zip_path),
+                        "-d",
+                        str(tmp / "dcm"),
+                    ]
+                )
+                for _ in range(args.repeats)
+            ]
+        )
         conv = {}
         for gz in ("y", "n"):
             runs = []
             for i in range(args.repeats):
                 out = tmp / f"nii_{gz}{i}"
                 out.mkdir()
-                runs.append(run_json([sys.executable, "-c", TIMED, dcm2niix, "-z", gz, "-o", str(out), str(tmp / "dcm")]))
+                runs.append(
+                    run_json(
+                        [
+                            sys.executable,
+                            "-c",
+                            TIMED,
+                            dcm2niix,
+                            "-z",
+                            gz,
+                            "-o",
+                            str(out),
+                            str(tmp / "dcm"),
+                        ]
+                    )
+                )
             conv[gz] = best(runs)
 
     print(f"{'step':<58} {'seconds':>8} {'peak MiB':>9}")
-    print(f"{'ageatlas: zip -> stitched W+F .nii.gz (224x174x370)':<58} {ours['s']:>8.2f} {ours['mib']:>9.0f}")
+    print(
+        f"{'ageatlas: zip -> stitched W+F .nii.gz (224x174x370)':<58} {ours['s']:>8.2f} {ours['mib']:>9.0f}"
+    )
     print(f"{'unzip to disk (needed by dcm2niix)':<58} {unzip['s']:>8.2f} {unzip['mib']:>9.0f}")
-    print(f"{'dcm2niix -z y: 24 series -> .nii.gz, no stitching':<58} {conv['y']['s']:>8.2f} {conv['y']['mib']:>9.0f}")
-    print(f"{'dcm2niix -z n: 24 series -> .nii, no stitching':<58} {conv['n']['s']:>8.2f} {conv['n']['mib']:>9.0f}")
+    print(
+        f"{'dcm2niix -z y: 24 series -> .nii.gz, no stitching':<58} {conv['y']['s']:>8.2f} {conv['y']['mib']:>9.0f}"
+    )
+    print(
+        f"{'dcm2niix -z n: 24 series -> .nii, no stitching':<58} {conv['n']['s']:>8.2f} {conv['n']['mib']:>9.0f}"
+    )
     if args.save:
         import cluster_sizing as sizing
 
         runs = {"ageatlas": ours, "unzip": unzip, "dcm2niix_gz": conv["y"], "dcm2niix": conv["n"]}
         steps = {name: {"seconds": r["s"], "peak_mib": r["mib"]} for name, r in runs.items()}
-        results = {"device_type": "cpu", "threads": 1, "repeats": args.repeats, "steps": steps,
-                   "zip": {"members": members, "dicom_mib": raw / 2**20, "zip_mib": zipped / 2**20}}
-        sizing.save_record(args.save, sizing.make_record("ingest", results, data="one full-size SYNTHETIC zip"))
+        results = {
+            "device_type": "cpu",
+            "threads": 1,
+            "repeats": args.repeats,
+            "steps": steps,
+            "zip": {"members": members, "dicom_mib": raw / 2**20, "zip_mib": zipped / 2**20},
+        }
+        sizing.save_record(
+            args.save, sizing.make_record("ingest", results, data="one full-size SYNTHETIC zip")
+        )
 
 
 if __name__ == "__main__":

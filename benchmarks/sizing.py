@@ -26,9 +26,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import yaml
-
 import cluster_sizing as sizing
+import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -49,24 +48,41 @@ def main() -> None:
     table = sizing.markdown(settings, rate, disk["results"]["bytes"])
     print(table)
     for record in [ingest, *trains, *explains, disk]:
-        print(f"- {record['benchmark']}: `{record['command']}` ({record['date']}, {record['machine']}; "
-              f"{record['source']})")
+        print(
+            f"- {record['benchmark']}: `{record['command']}` ({record['date']}, {record['machine']}; "
+            f"{record['source']})"
+        )
     if args.markdown_out:
         Path(args.markdown_out).write_text(table)
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--configfile", default=REPO / "config" / "config.yaml")
-    parser.add_argument("--ingest", default=RECORDS / "ingest.json", help="benchmarks/ingest.py --save record")
-    parser.add_argument("--train", nargs="+", default=[RECORDS / "train-3d.json", RECORDS / "train-2.5d.json"],
-                        help="benchmarks/train.py --save records; a later one replaces an earlier one's rows")
-    parser.add_argument("--explain", nargs="+", default=[RECORDS / "explain.json"],
-                        help="benchmarks/explain.py --save records (one per device)")
+    parser.add_argument(
+        "--ingest", default=RECORDS / "ingest.json", help="benchmarks/ingest.py --save record"
+    )
+    parser.add_argument(
+        "--train",
+        nargs="+",
+        default=[RECORDS / "train-3d.json", RECORDS / "train-2.5d.json"],
+        help="benchmarks/train.py --save records; a later one replaces an earlier one's rows",
+    )
+    parser.add_argument(
+        "--explain",
+        nargs="+",
+        default=[RECORDS / "explain.json"],
+        help="benchmarks/explain.py --save records (one per device)",
+    )
     parser.add_argument("--disk", help="a saved disk record instead of measuring disk now")
     parser.add_argument("--save-disk", help="write the disk record measured now here")
-    parser.add_argument("--steps-per-level", type=int,
-                        help="registration steps per pyramid level (default: registration.max_steps, an upper bound)")
+    parser.add_argument(
+        "--steps-per-level",
+        type=int,
+        help="registration steps per pyramid level (default: registration.max_steps, an upper bound)",
+    )
     parser.add_argument("--markdown-out", help="also write the table here")
     return parser.parse_args()
 
@@ -84,11 +100,22 @@ def measure_disk(config: dict) -> dict:
     """Bytes each per-participant output takes, written by the workflow's code for one SYNTHETIC participant."""
     with tempfile.TemporaryDirectory(prefix="sizing_") as tmp:
         files, seconds = write_outputs(Path(tmp), config)
-        sizes = {key: {p.relative_to(tmp).as_posix(): p.stat().st_size for p in paths} for key, paths in files.items()}
-    results = {"device_type": "cpu", "threads": 1, "grid": config["stitch"]["grid"]["shape"], "seconds": seconds,
-               "bytes": {key: sum(f.values()) for key, f in sizes.items()}, "files": sizes}
+        sizes = {
+            key: {p.relative_to(tmp).as_posix(): p.stat().st_size for p in paths}
+            for key, paths in files.items()
+        }
+    results = {
+        "device_type": "cpu",
+        "threads": 1,
+        "grid": config["stitch"]["grid"]["shape"],
+        "seconds": seconds,
+        "bytes": {key: sum(f.values()) for key, f in sizes.items()},
+        "files": sizes,
+    }
     shape = "x".join(map(str, config["stitch"]["grid"]["shape"]))
-    return sizing.make_record("disk", results, data=f"one SYNTHETIC full-size participant, grid {shape}")
+    return sizing.make_record(
+        "disk", results, data=f"one SYNTHETIC full-size participant, grid {shape}"
+    )
 
 
 def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[str, float]]:
@@ -99,20 +126,18 @@ def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[
     from deepali import spatial
 
     from ageatlas.age import preprocess
-
+    from ageatlas.baseline.projection import ProjectionOptions, project_participant
     from ageatlas.core import provenance
-
-    from ageatlas.synthetic.dicom import write_participant_zip
-    from ageatlas.synthetic.participants import make_cohort
+    from ageatlas.core.files import nifti_image, save_nifti
+    from ageatlas.core.paths import stitched_path
     from ageatlas.explain import register as reg
     from ageatlas.explain.atlas import warped_member
-    from ageatlas.core.files import nifti_image, save_nifti
     from ageatlas.explain.gradcam import min_max
-    from ageatlas.core.paths import stitched_path
-    from ageatlas.ingest.participant import ingest_participant
-    from ageatlas.baseline.projection import ProjectionOptions, project_participant
     from ageatlas.ingest.grid import Grid
+    from ageatlas.ingest.participant import ingest_participant
     from ageatlas.ingest.stitch import StitchOptions
+    from ageatlas.synthetic.dicom import write_participant_zip
+    from ageatlas.synthetic.participants import make_cohort
 
     person = make_cohort(1, seed=1)[0]
     eid = str(person.eid)
@@ -120,19 +145,40 @@ def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[
     write_participant_zip(zip_path, person, scale=1.0, seed=1)
     cfg = config["stitch"]  # as workflow/scripts/stitch.py builds it
     stitched = tmp / "stitched" / eid
-    ingest_participant(eid, zip_path, stitched, Grid(tuple(cfg["grid"]["shape"]), tuple(cfg["grid"]["spacing"])),
-                       StitchOptions(trim_slices=cfg["trim_slices"], blend=cfg["blend"], harmonise=cfg["harmonise"],
-                                     fix_swaps=cfg["fix_swaps"], n4=cfg["n4"], contrasts=tuple(cfg["contrasts"])),
-                       preview=cfg["preview"])
+    ingest_participant(
+        eid,
+        zip_path,
+        stitched,
+        Grid(tuple(cfg["grid"]["shape"]), tuple(cfg["grid"]["spacing"])),
+        StitchOptions(
+            trim_slices=cfg["trim_slices"],
+            blend=cfg["blend"],
+            harmonise=cfg["harmonise"],
+            fix_swaps=cfg["fix_swaps"],
+            n4=cfg["n4"],
+            contrasts=tuple(cfg["contrasts"]),
+        ),
+        preview=cfg["preview"],
+    )
     water_path = stitched_path(stitched, eid, "W")
     cache = tmp / "cache" / f"{eid}.npy"
     cache.parent.mkdir()
-    prep = preprocess.prepare(water_path, cache, downsample_factor=config["preprocess"]["downsample"],
-                              background=config["preprocess"]["background"], seed=config["seed"])
+    prep = preprocess.prepare(
+        water_path,
+        cache,
+        downsample_factor=config["preprocess"]["downsample"],
+        background=config["preprocess"]["background"],
+        seed=config["seed"],
+    )
     projection = tmp / "projections" / f"{eid}.npy"
     projection.parent.mkdir()
-    proj = project_participant(stitched, eid, projection, projection.with_suffix(".png"),
-                               ProjectionOptions.from_config(config["projection"]))
+    proj = project_participant(
+        stitched,
+        eid,
+        projection,
+        projection.with_suffix(".png"),
+        ProjectionOptions.from_config(config["projection"]),
+    )
 
     # Grad-CAM: r3d_18's layer3 is the input / (4, 8, 8), rounded up. A random map through grad_cam's
     # ReLU (half the cells zero), min-max and upsampling: gzip's ratio depends on the values.
@@ -140,25 +186,40 @@ def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[
     grid = tuple(int(s) for s in water.shape[:3])
     layer = [-(-g // f) for g, f in zip(grid, (4, 8, 8))]
     cam = min_max(torch.relu(torch.randn(layer, generator=torch.Generator().manual_seed(0))))
-    cam = F.interpolate(cam[None, None], size=grid, mode="trilinear", align_corners=False)[0, 0].numpy()
+    cam = F.interpolate(cam[None, None], size=grid, mode="trilinear", align_corners=False)[
+        0, 0
+    ].numpy()
     gradcam = tmp / "gradcam" / f"{eid}.nii.gz"
     save_nifti(gradcam, nifti_image(cam, water.affine, reference=water))
     sidecar = lambda path, rule, inputs: provenance.write_sidecar(  # noqa: E731
-        path, provenance.provenance(config, inputs, rule=rule, wildcards={"eid": eid}))
+        path, provenance.provenance(config, inputs, rule=rule, wildcards={"eid": eid})
+    )
     sidecar(gradcam, "gradcam", [cache, stitched])
 
     # Registration to an atlas on the stitched grid (this participant stands in for it).
     settings = reg.settings_from_config(config["registration"])
     image = reg.to_image(water, settings.clip, "cpu")
-    svffd = spatial.StationaryVelocityFreeFormDeformation(image.grid(), stride=settings.stride,
-                                                          steps=settings.scaling_squaring_steps)
+    svffd = spatial.StationaryVelocityFreeFormDeformation(
+        image.grid(), stride=settings.stride, steps=settings.scaling_squaring_steps
+    )
     svffd.data_(0.01 * torch.randn_like(svffd.data()))
-    affine_only = reg.Registration(image.grid(), image.grid(), spatial.AffineTransform(image.grid()), None, settings)
+    affine_only = reg.Registration(
+        image.grid(), image.grid(), spatial.AffineTransform(image.grid()), None, settings
+    )
     full = reg.Registration(image.grid(), image.grid(), affine_only.affine, svffd, settings)
     similarity = {"ncc": 0.9, "mse": 0.01}
-    record = {"eid": eid, "group": "F_healthy", "status": "ok", "reasons": [], "before": similarity,
-              "affine": similarity, "deformable": similarity, "deformable_steps": {"2": 1000, "1": 1000, "0": 1000},
-              "folding_share": 0.0, "seconds": 30.0}
+    record = {
+        "eid": eid,
+        "group": "F_healthy",
+        "status": "ok",
+        "reasons": [],
+        "before": similarity,
+        "affine": similarity,
+        "deformable": similarity,
+        "deformable_steps": {"2": 1000, "1": 1000, "0": 1000},
+        "folding_share": 0.0,
+        "seconds": 30.0,
+    }
     transform = tmp / "registration" / f"{eid}.pt"
     transform.parent.mkdir()
     reg.save_outcome(full, record, transform, transform.with_suffix(".json"))
@@ -181,7 +242,12 @@ def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[
         "registration": [transform, transform.with_suffix(".json")],
         "warped": [warped, provenance.sidecar_path(warped)],
         # atlas_register writes a transform, its record and the warped water; a template is as large as the latter.
-        "atlas_member": [transform, transform.with_suffix(".json"), member, provenance.sidecar_path(member)],
+        "atlas_member": [
+            transform,
+            transform.with_suffix(".json"),
+            member,
+            provenance.sidecar_path(member),
+        ],
         "template": [member],
     }
     return files, {"preprocess": prep["seconds"], "projection": proj["seconds"]}

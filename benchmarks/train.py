@@ -36,26 +36,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from contextlib import nullcontext
 
+import cluster_sizing as sizing
 import numpy as np
 import torch
 
-import cluster_sizing as sizing
-from ageatlas.baseline.model import BaselineConfig
 from ageatlas.age.train_config import TrainConfig
+from ageatlas.baseline.model import BaselineConfig
 
 # Per model: its training config, the paper's training set and its A40 seconds per sample.
 MODELS = {
-    "3d": {"config": TrainConfig, "paper_samples": 1536, "paper": {"training": 51.33 * 60 / 1536, "inference": 0.286}},
-    "2.5d": {"config": BaselineConfig, "paper_samples": 18384,
-             "paper": {"training": 1.88 * 60 / 18384, "inference": 0.024}},
+    "3d": {
+        "config": TrainConfig,
+        "paper_samples": 1536,
+        "paper": {"training": 51.33 * 60 / 1536, "inference": 0.286},
+    },
+    "2.5d": {
+        "config": BaselineConfig,
+        "paper_samples": 18384,
+        "paper": {"training": 1.88 * 60 / 18384, "inference": 0.024},
+    },
 }
 GOAL_H100 = {"training": 0.1, "inference": 0.02}  # the 3D model
 
@@ -73,7 +80,6 @@ def main() -> None:
     rows = [in_fresh_process(device, model) for device in devices for model in models]
     print_table(rows)
     if args.save:
-
         record = sizing.make_record("train", {"rows": rows}, data="random inputs at full size")
         sizing.save_record(args.save, record)
 
@@ -82,26 +88,60 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", choices=[*MODELS, "all"], default="all", help="3d, 2.5d or all (default)")
-    parser.add_argument("--grid", type=int, nargs=3, default=[224, 174, 370], metavar=("X", "Y", "Z"))
-    parser.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
-                        help="2.5D projection size (Langner: 256 x 256)")
+    parser.add_argument(
+        "--model", choices=[*MODELS, "all"], default="all", help="3d, 2.5d or all (default)"
+    )
+    parser.add_argument(
+        "--grid", type=int, nargs=3, default=[224, 174, 370], metavar=("X", "Y", "Z")
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[256, 256],
+        metavar=("H", "W"),
+        help="2.5D projection size (Langner: 256 x 256)",
+    )
     parser.add_argument(
         "--steps", type=int, help="timed steps per phase (default: 10 on a GPU, 1 on the CPU)"
     )
-    parser.add_argument("--warmup", type=int, help="untimed steps first (default: 3 on a GPU, 0 on the CPU)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:N or all (default: cuda if there is one, else cpu)")
-    parser.add_argument("--batch-size", type=int, help="samples per step (default: the model's config, 3D 1, 2.5D 32)")
-    parser.add_argument("--accumulate", type=int, help="batches per Adam step (default: the model's config, 3D 32, 2.5D 1)")
+    parser.add_argument(
+        "--warmup", type=int, help="untimed steps first (default: 3 on a GPU, 0 on the CPU)"
+    )
+    parser.add_argument(
+        "--device", help="cpu, cuda, cuda:N or all (default: cuda if there is one, else cpu)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="samples per step (default: the model's config, 3D 1, 2.5D 32)",
+    )
+    parser.add_argument(
+        "--accumulate",
+        type=int,
+        help="batches per Adam step (default: the model's config, 3D 32, 2.5D 1)",
+    )
     parser.add_argument("--no-bf16", action="store_true", help="float32 on the GPU too")
     parser.add_argument("--no-channels-last", action="store_true")
-    parser.add_argument("--save", help="write the rows here as JSON (a record for benchmarks/sizing.py)")
-    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one device, for the parent
+    parser.add_argument(
+        "--save", help="write the rows here as JSON (a record for benchmarks/sizing.py)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help=argparse.SUPPRESS
+    )  # one device, for the parent
     return parser.parse_args()
 
 
 def in_fresh_process(device: str, model: str) -> dict:
-    cmd = [sys.executable, __file__, "--json", "--device", device, "--model", model] + forwarded_options()
+    cmd = [
+        sys.executable,
+        __file__,
+        "--json",
+        "--device",
+        device,
+        "--model",
+        model,
+    ] + forwarded_options()
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"benchmark on {device} failed:\n{out.stderr[-3000:]}")
@@ -125,7 +165,9 @@ def measure(args: argparse.Namespace, device_name: str, model_name: str) -> dict
     cuda = device.type == "cuda"
     steps = args.steps or (10 if cuda else 1)
     warmup = args.warmup if args.warmup is not None else (3 if cuda else 0)
-    config = MODELS[model_name]["config"](bf16=cuda and not args.no_bf16, channels_last=not args.no_channels_last)
+    config = MODELS[model_name]["config"](
+        bf16=cuda and not args.no_bf16, channels_last=not args.no_channels_last
+    )
     batch_size = args.batch_size or config.batch_size
     accumulate = args.accumulate or config.accumulate
     memory_format = config.memory_format(device)
@@ -137,7 +179,9 @@ def measure(args: argparse.Namespace, device_name: str, model_name: str) -> dict
     x = torch.randn(batch_size, *shape, device=device).contiguous(memory_format=memory_format)
     age = torch.full((batch_size,), 63.0, device=device)
     generator = torch.Generator().manual_seed(0)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if config.bf16 else nullcontext
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if config.bf16 else nullcontext
+    )
 
     def infer():
         with torch.inference_mode(), autocast():
@@ -181,7 +225,10 @@ def loading_seconds(config: TrainConfig, shape, repeats: int = 3) -> float:
     """Seconds to read one float16 input file into a float32 tensor, as the training Dataset does."""
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "input.npy")
-        np.save(path, np.random.default_rng(0).standard_normal(shape, dtype=np.float32).astype(np.float16))
+        np.save(
+            path,
+            np.random.default_rng(0).standard_normal(shape, dtype=np.float32).astype(np.float16),
+        )
         dataset = config.dataset([(path, 63.0)])
         dataset[0]  # into the page cache
         started = time.perf_counter()
@@ -227,8 +274,10 @@ def describe(device: torch.device) -> str:
 
 def print_table(rows: list[dict]) -> None:
     """One row per device and model: seconds per sample beside the paper's (NVIDIA A40)."""
-    print(f"\n{'model':<5} {'device':<34} {'input':<12} {'batch':<7} {'train s':>9} {'min/epoch':>9} "
-          f"{'infer s':>9} {'peak GiB':>15} {'loading s':>9} | {'paper train s':>13} {'min/epoch':>9} {'infer s':>7}")
+    print(
+        f"\n{'model':<5} {'device':<34} {'input':<12} {'batch':<7} {'train s':>9} {'min/epoch':>9} "
+        f"{'infer s':>9} {'peak GiB':>15} {'loading s':>9} | {'paper train s':>13} {'min/epoch':>9} {'infer s':>7}"
+    )
     for r in rows:
         spec = MODELS[r["model"]]
         paper = spec["paper"]
@@ -239,11 +288,15 @@ def print_table(rows: list[dict]) -> None:
             f"{paper['training']:>13.4f} {paper['training'] * spec['paper_samples'] / 60:>9.2f} "
             f"{paper['inference']:>7.3f}"
         )
-    print("min/epoch: training s/sample x the paper's training set (3D 1,536; 2.5D 18,384); "
-          "peak GiB: training / inference")
-    print(f"precision: {'; '.join(sorted({r['device'][:20] + ': ' + r['precision'] for r in rows}))}; "
-          f"timed steps: {rows[0]['steps']}. Goal for the 3D model on an H100: "
-          f"{GOAL_H100['training']} s and {GOAL_H100['inference']} s.")
+    print(
+        "min/epoch: training s/sample x the paper's training set (3D 1,536; 2.5D 18,384); "
+        "peak GiB: training / inference"
+    )
+    print(
+        f"precision: {'; '.join(sorted({r['device'][:20] + ': ' + r['precision'] for r in rows}))}; "
+        f"timed steps: {rows[0]['steps']}. Goal for the 3D model on an H100: "
+        f"{GOAL_H100['training']} s and {GOAL_H100['inference']} s."
+    )
     if any("threads" in r["device"] for r in rows):
         print("CPU peak memory is the process's peak RSS, so training's includes inference's.")
 

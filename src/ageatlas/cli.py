@@ -36,24 +36,38 @@ def where(configfile: str) -> str:
         lines.append(f"  stitched MRI  {ingest}/{{eid}}/{{eid}}_W.nii.gz, _F.nii.gz, _preview.png")
     age = results / paths.AGE
     if (results / paths.TABLE1).exists():
-        lines.append(f"  Table 1       {results / paths.TABLE1}  (MAE by sex x BMI group; .tsv beside it)")
+        lines.append(
+            f"  Table 1       {results / paths.TABLE1}  (MAE by sex x BMI group; .tsv beside it)"
+        )
         lines.append(f"  figures       {age / 'figures'}/")
         lines.append(f"  predictions   {age / 'predictions_corrected.tsv'}")
-        lines.append(f"  model         {results / paths.AGE_MODEL / 'checkpoint.pt'}  (metrics.tsv beside it)")
+        lines.append(
+            f"  model         {results / paths.AGE_MODEL / 'checkpoint.pt'}  (metrics.tsv beside it)"
+        )
     gradcam = (results / paths.GRADCAM).parent
     if gradcam.is_dir():
-        lines.append(f"  Grad-CAM      {gradcam}/{{eid}}.nii.gz  (test participants, stitched space)")
+        lines.append(
+            f"  Grad-CAM      {gradcam}/{{eid}}.nii.gz  (test participants, stitched space)"
+        )
     explain = results / paths.EXPLAIN
     if (results / paths.ATLAS).is_dir():
-        lines.append(f"  atlases       {results / paths.ATLAS}/{{group}}.nii.gz  (one per sex x BMI group)")
+        lines.append(
+            f"  atlases       {results / paths.ATLAS}/{{group}}.nii.gz  (one per sex x BMI group)"
+        )
     if (explain / "figures").is_dir():
-        lines.append(f"  importance    {explain / 'figures'}/importance_by_group.png, examples_*.png")
-        lines.append(f"  per group     {explain}/{{group}}/maps/ (mean, SD per subset), stats/, figures/")
+        lines.append(
+            f"  importance    {explain / 'figures'}/importance_by_group.png, examples_*.png"
+        )
+        lines.append(
+            f"  per group     {explain}/{{group}}/maps/ (mean, SD per subset), stats/, figures/"
+        )
     registration_qc = results / paths.REGISTRATION_QC
     if registration_qc.exists():
         lines.append(f"  registration  {registration_qc}  ({_status_counts(registration_qc)})")
     if (results / paths.TRUTH_CHECK).exists():
-        lines.append(f"  truth check   {results / paths.TRUTH_CHECK}  (SYNTHETIC: Dice, enrichment in age regions)")
+        lines.append(
+            f"  truth check   {results / paths.TRUTH_CHECK}  (SYNTHETIC: Dice, enrichment in age regions)"
+        )
     synthetic = results / paths.SYNTHETIC
     if synthetic.is_dir():
         lines.append(f"  SYNTHETIC cohort (zips, phenotypes, truth)  {synthetic}/")
@@ -98,15 +112,23 @@ def install_profile(
     target = Path(dest).expanduser() / "config.yaml"
     if target.exists() and not force:
         raise FileExistsError(f"{target} exists; pass --force to overwrite it")
-    settings = {"slurm_partition": _python_string(partition), "slurm_account": _python_string(account)}
+    settings = {
+        "slurm_partition": _python_string(partition),
+        "slurm_account": _python_string(account),
+    }
     lines = source_file.read_text().splitlines()
     try:
         start = next(i for i, line in enumerate(lines) if line.startswith("default-resources:"))
     except StopIteration:
         raise ValueError(f"{source_file} has no top-level default-resources block") from None
-    end = next((i for i in range(start + 1, len(lines)) if lines[i] and not lines[i][0].isspace()), len(lines))
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i] and not lines[i][0].isspace()),
+        len(lines),
+    )
     block = lines[start + 1 : end]
-    indent = next((len(x) - len(x.lstrip()) for x in block if x.strip() and not x.lstrip().startswith("#")), 2)
+    indent = next(
+        (len(x) - len(x.lstrip()) for x in block if x.strip() and not x.lstrip().startswith("#")), 2
+    )
     for key, value in settings.items():
         # Replace a set or commented-out `key:` line of the block, or add one.
         pattern = re.compile(rf"^\s*#?\s*{key}\s*:")
@@ -140,24 +162,36 @@ def main(argv: list[str] | None = None) -> None:
         "install-profile",
         help="install the SLURM profile with your partition and account (then: snakemake --profile slurm)",
     )
-    p_install.add_argument("--partition", required=True, help="SLURM partition for every job (sbatch -p)")
-    p_install.add_argument("--account", required=True, help="SLURM account for every job (sbatch -A)")
-    p_install.add_argument("--dest", default=str(PROFILE_DEST), help="profile folder (default: %(default)s)")
-    p_install.add_argument("--source", default=str(PROFILE_SOURCE), help="profile to copy (default: %(default)s)")
+    p_install.add_argument(
+        "--partition", required=True, help="SLURM partition for every job (sbatch -p)"
+    )
+    p_install.add_argument(
+        "--account", required=True, help="SLURM account for every job (sbatch -A)"
+    )
+    p_install.add_argument(
+        "--dest", default=str(PROFILE_DEST), help="profile folder (default: %(default)s)"
+    )
+    p_install.add_argument(
+        "--source", default=str(PROFILE_SOURCE), help="profile to copy (default: %(default)s)"
+    )
     p_install.add_argument("--force", action="store_true", help="overwrite an existing profile")
     args = parser.parse_args(argv)
     if args.command == "where":
         print(where(args.configfile))
     elif args.command == "install-profile":
         try:
-            target = install_profile(args.partition, args.account, args.dest, args.source, args.force)
+            target = install_profile(
+                args.partition, args.account, args.dest, args.source, args.force
+            )
         except (FileExistsError, FileNotFoundError, ValueError) as exc:
             parser.exit(1, f"ageatlas install-profile: {exc}\n")
         folder = target.parent
         # snakemake finds a profile by name in ~/.config/snakemake; elsewhere it needs the path.
         name = folder.name if folder.parent == PROFILE_DEST.expanduser().parent else folder
         print(f"Wrote {target}")
-        print(f"Run from the repository root: .venv/bin/snakemake --configfile my-config.yaml --profile {name}")
+        print(
+            f"Run from the repository root: .venv/bin/snakemake --configfile my-config.yaml --profile {name}"
+        )
 
 
 if __name__ == "__main__":

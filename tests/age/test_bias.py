@@ -37,7 +37,10 @@ def test_delta_gap_uncorrelated_with_age_on_noisy_test_data():
     test_age, test_pred = _planted(n=400, noise=3.0, seed=2)
     corr = bias.fit(val_age, val_pred, "delta")
     assert np.corrcoef(test_age, test_pred - test_age)[0, 1] < -0.7  # the bias is there before
-    table = bias.correct_table(pd.DataFrame({"eid": range(400), "split": "test", "age": test_age, "predicted": test_pred}), corr)
+    table = bias.correct_table(
+        pd.DataFrame({"eid": range(400), "split": "test", "age": test_age, "predicted": test_pred}),
+        corr,
+    )
     assert abs(np.corrcoef(test_age, table["gap"])[0, 1]) < 0.1
     np.testing.assert_allclose(table["gap"], table["corrected"] - table["age"])
     assert list(table.columns[:4]) == ["eid", "split", "age", "predicted"]

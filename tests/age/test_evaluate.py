@@ -4,9 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ageatlas.age import evaluate
-
-from ageatlas.age import figures
+from ageatlas.age import evaluate, figures
 from ageatlas.age.evaluate import MethodResult
 
 GROUPS = [(s, b) for s in ("F", "M") for b in ("healthy", "overweight", "obese")]
@@ -20,7 +18,14 @@ def _cohort(per_group=None, seed=0):
     for sex, bmi in GROUPS:
         for split, count in per_group.items():
             for _ in range(count):
-                rows.append({"sex": sex, "bmi_group": bmi, "split": split, "age": float(rng.integers(46, 82))})
+                rows.append(
+                    {
+                        "sex": sex,
+                        "bmi_group": bmi,
+                        "split": split,
+                        "age": float(rng.integers(46, 82)),
+                    }
+                )
     cohort = pd.DataFrame(rows)
     cohort.insert(0, "eid", range(1000001, 1000001 + len(cohort)))
     cohort["bmi"] = cohort["bmi_group"].map({"healthy": 22.0, "overweight": 27.0, "obese": 33.0})
@@ -48,7 +53,10 @@ def test_table_rows_counts_and_method_maes():
     np.testing.assert_allclose(mae["3D"], 2.0)
     np.testing.assert_allclose(mae["2.5D"], 0.5)
     assert list(table["Metric"].iloc[12:]) == [
-        "Nr. training samples", "Runtime/epoch (min)", "Runtime/epoch sd (min)", "Inference/sample (s)",
+        "Nr. training samples",
+        "Runtime/epoch (min)",
+        "Runtime/epoch sd (min)",
+        "Inference/sample (s)",
     ]
 
 
@@ -61,13 +69,20 @@ def test_baseline_uses_training_means_of_each_rows_population():
         return np.abs(test.loc[mask_test, "age"] - train.loc[mask_train, "age"].mean()).mean()
 
     assert table.loc[("Obese", "M"), "Mean Pred."] == pytest.approx(
-        expected((train["sex"] == "M") & (train["bmi_group"] == "obese"), (test["sex"] == "M") & (test["bmi_group"] == "obese"))
+        expected(
+            (train["sex"] == "M") & (train["bmi_group"] == "obese"),
+            (test["sex"] == "M") & (test["bmi_group"] == "obese"),
+        )
     )
     assert table.loc[("Healthy", "M+F"), "Mean Pred."] == pytest.approx(
         expected(train["bmi_group"] == "healthy", test["bmi_group"] == "healthy")
     )
-    assert table.loc[("Overall", "F"), "Mean Pred."] == pytest.approx(expected(train["sex"] == "F", test["sex"] == "F"))
-    assert table.loc[("Overall", "M+F"), "Mean Pred."] == pytest.approx(expected(train["age"] > 0, test["age"] > 0))
+    assert table.loc[("Overall", "F"), "Mean Pred."] == pytest.approx(
+        expected(train["sex"] == "F", test["sex"] == "F")
+    )
+    assert table.loc[("Overall", "M+F"), "Mean Pred."] == pytest.approx(
+        expected(train["age"] > 0, test["age"] > 0)
+    )
     assert table.loc[("-", "-"), "Mean Pred."].isna().all()  # no costs for the baseline
 
 
@@ -80,7 +95,9 @@ def test_mean_prediction_never_sees_test_ages():
     assert len(a) == (cohort["split"] == "test").sum() and list(a.columns) == ["eid", "predicted"]
     train = cohort[cohort["split"] == "train"]
     first = cohort[cohort["split"] == "test"].iloc[0]
-    own = train[(train["sex"] == first["sex"]) & (train["bmi_group"] == first["bmi_group"])]["age"].mean()
+    own = train[(train["sex"] == first["sex"]) & (train["bmi_group"] == first["bmi_group"])][
+        "age"
+    ].mean()
     assert a["predicted"].iloc[0] == pytest.approx(own)
 
 
@@ -94,7 +111,13 @@ def test_group_without_training_peers_gives_na_not_a_silent_skip():
 
 def test_cost_rows_from_method_records():
     cohort = _cohort()
-    method = _offset(cohort, 1.0, training_samples=72, epoch_seconds=[60.0, 120.0, 90.0], inference_seconds_per_sample=0.25)
+    method = _offset(
+        cohort,
+        1.0,
+        training_samples=72,
+        epoch_seconds=[60.0, 120.0, 90.0],
+        inference_seconds_per_sample=0.25,
+    )
     table = evaluate.table1(cohort, [method]).set_index("Metric")
     assert table.loc["Nr. training samples", "3D"] == 72
     assert table.loc["Runtime/epoch (min)", "3D"] == pytest.approx(1.5)
@@ -130,7 +153,14 @@ def test_overall_mae_matches_table():
 def test_write_table1_tsv_and_paper_like_markdown(tmp_path):
     cohort = _cohort()
     methods = [
-        _offset(cohort, 2.0, "3D", training_samples=1536, epoch_seconds=[3000.0, 3160.0], inference_seconds_per_sample=0.286),
+        _offset(
+            cohort,
+            2.0,
+            "3D",
+            training_samples=1536,
+            epoch_seconds=[3000.0, 3160.0],
+            inference_seconds_per_sample=0.286,
+        ),
         _offset(cohort, 1.0, "3D (bias-corrected)"),
     ]
     table = evaluate.table1(cohort, methods)
@@ -148,7 +178,9 @@ def test_write_table1_tsv_and_paper_like_markdown(tmp_path):
 
 
 def test_read_epoch_seconds(tmp_path):
-    (tmp_path / "metrics.tsv").write_text("epoch\ttrain_mae\tval_mae\tseconds\n1\t9\t8\t61.5\n2\t7\t6\t58.5\n")
+    (tmp_path / "metrics.tsv").write_text(
+        "epoch\ttrain_mae\tval_mae\tseconds\n1\t9\t8\t61.5\n2\t7\t6\t58.5\n"
+    )
     assert evaluate.read_epoch_seconds(tmp_path / "metrics.tsv") == [61.5, 58.5]
     (tmp_path / "bad.tsv").write_text("epoch\tval_mae\n1\t8\n")
     with pytest.raises(ValueError, match="no 'seconds' column"):
@@ -156,6 +188,7 @@ def test_read_epoch_seconds(tmp_path):
 
 
 # ---- figures ---------------------------------------------------------------
+
 
 def _scatter_frame(n_per_group=15):
     cohort = _cohort({"test": n_per_group})
@@ -178,7 +211,9 @@ def test_scatter_before_after_writes_two_equal_panels(tmp_path):
 
 def test_scatter_by_group_writes_six_panels_with_counts(tmp_path):
     df = _scatter_frame()
-    df = df[~((df["sex"] == "M") & (df["bmi_group"] == "obese"))]  # an empty panel must not break it
+    df = df[
+        ~((df["sex"] == "M") & (df["bmi_group"] == "obese"))
+    ]  # an empty panel must not break it
     fig = figures.scatter_by_group(df, tmp_path / "fig8.png")
     assert (tmp_path / "fig8.png").stat().st_size > 20_000
     titles = [ax.get_title() for ax in fig.get_axes()]
@@ -206,13 +241,27 @@ def _correction_json(tmp_path, slope):
 def test_corrected_column_of_a_model_that_did_not_learn_is_flagged_not_bolded(tmp_path):
     cohort = _cohort()
     test = cohort[cohort["split"] == "test"]
-    preds = pd.DataFrame({"eid": test["eid"].astype(str), "predicted": 62.0, "corrected": test["age"] + 0.001})
+    preds = pd.DataFrame(
+        {"eid": test["eid"].astype(str), "predicted": 62.0, "corrected": test["age"] + 0.001}
+    )
     (tmp_path / "m.tsv").write_text("epoch\tseconds\n1\t60\n")
     (tmp_path / "t.json").write_text('{"seconds_per_sample": 0.1}')
-    flat = evaluate.model_columns("2.5D", preds, tmp_path / "m.tsv", tmp_path / "t.json", 48,
-                                  correction_json=_correction_json(tmp_path, 0.0))
-    learned = evaluate.model_columns("3D", preds.assign(corrected=test["age"].to_numpy() + 1.0), tmp_path / "m.tsv",
-                                     tmp_path / "t.json", 48, correction_json=_correction_json(tmp_path, 0.6))
+    flat = evaluate.model_columns(
+        "2.5D",
+        preds,
+        tmp_path / "m.tsv",
+        tmp_path / "t.json",
+        48,
+        correction_json=_correction_json(tmp_path, 0.0),
+    )
+    learned = evaluate.model_columns(
+        "3D",
+        preds.assign(corrected=test["age"].to_numpy() + 1.0),
+        tmp_path / "m.tsv",
+        tmp_path / "t.json",
+        48,
+        correction_json=_correction_json(tmp_path, 0.6),
+    )
     assert flat[1].caveat and "has not learned age" in flat[1].caveat and learned[1].caveat is None
     table = evaluate.table1(cohort, [*flat, *learned])
     evaluate.write_table1(table, tmp_path / "t.tsv", tmp_path / "t.md")

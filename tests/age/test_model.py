@@ -49,7 +49,9 @@ def test_first_axis_is_the_time_axis():
     """The stem keeps X (r3d's time axis, stride 1) and halves Y and Z, as in the authors' layer3 map."""
     model = build_model().eval()
     seen = []
-    model.feature_layer.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    model.feature_layer.register_forward_hook(
+        lambda module, inputs, output: seen.append(output.shape)
+    )
     with torch.no_grad():
         model(torch.randn(1, 1, 32, 24, 48))
     # X 32 -> 32 (stem) -> 16 (layer2) -> 8 (layer3); Y 24 -> 12 -> 6 -> 3; Z 48 -> 24 -> 12 -> 6
@@ -150,7 +152,9 @@ def test_predict_matches_the_model_and_keeps_order(tmp_path):
     assert table["eid"].tolist() == eids
     np.testing.assert_allclose(table["predicted"].to_numpy(), expected, rtol=1e-5, atol=1e-4)
     assert timing["device"] == "cpu" and timing["n"] == 5
-    assert timing["seconds"] > 0 and timing["seconds_per_sample"] == pytest.approx(timing["seconds"] / 5)
+    assert timing["seconds"] > 0 and timing["seconds_per_sample"] == pytest.approx(
+        timing["seconds"] / 5
+    )
 
 
 def test_predict_nothing(tmp_path):

@@ -37,7 +37,9 @@ def test_normalise_is_a_zscore_over_voxels_above_zero():
     assert out[foreground].mean() == pytest.approx(0.0, abs=1e-5)
     assert out[foreground].std() == pytest.approx(1.0, abs=1e-5)
     mean, std = volume[foreground].mean(), volume[foreground].std()
-    np.testing.assert_allclose(out[foreground], (volume[foreground] - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        out[foreground], (volume[foreground] - mean) / std, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_background_is_noise_or_zero():
@@ -60,11 +62,14 @@ def test_noise_is_reproducible_per_seed():
     np.testing.assert_array_equal(preprocess.normalise(volume), preprocess.normalise(volume))
 
 
-@pytest.mark.parametrize("volume, message", [
-    (np.zeros((4, 4, 4)), "no voxel > 0"),
-    (np.full((4, 4, 4), 3.0), r"constant \(3\)"),
-    (np.where(np.arange(64).reshape(4, 4, 4) == 5, np.nan, 1.0), "1 NaN/inf voxel"),
-])
+@pytest.mark.parametrize(
+    "volume, message",
+    [
+        (np.zeros((4, 4, 4)), "no voxel > 0"),
+        (np.full((4, 4, 4), 3.0), r"constant \(3\)"),
+        (np.where(np.arange(64).reshape(4, 4, 4) == 5, np.nan, 1.0), "1 NaN/inf voxel"),
+    ],
+)
 def test_normalise_refuses_what_it_cannot_scale(volume, message):
     with pytest.raises(ValueError, match=message):
         preprocess.normalise(volume)
@@ -75,7 +80,9 @@ def test_downsample_is_a_block_mean_dropping_partial_blocks():
     out = preprocess.downsample(volume, 2)
     assert out.shape == (3, 2, 2) == preprocess.input_shape(volume.shape, 2)
     assert out[1, 0, 1] == pytest.approx(volume[2:4, 0:2, 2:4].mean())
-    assert out[2, 1, 0] == pytest.approx(volume[4:6, 2:4, 0:2].mean())  # voxel row 6 and column 4 dropped
+    assert out[2, 1, 0] == pytest.approx(
+        volume[4:6, 2:4, 0:2].mean()
+    )  # voxel row 6 and column 4 dropped
     assert preprocess.downsample(volume, 1) is volume
     assert preprocess.input_shape((224, 174, 370), 3) == (74, 58, 123)
 
@@ -123,7 +130,9 @@ def test_prepare_noise_differs_between_participants_and_seeds(tmp_path):
     background = volume <= 0
     assert not np.array_equal(caches["1000001", 0][background], caches["1000002", 0][background])
     assert not np.array_equal(caches["1000001", 0][background], caches["1000001", 1][background])
-    np.testing.assert_array_equal(caches["1000001", 0][~background], caches["1000002", 0][~background])
+    np.testing.assert_array_equal(
+        caches["1000001", 0][~background], caches["1000002", 0][~background]
+    )
     preprocess.prepare(tmp_path / "1000001_W.nii.gz", tmp_path / "again.npy", seed=0)
     np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), caches["1000001", 0])
 

@@ -123,7 +123,9 @@ def test_sigkill_and_resume_ends_with_the_same_weights(tmp_path, tiny, script):
     killed = run_training(script, tiny, tmp_path / "killed")
     deadline = time.monotonic() + 240
     while epochs_done(tmp_path / "killed") < 2:  # epoch 2's state is written before its metrics row
-        assert killed.poll() is None and time.monotonic() < deadline, "training ended before the kill"
+        assert killed.poll() is None and time.monotonic() < deadline, (
+            "training ended before the kill"
+        )
         time.sleep(0.02)
     os.kill(killed.pid, signal.SIGKILL)
     killed.communicate()
@@ -142,7 +144,9 @@ def test_sigkill_and_resume_ends_with_the_same_weights(tmp_path, tiny, script):
     for name, state in a["optimizer"]["state"].items():
         for key in state:
             assert torch.equal(state[key], b["optimizer"]["state"][name][key]), (name, key)
-    assert a["scheduler"] == b["scheduler"] and a["scheduler"]["_last_lr"] != [TINY.lr]  # the LR did drop
+    assert a["scheduler"] == b["scheduler"] and a["scheduler"]["_last_lr"] != [
+        TINY.lr
+    ]  # the LR did drop
 
     numbers = ["epoch", "train_mae", "val_mae", "lr"]
     whole_metrics = pd.read_csv(tmp_path / "whole" / "metrics.tsv", sep="\t")
@@ -153,10 +157,16 @@ def test_sigkill_and_resume_ends_with_the_same_weights(tmp_path, tiny, script):
 
     checkpoint = load(tmp_path / "whole" / "checkpoint.pt")
     best = whole_metrics.loc[whole_metrics["val_mae"].idxmin()]
-    assert checkpoint["epoch"] == best["epoch"] and checkpoint["val_mae"] == pytest.approx(best["val_mae"])
-    assert checkpoint["input_shape"] == list(SHAPE) and checkpoint["config"]["hidden"] == TINY.hidden
+    assert checkpoint["epoch"] == best["epoch"] and checkpoint["val_mae"] == pytest.approx(
+        best["val_mae"]
+    )
+    assert (
+        checkpoint["input_shape"] == list(SHAPE) and checkpoint["config"]["hidden"] == TINY.hidden
+    )
 
-    again = finish(run_training(script, tiny, tmp_path / "whole"))  # a finished run does no more epochs
+    again = finish(
+        run_training(script, tiny, tmp_path / "whole")
+    )  # a finished run does no more epochs
     assert again["resumed_after"] == 4
     assert_same_weights(load(tmp_path / "whole" / "checkpoint.pt")["model"], checkpoint["model"])
 
@@ -166,16 +176,22 @@ def test_more_epochs_resume_and_other_config_or_data_start_afresh(tmp_path, tiny
     one = TrainConfig(epochs=1, batch_size=1, accumulate=2)
     assert train(*tiny, tmp_path, one, device="cpu")["resumed_after"] == 0
     longer = train(*tiny, tmp_path, TrainConfig(epochs=2, batch_size=1, accumulate=2), device="cpu")
-    assert longer["resumed_after"] == 1 and len(pd.read_csv(tmp_path / "metrics.tsv", sep="\t")) == 2
+    assert (
+        longer["resumed_after"] == 1 and len(pd.read_csv(tmp_path / "metrics.tsv", sep="\t")) == 2
+    )
     assert "resuming from" in caplog.text
 
-    other = train(*tiny, tmp_path, TrainConfig(epochs=1, lr=3e-4, batch_size=1, accumulate=2), device="cpu")
+    other = train(
+        *tiny, tmp_path, TrainConfig(epochs=1, lr=3e-4, batch_size=1, accumulate=2), device="cpu"
+    )
     assert other["resumed_after"] == 0 and (tmp_path / STALE_STATE).exists()
     assert "another config" in caplog.text
     assert len(pd.read_csv(tmp_path / "metrics.tsv", sep="\t")) == 1
 
     cache = Path(tiny[0][0][0])
-    os.utime(cache, ns=(cache.stat().st_atime_ns, cache.stat().st_mtime_ns + 10**9))  # a re-made cache
+    os.utime(
+        cache, ns=(cache.stat().st_atime_ns, cache.stat().st_mtime_ns + 10**9)
+    )  # a re-made cache
     remade = TrainConfig(epochs=2, lr=3e-4, batch_size=1, accumulate=2)
     assert train(*tiny, tmp_path, remade, device="cpu")["resumed_after"] == 0
     assert "another data" in caplog.text
@@ -214,8 +230,13 @@ def test_a_tiny_run_learns(tmp_path):
     # The authors' lr; batches of 4 for speed; patience 1 so the LR drops within 8 epochs.
     config = TrainConfig(epochs=8, lr=1e-4, batch_size=4, accumulate=1, plateau_patience=1)
     train(train_items, val_items, tmp_path / "model", config, device="cpu")
-    table, _ = predict(tmp_path / "model" / "checkpoint.pt", [(p, p) for p, _ in test_items], device="cpu")
+    table, _ = predict(
+        tmp_path / "model" / "checkpoint.pt", [(p, p) for p, _ in test_items], device="cpu"
+    )
     ages = np.array([age for _, age in test_items])
     baseline = np.abs(ages - np.mean([age for _, age in train_items])).mean()
     mae = np.abs(table["predicted"].to_numpy() - ages).mean()
-    assert mae < 0.6 * baseline, (mae, baseline)  # a model that learns nothing predicts the mean: ~1 x
+    assert mae < 0.6 * baseline, (
+        mae,
+        baseline,
+    )  # a model that learns nothing predicts the mean: ~1 x

@@ -18,20 +18,34 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
-from ageatlas.age import bias
-
-from ageatlas.age import evaluate
-
-from ageatlas.explain import gradcam
-from ageatlas.baseline.model import BaselineConfig, build_baseline, grad_cam_2d, gradcam_figure, load_baseline, random_shift
+from ageatlas.age import bias, evaluate
 from ageatlas.age.predict import predict
 from ageatlas.age.train import METRIC_COLUMNS, train
+from ageatlas.baseline.model import (
+    BaselineConfig,
+    build_baseline,
+    grad_cam_2d,
+    gradcam_figure,
+    load_baseline,
+    random_shift,
+)
+from ageatlas.explain import gradcam
 
 SIZE = 32  # VGG's five max-pools leave 1 x 1; the classifier's adaptive pool makes it pool x pool
 REGION = (slice(4, 12), slice(8, 16))  # where age is written, in the water channel
 # Langner's lr and batch-wise training; small batches so BatchNorm's running statistics settle in few epochs.
-TINY = BaselineConfig(epochs=15, lr=1e-4, batch_size=8, max_shift=2, loss="l1", hidden=64, dropout=0.0, pool=2,
-                      plateau_patience=100, num_workers=0)
+TINY = BaselineConfig(
+    epochs=15,
+    lr=1e-4,
+    batch_size=8,
+    max_shift=2,
+    loss="l1",
+    hidden=64,
+    dropout=0.0,
+    pool=2,
+    plateau_patience=100,
+    num_workers=0,
+)
 
 
 def write_projections(folder: Path, n: int, seed: int, size: int = SIZE) -> list[tuple[str, float]]:
@@ -40,7 +54,7 @@ def write_projections(folder: Path, n: int, seed: int, size: int = SIZE) -> list
     rng = np.random.default_rng(seed)
     ages = rng.uniform(45, 80, n)
     images = np.zeros((n, 2, size, size), np.float32)
-    images[:, :, 1:-1, size // 8: -size // 8] = 0.3
+    images[:, :, 1:-1, size // 8 : -size // 8] = 0.3
     images += rng.normal(0, 0.05, images.shape).astype(np.float32)
     images[(slice(None), 0, *REGION)] = (0.3 + 0.7 * (ages - 45) / 35)[:, None, None]
     paths = [folder / f"{1000000 + 100 * seed + i}.npy" for i in range(n)]
@@ -52,8 +66,10 @@ def write_projections(folder: Path, n: int, seed: int, size: int = SIZE) -> list
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("projections")
-    return {split: write_projections(root, n, seed) for split, n, seed in
-            (("train", 48, 0), ("val", 16, 1), ("test", 16, 2))}
+    return {
+        split: write_projections(root, n, seed)
+        for split, n, seed in (("train", 48, 0), ("val", 16, 1), ("test", 16, 2))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +91,12 @@ def test_model_takes_two_channels_and_returns_one_age():
     with torch.device("meta"):  # Langner's sizes, shapes only: no 165M weights to initialise
         model = build_baseline().eval()
         x = torch.zeros(1, 2, 256, 256)
-        assert model.features(x).shape == (1, 512, 8, 8)  # so the 8 x 8 pool is the identity at 256 x 256
+        assert model.features(x).shape == (
+            1,
+            512,
+            8,
+            8,
+        )  # so the 8 x 8 pool is the identity at 256 x 256
         assert model(x).shape == (1,)
     assert model.features[0].in_channels == 2
     assert model.classifier[0].in_features == 512 * 8 * 8 and model.classifier[-1].out_features == 1
@@ -91,7 +112,9 @@ def vgg_state() -> dict:
 
     torch.manual_seed(0)
     state = vgg16_bn(weights=None).state_dict()
-    return {k: v for k, v in state.items() if k.startswith("features.") or k.startswith("classifier.6.")}
+    return {
+        k: v for k, v in state.items() if k.startswith("features.") or k.startswith("classifier.6.")
+    }
 
 
 def test_local_weights_load_by_name_and_rgb_is_averaged(tmp_path, vgg_state):
@@ -137,7 +160,11 @@ def test_random_shift_moves_content_and_fills_zeros():
 
 
 def test_config_checks_loss_and_shift():
-    assert BaselineConfig().loss == "l1" and BaselineConfig().batch_size == 32 and BaselineConfig().accumulate == 1
+    assert (
+        BaselineConfig().loss == "l1"
+        and BaselineConfig().batch_size == 32
+        and BaselineConfig().accumulate == 1
+    )
     with pytest.raises(ValueError, match="loss"):
         BaselineConfig(loss="huber")
     with pytest.raises(ValueError, match="max_shift"):
@@ -146,7 +173,9 @@ def test_config_checks_loss_and_shift():
     assert BaselineConfig(loss="mse").sample_loss(error).tolist() == [4.0, 9.0]
     assert BaselineConfig(loss="l1").sample_loss(error).tolist() == [2.0, 3.0]
     saved = asdict(replace(TINY, loss="mse"))
-    assert BaselineConfig.from_dict({**saved, "gpus": 1, "train_splits": ["train"]}) == replace(TINY, loss="mse")
+    assert BaselineConfig.from_dict({**saved, "gpus": 1, "train_splits": ["train"]}) == replace(
+        TINY, loss="mse"
+    )
 
 
 def test_tiny_training_beats_the_mean_predictor(data, trained, caplog):
@@ -159,33 +188,53 @@ def test_tiny_training_beats_the_mean_predictor(data, trained, caplog):
     assert metrics["val_mae"].min() == pytest.approx(summary["best_val_mae"])
 
     with caplog.at_level(logging.INFO, logger="ageatlas.age.predict"):
-        predicted, timing = predict(out / "checkpoint.pt", predict_items(data["test"]), batch_size=5, device="cpu",
-                                    config_type=BaselineConfig)
+        predicted, timing = predict(
+            out / "checkpoint.pt",
+            predict_items(data["test"]),
+            batch_size=5,
+            device="cpu",
+            config_type=BaselineConfig,
+        )
     assert "s per sample" in caplog.text
     assert list(predicted["eid"]) == eids(data["test"])
     assert timing["n"] == 16 and timing["seconds_per_sample"] > 0 and timing["device"] == "cpu"
     ages = np.array([age for _, age in data["test"]])
     mae = np.abs(predicted["predicted"].to_numpy() - ages).mean()
     mean_mae = np.abs(np.mean([age for _, age in data["train"]]) - ages).mean()
-    assert mae < 0.7 * mean_mae, (mae, mean_mae)  # 15 epochs of 48 images: better than the mean, not good
+    assert mae < 0.7 * mean_mae, (
+        mae,
+        mean_mae,
+    )  # 15 epochs of 48 images: better than the mean, not good
 
 
 def test_predictions_feed_bias_correction_and_table1(data, trained):
     """The table the workflow's predict script writes works with ageatlas.age.bias and ageatlas.age.evaluate unchanged."""
     out, _ = trained
     rng = np.random.default_rng(0)
-    rows = [(eid, split, age) for split in ("train", "val", "test") for eid, (_, age) in
-            zip(eids(data[split]), data[split])]
+    rows = [
+        (eid, split, age)
+        for split in ("train", "val", "test")
+        for eid, (_, age) in zip(eids(data[split]), data[split])
+    ]
     cohort = pd.DataFrame(rows, columns=["eid", "split", "age"])
     cohort["sex"] = rng.choice(["F", "M"], len(cohort))
     cohort["bmi_group"] = rng.choice(["healthy", "overweight", "obese"], len(cohort))
-    predicted, timing = predict(out / "checkpoint.pt", predict_items(data["val"] + data["test"]), device="cpu",
-                                config_type=BaselineConfig)
+    predicted, timing = predict(
+        out / "checkpoint.pt",
+        predict_items(data["val"] + data["test"]),
+        device="cpu",
+        config_type=BaselineConfig,
+    )
     table = cohort[["eid", "split", "age"]].merge(predicted, on="eid", validate="one_to_one")
     corrected = bias.correct_table(table, bias.fit_table(table, "delta"))
-    method = evaluate.MethodResult("2.5D", corrected, training_samples=48,
-                                   epoch_seconds=evaluate.read_epoch_seconds(out / "metrics.tsv"),
-                                   inference_seconds_per_sample=timing["seconds_per_sample"], column="corrected")
+    method = evaluate.MethodResult(
+        "2.5D",
+        corrected,
+        training_samples=48,
+        epoch_seconds=evaluate.read_epoch_seconds(out / "metrics.tsv"),
+        inference_seconds_per_sample=timing["seconds_per_sample"],
+        column="corrected",
+    )
     t1 = evaluate.table1(cohort, [method])
     assert t1.loc[t1["Metric"] == evaluate.RUNTIME, "2.5D"].iloc[0] > 0
     assert evaluate.overall_mae(cohort, method)["mae"] < 4
@@ -194,16 +243,25 @@ def test_predictions_feed_bias_correction_and_table1(data, trained):
 def test_same_seed_same_numbers_and_the_loss_matters(data, tmp_path):
     config = replace(TINY, epochs=1)
     for name, loss in (("a", "l1"), ("b", "l1"), ("c", "mse")):
-        train(data["train"][:16], data["val"][:8], tmp_path / name, replace(config, loss=loss), device="cpu")
+        train(
+            data["train"][:16],
+            data["val"][:8],
+            tmp_path / name,
+            replace(config, loss=loss),
+            device="cpu",
+        )
     a, b, c = (pd.read_csv(tmp_path / name / "metrics.tsv", sep="\t") for name in "abc")
     assert a[["train_mae", "val_mae"]].equals(b[["train_mae", "val_mae"]])
     weights = [load_baseline(tmp_path / name / "checkpoint.pt")[0].state_dict() for name in "abc"]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])  # MSE steps differently
+    assert not all(
+        torch.equal(weights[0][k], weights[2][k]) for k in weights[0]
+    )  # MSE steps differently
     assert load_baseline(tmp_path / "c" / "checkpoint.pt")[1]["config"]["loss"] == "mse"
 
 
 # ---- Grad-CAM ------------------------------------------------------------------
+
 
 def _no_hooks(model) -> bool:
     return all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
@@ -217,8 +275,14 @@ def test_grad_cam_2d_shape_range_and_captum():
     assert result.map.shape == (64, 48) and result.layer_shape == (4, 3)
     assert float(result.map.min()) >= 0 and float(result.map.max()) == pytest.approx(1, abs=0.1)
     assert _no_hooks(model) and all(p.grad is None for p in model.parameters())
-    theirs = LayerGradCam(model, model.feature_layer).attribute(image[None], relu_attributions=True).detach()
-    assert torch.allclose(result.layer_map, theirs[0, 0], rtol=1e-4, atol=1e-6 * float(theirs.abs().max()))
+    theirs = (
+        LayerGradCam(model, model.feature_layer)
+        .attribute(image[None], relu_attributions=True)
+        .detach()
+    )
+    assert torch.allclose(
+        result.layer_map, theirs[0, 0], rtol=1e-4, atol=1e-6 * float(theirs.abs().max())
+    )
     upsampled = LayerAttribution.interpolate(theirs, (64, 48), interpolate_mode="bilinear")[0, 0]
     raw = gradcam.grad_cam(model, image[None], model.feature_layer, normalise=False).map
     assert torch.allclose(raw, upsampled, rtol=1e-4, atol=1e-6 * float(upsampled.abs().max()))
@@ -233,8 +297,9 @@ class _SmallCNN(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
-                                      nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        )
         self.head = nn.Linear(8, 1)
 
     @property
@@ -249,7 +314,9 @@ def test_grad_cam_2d_highlights_the_informative_region(tmp_path):
     """A non-square toy whose age is in one block only: the map peaks there, and is low elsewhere."""
     torch.manual_seed(0)
     items = write_projections(tmp_path, 32, seed=3, size=SIZE)
-    images = torch.stack([torch.from_numpy(np.load(p).astype(np.float32))[:, :, 4:28] for p, _ in items])
+    images = torch.stack(
+        [torch.from_numpy(np.load(p).astype(np.float32))[:, :, 4:28] for p, _ in items]
+    )
     ages = torch.tensor([age for _, age in items])
     model = _SmallCNN()
     model.head.bias.data.fill_(float(ages.mean()))
@@ -261,7 +328,10 @@ def test_grad_cam_2d_highlights_the_informative_region(tmp_path):
     oldest = int(ages.argmax())
     cam = grad_cam_2d(model, images[oldest]).map
     assert cam.shape == (SIZE, 24)
-    region = (REGION[0], slice(REGION[1].start - 4, REGION[1].stop - 4))  # the crop moved it 4 columns left
+    region = (
+        REGION[0],
+        slice(REGION[1].start - 4, REGION[1].stop - 4),
+    )  # the crop moved it 4 columns left
     inside = torch.zeros_like(cam, dtype=torch.bool)
     inside[region] = True
     peak = np.unravel_index(int(cam.argmax()), cam.shape)
@@ -273,7 +343,9 @@ def test_gradcam_figure(data, trained, tmp_path):
     out, _ = trained
     items = predict_items(data["test"])[:2]
     ages = dict(zip(eids(data["test"]), (a for _, a in data["test"])))
-    rows = gradcam_figure(out / "checkpoint.pt", items, tmp_path / "figure9.png", ages=ages, device="cpu")
+    rows = gradcam_figure(
+        out / "checkpoint.pt", items, tmp_path / "figure9.png", ages=ages, device="cpu"
+    )
     predicted, _ = predict(out / "checkpoint.pt", items, device="cpu", config_type=BaselineConfig)
     assert [r["eid"] for r in rows] == [eid for eid, _ in items]
     assert np.allclose([r["predicted"] for r in rows], predicted["predicted"], atol=1e-3)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ageatlas.baseline.projection import (
+    ProjectionOptions,
+    load_projection,
+    project_participant,
+    project_volumes,
+    save_projection,
+    view_widths,
+)
 from ageatlas.core.files import nifti_image, save_nifti
 from ageatlas.core.paths import stitched_path
-from ageatlas.baseline.projection import (ProjectionOptions, load_projection, project_participant, project_volumes,
-                                 save_projection, view_widths)
 
 SHAPE = (20, 16, 30)  # RAS voxels: left->right, posterior->anterior, inferior->superior
 SPACING = (2.0, 2.5, 3.0)
@@ -94,9 +100,15 @@ def test_block_appears_where_it_is_in_both_views(storage):
     widths = view_widths(SHAPE[0], SHAPE[1] - BED, SIZE[1])
     for channel, block in ((0, WATER_BLOCK), (1, FAT_BLOCK)):
         world = block_world_centre(block)
-        for view, columns in (("coronal", slice(0, widths[0])), ("sagittal", slice(widths[0], SIZE[1]))):
+        for view, columns in (
+            ("coronal", slice(0, widths[0])),
+            ("sagittal", slice(widths[0], SIZE[1])),
+        ):
             found = bright_centre(image[channel], columns)
-            assert np.allclose(found, expected_pixel(world, view, widths), atol=1.0), (channel, view)
+            assert np.allclose(found, expected_pixel(world, view, widths), atol=1.0), (
+                channel,
+                view,
+            )
     # Water block: head end (top), patient's right (left of coronal), anterior (left of sagittal).
     row, col = bright_centre(image[0], slice(0, widths[0]))
     assert row < SIZE[0] / 3 and col < widths[0] / 2
@@ -122,7 +134,9 @@ def test_bed_is_cut_on_the_posterior_side(storage):
     assert np.array_equal(project(True, OPTIONS), without_bed)
     in_mm = ProjectionOptions(bed_mm=BED * SPACING[1], size=SIZE)
     assert np.array_equal(project(True, in_mm), without_bed)
-    assert not np.allclose(project(True, ProjectionOptions(bed_voxels=0, size=SIZE)), without_bed, atol=0.1)
+    assert not np.allclose(
+        project(True, ProjectionOptions(bed_voxels=0, size=SIZE)), without_bed, atol=0.1
+    )
 
 
 def test_views_share_width_by_voxels_across_and_default_size():
@@ -153,9 +167,17 @@ def test_participant_from_stitched_int16_niftis(tmp_path):
     water, fat = phantom()
     folder = tmp_path / "stitched" / "1000001"
     folder.mkdir(parents=True)
-    for name, volume in (("W", water * 7.3), ("F", fat * 3.1)):  # scaling must not matter after min-max
-        save_nifti(stitched_path(folder, "1000001", name), nifti_image(volume, RAS_AFFINE, dtype=np.int16))
-    out, preview = tmp_path / "projections" / "1000001.npy", tmp_path / "projections" / "1000001.png"
+    for name, volume in (
+        ("W", water * 7.3),
+        ("F", fat * 3.1),
+    ):  # scaling must not matter after min-max
+        save_nifti(
+            stitched_path(folder, "1000001", name), nifti_image(volume, RAS_AFFINE, dtype=np.int16)
+        )
+    out, preview = (
+        tmp_path / "projections" / "1000001.npy",
+        tmp_path / "projections" / "1000001.png",
+    )
     info = project_participant(folder, "1000001", out, preview, OPTIONS)
     assert info["shape"] == [2, *SIZE] and info["bed_voxels"] == BED
     saved = np.load(out)

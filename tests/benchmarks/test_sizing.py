@@ -1,34 +1,88 @@
 """The sizing arithmetic (cluster_sizing) on a small fake record set: no benchmark, no disk measured."""
 
+import cluster_sizing as sizing
 import pytest
 
-import cluster_sizing as sizing
-
-SETTINGS = sizing.Settings(split_sizes={"train": 0.4923, "val": 0.1231, "test": 0.3846}, grid=(8, 8, 8),
-                           projection_size=(4, 4), epochs_3d=10, epochs_25d=5, affine_iterations=200,
-                           steps_per_level=1000, atlas_members=50, atlas_iterations=2)
+SETTINGS = sizing.Settings(
+    split_sizes={"train": 0.4923, "val": 0.1231, "test": 0.3846},
+    grid=(8, 8, 8),
+    projection_size=(4, 4),
+    epochs_3d=10,
+    epochs_25d=5,
+    affine_iterations=200,
+    steps_per_level=1000,
+    atlas_members=50,
+    atlas_iterations=2,
+)
 
 
 def record(benchmark, results):
-    return {"benchmark": benchmark, "source": "fake", "command": "test", "date": "2026-11", "machine": "test",
-            "data": "none", "results": results}
+    return {
+        "benchmark": benchmark,
+        "source": "fake",
+        "command": "test",
+        "date": "2026-11",
+        "machine": "test",
+        "data": "none",
+        "results": results,
+    }
 
 
 def train_row(model, device, training, inference, size="8x8x8"):
-    return {"model": model, "device_type": device, "threads": 2, "training": training, "inference": inference,
-            "input": ("1x" if model == "3d" else "2x") + size}
+    return {
+        "model": model,
+        "device_type": device,
+        "threads": 2,
+        "training": training,
+        "inference": inference,
+        "input": ("1x" if model == "3d" else "2x") + size,
+    }
 
 
 INGEST = record("ingest", {"threads": 1, "steps": {"ageatlas": {"seconds": 3.6}}})
-DISK = record("disk", {"threads": 1, "grid": [8, 8, 8], "seconds": {"preprocess": 1.8, "projection": 0.9},
-                       "bytes": {"stitched": 2**20, "cache": 2**20, "projection": 0, "gradcam": 2**20,
-                                 "registration": 0, "warped": 0, "atlas_member": 2**30, "template": 0}})
-TRAIN = record("train", {"rows": [train_row("3d", "cpu", 100.0, 20.0), train_row("2.5d", "cpu", 1.0, 0.5, "4x4")]})
-EXPLAIN_CPU = record("explain", {"device_type": "cpu", "threads": 2, "gradcam": {"seconds": 90.0, "shape": [8, 8, 8]},
-                                 "registration": {"seconds_per_affine_iteration": 2.0,
-                                                  "seconds_per_step_all_levels": 50.0, "warp_seconds": None}})
-EXPLAIN_GPU = record("explain", {"device_type": "cuda", "gradcam": {"seconds": 0.36, "shape": [8, 8, 8]},
-                                 "registration": {"seconds": 18.0, "warp_seconds": 0.5}})
+DISK = record(
+    "disk",
+    {
+        "threads": 1,
+        "grid": [8, 8, 8],
+        "seconds": {"preprocess": 1.8, "projection": 0.9},
+        "bytes": {
+            "stitched": 2**20,
+            "cache": 2**20,
+            "projection": 0,
+            "gradcam": 2**20,
+            "registration": 0,
+            "warped": 0,
+            "atlas_member": 2**30,
+            "template": 0,
+        },
+    },
+)
+TRAIN = record(
+    "train",
+    {"rows": [train_row("3d", "cpu", 100.0, 20.0), train_row("2.5d", "cpu", 1.0, 0.5, "4x4")]},
+)
+EXPLAIN_CPU = record(
+    "explain",
+    {
+        "device_type": "cpu",
+        "threads": 2,
+        "gradcam": {"seconds": 90.0, "shape": [8, 8, 8]},
+        "registration": {
+            "seconds_per_affine_iteration": 2.0,
+            "seconds_per_step_all_levels": 50.0,
+            "warp_seconds": None,
+        },
+    },
+)
+EXPLAIN_GPU = record(
+    "explain",
+    {
+        "device_type": "cuda",
+        "gradcam": {"seconds": 0.36, "shape": [8, 8, 8]},
+        "registration": {"seconds": 18.0, "warp_seconds": 0.5},
+    },
+)
 
 
 def by_stage(n, explains=(EXPLAIN_CPU,), trains=(TRAIN,)):
@@ -37,9 +91,18 @@ def by_stage(n, explains=(EXPLAIN_CPU,), trains=(TRAIN,)):
 
 
 def test_split_counts_give_the_papers_split_and_read_counts_as_fractions():
-    assert sizing.split_counts(3120, SETTINGS.split_sizes) == {"train": 1536, "val": 384, "test": 1200, "unused": 0}
-    assert sizing.split_counts(1000, {"train": 1536, "val": 384, "test": 1200}) == \
-        {"train": 492, "val": 123, "test": 385, "unused": 0}
+    assert sizing.split_counts(3120, SETTINGS.split_sizes) == {
+        "train": 1536,
+        "val": 384,
+        "test": 1200,
+        "unused": 0,
+    }
+    assert sizing.split_counts(1000, {"train": 1536, "val": 384, "test": 1200}) == {
+        "train": 492,
+        "val": 123,
+        "test": 385,
+        "unused": 0,
+    }
 
 
 def test_hours_are_seconds_times_threads_times_units():
@@ -47,12 +110,16 @@ def test_hours_are_seconds_times_threads_times_units():
     assert rows["ingest: zip -> stitched W + F"]["cpu_h"].value == pytest.approx(3.6 * 1000 / 3600)
     assert rows["preprocess: training cache"]["cpu_h"].value == pytest.approx(1.8 * 1000 / 3600)
     # 10 epochs of 492 training samples and 123 validation predictions, 2 threads each.
-    assert rows["3D training"]["cpu_h"].value == pytest.approx(10 * (492 * 100 + 123 * 20) * 2 / 3600)
+    assert rows["3D training"]["cpu_h"].value == pytest.approx(
+        10 * (492 * 100 + 123 * 20) * 2 / 3600
+    )
     assert rows["3D inference"]["cpu_h"].value == pytest.approx((123 + 385) * 20 * 2 / 3600)
     # Registration: 200 affine iterations + 1,000 steps on each level, per test participant.
     registration = rows["registration to the group atlas"]["cpu_h"].value
     assert registration == pytest.approx(385 * (200 * 2 + 1000 * 50) * 2 / 3600)
-    assert rows["2.5D training"]["cpu_h"].value == pytest.approx(5 * (492 * 1.0 + 123 * 0.5) * 2 / 3600)
+    assert rows["2.5D training"]["cpu_h"].value == pytest.approx(
+        5 * (492 * 1.0 + 123 * 0.5) * 2 / 3600
+    )
 
 
 def test_disk_and_the_fixed_atlas_cost():
@@ -73,15 +140,20 @@ def test_no_gpu_record_means_not_measured_and_a_missing_cpu_rate_too():
     atlas = rows["atlases (fixed per run)"]["cpu_h"]
     assert atlas.partial and atlas.value == pytest.approx(600 * (200 * 2 + 1000 * 50) * 2 / 3600)
     assert sizing.fmt(atlas).startswith("≥ ")
-    table = sizing.markdown(SETTINGS, sizing.rates(INGEST, [TRAIN], [EXPLAIN_CPU], DISK, SETTINGS),
-                            DISK["results"]["bytes"])
+    table = sizing.markdown(
+        SETTINGS,
+        sizing.rates(INGEST, [TRAIN], [EXPLAIN_CPU], DISK, SETTINGS),
+        DISK["results"]["bytes"],
+    )
     assert "not measured" in table and "| **total** |" in table
 
 
 def test_a_gpu_record_gives_gpu_hours_from_its_own_seconds():
     rows = by_stage(1000, explains=(EXPLAIN_CPU, EXPLAIN_GPU))
     assert rows["Grad-CAM"]["gpu_h"].value == pytest.approx(385 * 0.36 / 3600)
-    assert rows["registration to the group atlas"]["gpu_h"].value == pytest.approx(385 * 18.0 / 3600)
+    assert rows["registration to the group atlas"]["gpu_h"].value == pytest.approx(
+        385 * 18.0 / 3600
+    )
     assert rows["3D training"]["gpu_h"] is None  # no CUDA training record
 
 

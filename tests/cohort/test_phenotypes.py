@@ -1,11 +1,9 @@
 """Phenotype validation: every bad row becomes a QC record naming column and value."""
 
-import pandas as pd
 import pytest
 
-from ageatlas.cohort import table as cohort
-
 from ageatlas.cohort import phenotypes
+from ageatlas.cohort import table as cohort
 from ageatlas.core.qc import EXCLUDED, WARNING
 
 HEADER = "eid,31-0.0,21003-2.0,21001-2.0\n"
@@ -27,7 +25,9 @@ def reasons_of(records):
 
 
 def test_clean_rows_are_typed(tmp_path, phenotype_schema):
-    valid, records = validate(tmp_path, "1000001,0,63.5,24.1\n1000002,1,71,31.0\n", phenotype_schema)
+    valid, records = validate(
+        tmp_path, "1000001,0,63.5,24.1\n1000002,1,71,31.0\n", phenotype_schema
+    )
     assert records == []
     assert list(valid["eid"]) == [1000001, 1000002]
     assert valid["eid"].dtype == "int64" and valid["sex"].dtype == "int64"
@@ -73,7 +73,9 @@ def test_other_column_names_via_config(tmp_path, phenotype_schema):
     path = tmp_path / "p.tsv"
     path.write_text("f.eid\tf.31.0.0\tf.21003.2.0\tf.21001.2.0\n1000001\t1\t55\t27.5\n")
     columns = {"eid": "f.eid", "sex": "f.31.0.0", "age": "f.21003.2.0", "bmi": "f.21001.2.0"}
-    valid, records = phenotypes.validate(phenotypes.read_table(path, columns), phenotype_schema, columns)
+    valid, records = phenotypes.validate(
+        phenotypes.read_table(path, columns), phenotype_schema, columns
+    )
     assert records == [] and list(valid["age"]) == [55.0]
 
 
@@ -87,7 +89,12 @@ def test_unreadable_table_is_a_clear_error(tmp_path):
 def test_discover_matches_zips_both_ways(tmp_path, phenotype_schema):
     zips = tmp_path / "zips"
     zips.mkdir()
-    for name in ["1000001_20201_2_0.zip", "1000003_20201_2_0.zip", "1000001_20201_3_0.zip", "notes.txt"]:
+    for name in [
+        "1000001_20201_2_0.zip",
+        "1000003_20201_2_0.zip",
+        "1000001_20201_3_0.zip",
+        "notes.txt",
+    ]:
         (zips / name).write_bytes(b"")
     pheno = write(tmp_path, "1000001,0,60,25\n1000002,1,60,25\n1000004,1,60,\n")
     found = cohort.discover(pheno, zips, phenotype_schema)
@@ -104,7 +111,9 @@ def test_discover_repeat_visit(tmp_path, phenotype_schema):
     zips = tmp_path / "zips"
     zips.mkdir()
     (zips / "1000001_20201_3_0.zip").write_bytes(b"")
-    found = cohort.discover(write(tmp_path, "1000001,0,60,25\n"), zips, phenotype_schema, instance=3)
+    found = cohort.discover(
+        write(tmp_path, "1000001,0,60,25\n"), zips, phenotype_schema, instance=3
+    )
     assert found.eids == ["1000001"]
 
 

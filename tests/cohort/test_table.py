@@ -13,12 +13,14 @@ PAPER = {"train": 1536, "val": 384, "test": 1200}
 def population(n=3120, seed=0, short=None):
     """Random participants; ``short={(sex, bmi_group): k}`` keeps only k of a group."""
     rng = np.random.default_rng(seed)
-    table = pd.DataFrame({
-        "eid": 1_000_000 + rng.permutation(n * 3)[:n],
-        "sex": rng.integers(0, 2, n),
-        "age": np.round(rng.uniform(46, 81, n), 1),
-        "bmi": rng.choice([22.0, 27.0, 33.0], n) + rng.uniform(-2, 2, n),
-    })
+    table = pd.DataFrame(
+        {
+            "eid": 1_000_000 + rng.permutation(n * 3)[:n],
+            "sex": rng.integers(0, 2, n),
+            "age": np.round(rng.uniform(46, 81, n), 1),
+            "bmi": rng.choice([22.0, 27.0, 33.0], n) + rng.uniform(-2, 2, n),
+        }
+    )
     for (sex, group), k in (short or {}).items():
         rows = table.index[(table["sex"] == sex) & (cohort.bmi_group(table["bmi"]) == group)]
         table = table.drop(rows[k:])
@@ -31,7 +33,12 @@ def paper_split():
 
 
 def test_bmi_and_age_edges_go_to_the_upper_bin():
-    assert list(cohort.bmi_group([24.99, 25.0, 29.99, 30.0])) == ["healthy", "overweight", "overweight", "obese"]
+    assert list(cohort.bmi_group([24.99, 25.0, 29.99, 30.0])) == [
+        "healthy",
+        "overweight",
+        "overweight",
+        "obese",
+    ]
     assert list(cohort.age_band([59.99, 60.0, 69.99, 70.0])) == ["lt60", "60to70", "60to70", "ge70"]
     assert list(cohort.bmi_group([26.0], cutoffs=(27.0, 28.0))) == ["healthy"]
 
@@ -46,7 +53,14 @@ def test_binning_keeps_the_index_and_rejects_missing_values():
 
 
 def test_group_names_are_stable():
-    assert cohort.group_names() == ["F_healthy", "F_overweight", "F_obese", "M_healthy", "M_overweight", "M_obese"]
+    assert cohort.group_names() == [
+        "F_healthy",
+        "F_overweight",
+        "F_obese",
+        "M_healthy",
+        "M_overweight",
+        "M_obese",
+    ]
 
 
 def test_split_sizes_from_counts_and_fractions():
@@ -56,13 +70,16 @@ def test_split_sizes_from_counts_and_fractions():
     assert sum(sizes.values()) == 7 and list(sizes) == ["train", "val", "test"]
 
 
-@pytest.mark.parametrize("sizes, message", [
-    ({"train": 1536, "val": 384, "test": 1201}, "ask for 3121 participants .* only 3120"),
-    ({"train": 0.5, "val": 0.2, "test": 0.2}, "sum to 0.9000, not 1"),
-    ({"train": 0.5, "test": 0.5}, r"missing \['val'\]"),
-    ({"train": 0.5, "val": 0.25, "test": 0.25, "holdout": 0.0}, r"unknown \['holdout'\]"),
-    ({"train": -1, "val": 0, "test": 0}, "train=-1 is not a non-negative number"),
-])
+@pytest.mark.parametrize(
+    "sizes, message",
+    [
+        ({"train": 1536, "val": 384, "test": 1201}, "ask for 3121 participants .* only 3120"),
+        ({"train": 0.5, "val": 0.2, "test": 0.2}, "sum to 0.9000, not 1"),
+        ({"train": 0.5, "test": 0.5}, r"missing \['val'\]"),
+        ({"train": 0.5, "val": 0.25, "test": 0.25, "holdout": 0.0}, r"unknown \['holdout'\]"),
+        ({"train": -1, "val": 0, "test": 0}, "train=-1 is not a non-negative number"),
+    ],
+)
 def test_split_sizes_errors_say_what_is_wrong(sizes, message):
     with pytest.raises(ValueError, match=message):
         cohort.split_sizes(3120, sizes)
@@ -121,7 +138,12 @@ def test_a_short_group_gives_all_it_has_and_says_so():
 def test_counts_below_the_cohort_mark_the_rest_unused_and_say_so():
     table = cohort.cohort_table(population(900), {"train": 300, "val": 60, "test": 120}, seed=2)
     assert len(table) == 900  # nobody who passed QC disappears
-    assert table["split"].value_counts().to_dict() == {"train": 300, "val": 60, "test": 120, "unused": 420}
+    assert table["split"].value_counts().to_dict() == {
+        "train": 300,
+        "val": 60,
+        "test": 120,
+        "unused": 420,
+    }
     assert set(table[table["split"] == "train"]["group"].value_counts()) == {50}
     assert "420 of 900 participants are in no split" in table.attrs["notes"][-1]
 
@@ -129,7 +151,9 @@ def test_counts_below_the_cohort_mark_the_rest_unused_and_say_so():
 def test_bad_participants_are_refused():
     people = population(30)
     with pytest.raises(ValueError, match="duplicate eid"):
-        cohort.cohort_table(pd.concat([people, people.iloc[:1]]), {"train": 0.5, "val": 0.2, "test": 0.3}, 0)
+        cohort.cohort_table(
+            pd.concat([people, people.iloc[:1]]), {"train": 0.5, "val": 0.2, "test": 0.3}, 0
+        )
     with pytest.raises(ValueError, match="sex code 2"):
         cohort.cohort_table(people.assign(sex=2), {"train": 0.5, "val": 0.2, "test": 0.3}, 0)
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['bmi'\]"):
@@ -146,7 +170,9 @@ def test_passed_participants_keeps_valid_rows_that_passed_qc(tmp_path, phenotype
     )
     from ageatlas.cohort.phenotypes import UKBB_COLUMNS
 
-    kept = cohort.passed_participants(tmp_path / "p.csv", phenotype_schema, UKBB_COLUMNS, tmp_path / "qc.tsv")
+    kept = cohort.passed_participants(
+        tmp_path / "p.csv", phenotype_schema, UKBB_COLUMNS, tmp_path / "qc.tsv"
+    )
     assert list(kept["eid"]) == [1000001, 1000003]
     assert list(kept.columns) == ["eid", "sex", "age", "bmi"]
 

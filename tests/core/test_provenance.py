@@ -37,7 +37,9 @@ def test_config_hash_is_canonical():
 
 
 def test_git_state_names_the_checkout_commit():
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
     if head.returncode != 0:
         pytest.fail("tests run from a git checkout (CI clones it)")
     state = provenance.git_state(str(REPO / "src" / "ageatlas"))
@@ -58,14 +60,26 @@ def test_record_writes_sidecars_for_tables_and_maps_only(tmp_path):
     folder = tmp_path / "stitched" / "1"
     folder.mkdir(parents=True)
     (folder / "qc.json").write_text("{}")
-    outputs = [tmp_path / "all_mean.nii.gz", tmp_path / "all.json", tmp_path / "t.tsv", tmp_path / "fig.png"]
+    outputs = [
+        tmp_path / "all_mean.nii.gz",
+        tmp_path / "all.json",
+        tmp_path / "t.tsv",
+        tmp_path / "fig.png",
+    ]
     for path in outputs:
         path.write_bytes(b"x" * 10)
-    job = fake_job(tmp_path, outputs, [small, folder, tmp_path / "gone.nii.gz"],
-                   wildcards={"group": "F_healthy", "subset": "all"})
+    job = fake_job(
+        tmp_path,
+        outputs,
+        [small, folder, tmp_path / "gone.nii.gz"],
+        wildcards={"group": "F_healthy", "subset": "all"},
+    )
     written = provenance.record(job)
     assert sorted(p.name for p in written) == ["all_mean.nii.gz.prov.json", "t.tsv.prov.json"]
-    assert not (tmp_path / "all.json.prov.json").exists() and not (tmp_path / "fig.png.prov.json").exists()
+    assert (
+        not (tmp_path / "all.json.prov.json").exists()
+        and not (tmp_path / "fig.png.prov.json").exists()
+    )
 
     record = provenance.read_sidecar(outputs[0])
     assert record["package"] == "ageatlas" and record["version"] == ageatlas.__version__
@@ -102,9 +116,28 @@ def test_record_without_tables_writes_nothing(tmp_path):
 def test_every_script_writing_tables_or_maps_records_provenance():
     """The workflow scripts whose rules write .tsv/.md/.nii.gz outputs end with provenance.record."""
     scripts = REPO / "workflow" / "scripts"
-    expected = ["phenotype_qc", "qc_table", "cohort_table", "predict_age", "correct_bias", "table1",
-                "train_age_model", "ageing_classes", "gradcam", "atlas_init", "atlas_update", "atlas_register",
-                "copy_atlas", "warp_gradcam", "registration_qc", "population_map", "class_test", "truth_summary"]
+    expected = [
+        "phenotype_qc",
+        "qc_table",
+        "cohort_table",
+        "predict_age",
+        "correct_bias",
+        "table1",
+        "train_age_model",
+        "ageing_classes",
+        "gradcam",
+        "atlas_init",
+        "atlas_update",
+        "atlas_register",
+        "copy_atlas",
+        "warp_gradcam",
+        "registration_qc",
+        "population_map",
+        "class_test",
+        "truth_summary",
+    ]
     by_name = {path.stem: path for path in scripts.rglob("*.py")}
-    missing = [name for name in expected if "provenance.record(snakemake)" not in by_name[name].read_text()]
+    missing = [
+        name for name in expected if "provenance.record(snakemake)" not in by_name[name].read_text()
+    ]
     assert not missing, f"scripts without provenance.record(snakemake): {missing}"

@@ -7,13 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ageatlas.cohort.selection import choose_members, choose_reference
 from ageatlas.explain.atlas import initial_template, update_template, warped_member
 from ageatlas.explain.register import RegistrationSettings, register
-from ageatlas.cohort.selection import choose_members, choose_reference
 
 SHAPE = (24, 24, 32)
 SPACING = (4.0, 4.0, 4.0)
-FAST = RegistrationSettings(affine_iterations=60, affine_lr=0.05, levels=2, deformable_lr=1e-2, max_steps=15)
+FAST = RegistrationSettings(
+    affine_iterations=60, affine_lr=0.05, levels=2, deformable_lr=1e-2, max_steps=15
+)
 
 
 def _affine(origin=(-48.0, -48.0, -64.0)):
@@ -31,8 +33,13 @@ def _blob(centre_mm, radii_mm=(22.0, 18.0, 40.0)) -> nib.Nifti1Image:
 
 
 def test_reference_is_nearest_median_age_and_bmi():
-    members = pd.DataFrame({"eid": ["5", "3", "9", "7"], "age": [50.0, 60.0, 61.0, 80.0],
-                            "bmi": [22.0, 24.0, 23.0, 19.0]})
+    members = pd.DataFrame(
+        {
+            "eid": ["5", "3", "9", "7"],
+            "age": [50.0, 60.0, 61.0, 80.0],
+            "bmi": [22.0, 24.0, 23.0, 19.0],
+        }
+    )
     # Median age 60.5, median BMI 22.5: eids 3 and 9 are close; 9 is closer in BMI.
     assert choose_reference(members) == 9
 

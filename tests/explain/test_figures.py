@@ -23,7 +23,7 @@ def _atlas():
 
 def _hotspot(i, j, k):
     data = np.zeros(SHAPE)
-    data[i - 1:i + 2, j - 1:j + 2, k - 1:k + 2] = 0.5
+    data[i - 1 : i + 2, j - 1 : j + 2, k - 1 : k + 2] = 0.5
     data[i, j, k] = 1.0
     return data
 
@@ -38,7 +38,9 @@ def test_cuts_go_through_the_peak_or_the_body_centre():
 def test_importance_panels_writes_a_figure_with_empty_rows(tmp_path):
     path = tmp_path / "fig.png"
     atlas = _atlas()
-    importance_panels([atlas, atlas], [_img(_hotspot(5, 9, 22)), None], ["a (n=3)", "b (n=0)"], path)
+    importance_panels(
+        [atlas, atlas], [_img(_hotspot(5, 9, 22)), None], ["a (n=3)", "b (n=0)"], path
+    )
     assert path.stat().st_size > 5000
 
 
@@ -47,6 +49,11 @@ def test_class_test_and_examples_figures(tmp_path):
     t = _img(_hotspot(10, 8, 15) * 4.0)
     significant = nib.Nifti1Image((_hotspot(10, 8, 15) > 0).astype(np.uint8), AFFINE)
     class_test_panels(atlas, t, significant, tmp_path / "t.png", title="test")
-    examples_panels(atlas, {"accelerated": [("1: gap +5", _img(_hotspot(10, 8, 15)))], "decelerated": []},
-                    tmp_path / "ex.png")
-    assert (tmp_path / "t.png").stat().st_size > 5000 and (tmp_path / "ex.png").stat().st_size > 2000
+    examples_panels(
+        atlas,
+        {"accelerated": [("1: gap +5", _img(_hotspot(10, 8, 15)))], "decelerated": []},
+        tmp_path / "ex.png",
+    )
+    assert (tmp_path / "t.png").stat().st_size > 5000 and (
+        tmp_path / "ex.png"
+    ).stat().st_size > 2000

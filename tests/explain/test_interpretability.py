@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from ageatlas.synthetic.participants import make_cohort
-from ageatlas.synthetic.phantom import AGE_REGIONS, REGION_LABELS, region_labels, tissue_signal
-from ageatlas.explain.gradcam import grad_cam, to_stitched_grid
 from ageatlas.age.model import load_trained
 from ageatlas.age.preprocess import downsample, normalise
-from ageatlas.ingest.grid import Grid, grid_affine
 from ageatlas.age.train import train
 from ageatlas.age.train_config import TrainConfig
+from ageatlas.explain.gradcam import grad_cam, to_stitched_grid
 from ageatlas.explain.truth import enrichment
+from ageatlas.ingest.grid import Grid, grid_affine
+from ageatlas.synthetic.participants import make_cohort
+from ageatlas.synthetic.phantom import AGE_REGIONS, REGION_LABELS, region_labels, tissue_signal
 
 GRID = Grid(shape=(56, 44, 92), spacing=(8.928, 8.928, 12.0))  # the demo's 1/4 grid
 FACTOR = 2  # the demo's downsample: 28 x 22 x 46 model input
@@ -55,7 +55,7 @@ def trained(tmp_path_factory):
         labels[p.eid] = regions
     torch.manual_seed(0)
     config = TrainConfig(epochs=8, lr=1e-4, batch_size=8, accumulate=1, seed=42)
-    train(items[:N_TRAIN], items[N_TRAIN:N_TRAIN + N_VAL], out / "model", config, device="cpu")
+    train(items[:N_TRAIN], items[N_TRAIN : N_TRAIN + N_VAL], out / "model", config, device="cpu")
     model, _ = load_trained(out / "model" / "checkpoint.pt")
     train_mean = float(np.mean([age for _, age in items[:N_TRAIN]]))
     return model, participants[-N_TEST:], items[-N_TEST:], labels, train_mean
@@ -76,7 +76,9 @@ def test_gradcam_lights_up_where_age_was_planted(trained):
     for p, (path, _) in zip(test, items):
         volume = torch.from_numpy(np.load(path))[None, None]
         cam = grad_cam(model, volume, target="deviation", reference_age=train_mean).map.numpy()
-        scores.append(enrichment(to_stitched_grid(cam, GRID.shape, FACTOR), labels[p.eid], AGE_LABELS))
+        scores.append(
+            enrichment(to_stitched_grid(cam, GRID.shape, FACTOR), labels[p.eid], AGE_LABELS)
+        )
     scores = np.array(scores)
     message = f"enrichment per participant: {np.round(scores, 2)}"
     assert np.nanmedian(scores) > 1.4, message

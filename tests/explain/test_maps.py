@@ -84,11 +84,19 @@ def test_ageing_class_fixed_threshold():
 def test_ageing_class_sd_threshold():
     gap = pd.Series([-2.0, -1.0, 0.0, 1.0, 2.0])  # sample SD = sqrt(2.5) ~ 1.58
     assert ageing_class(gap).tolist() == [
-        "decelerated", "aligned", "aligned", "aligned", "accelerated",
+        "decelerated",
+        "aligned",
+        "aligned",
+        "aligned",
+        "accelerated",
     ]
     # 0.5 SD ~ 0.79 moves +-1 out of "aligned"
     assert ageing_class(gap, sd_multiple=0.5).tolist() == [
-        "decelerated", "decelerated", "aligned", "accelerated", "accelerated",
+        "decelerated",
+        "decelerated",
+        "aligned",
+        "accelerated",
+        "accelerated",
     ]
 
 
@@ -102,12 +110,14 @@ def test_subset_maps_as_the_workflow_builds_them(stack):
     paths, data = stack
     eids = [f"{1000 + i}" for i in range(7)]
     by_eid = dict(zip(eids, paths))
-    table = pd.DataFrame({
-        "eid": eids,
-        "group": ["F_healthy"] * 7,
-        "age_band": ["lt60", "lt60", "lt60", "60to70", "60to70", "60to70", "60to70"],
-        "gap": [5.0, 4.0, 0.1, -0.2, 0.3, 0.0, 0.2],
-    })
+    table = pd.DataFrame(
+        {
+            "eid": eids,
+            "group": ["F_healthy"] * 7,
+            "age_band": ["lt60", "lt60", "lt60", "60to70", "60to70", "60to70", "60to70"],
+            "gap": [5.0, 4.0, 0.1, -0.2, 0.3, 0.0, 0.2],
+        }
+    )
     table["ageing_class"] = ageing_class(table["gap"], threshold=3.0)
 
     def subset_map(subset):
@@ -126,20 +136,25 @@ def test_subset_maps_as_the_workflow_builds_them(stack):
 
 # ---- workflow helpers: ageing table, subsets, usable maps ------------------
 
+
 def _predictions_and_cohort():
-    predictions = pd.DataFrame({
-        "eid": [1, 2, 3, 4, 5, 6, 7],
-        "split": ["test"] * 6 + ["val"],
-        "age": [50.0, 55.0, 65.0, 72.0, 58.0, 61.0, 70.0],
-        "gap": [5.0, -5.0, 0.1, 0.0, 3.0, -0.2, 9.0],
-    })
-    cohort = pd.DataFrame({
-        "eid": ["1", "2", "3", "4", "5", "6", "7"],
-        "sex": ["F"] * 4 + ["M"] * 3,
-        "bmi": [22.0] * 7,
-        "group": ["F_healthy"] * 4 + ["M_healthy"] * 3,
-        "age_band": ["lt60", "lt60", "60to70", "ge70", "lt60", "60to70", "ge70"],
-    })
+    predictions = pd.DataFrame(
+        {
+            "eid": [1, 2, 3, 4, 5, 6, 7],
+            "split": ["test"] * 6 + ["val"],
+            "age": [50.0, 55.0, 65.0, 72.0, 58.0, 61.0, 70.0],
+            "gap": [5.0, -5.0, 0.1, 0.0, 3.0, -0.2, 9.0],
+        }
+    )
+    cohort = pd.DataFrame(
+        {
+            "eid": ["1", "2", "3", "4", "5", "6", "7"],
+            "sex": ["F"] * 4 + ["M"] * 3,
+            "bmi": [22.0] * 7,
+            "group": ["F_healthy"] * 4 + ["M_healthy"] * 3,
+            "age_band": ["lt60", "lt60", "60to70", "ge70", "lt60", "60to70", "ge70"],
+        }
+    )
     return predictions, cohort
 
 
@@ -148,8 +163,14 @@ def test_ageing_table_classes_within_groups_by_threshold():
     table = ageing_table(predictions, cohort, threshold=2.0)
     assert list(table["eid"]) == ["1", "2", "3", "4", "5", "6"]  # test split only, eids as text
     classes = dict(zip(table["eid"], table["ageing_class"]))
-    assert classes == {"1": "accelerated", "2": "decelerated", "3": "aligned", "4": "aligned",
-                       "5": "accelerated", "6": "aligned"}
+    assert classes == {
+        "1": "accelerated",
+        "2": "decelerated",
+        "3": "aligned",
+        "4": "aligned",
+        "5": "accelerated",
+        "6": "aligned",
+    }
     assert list(table.loc[table["near_perfect"], "eid"]) == ["3", "4", "6"]
 
 
@@ -177,7 +198,9 @@ def test_usable_maps_leaves_out_failed_registrations(tmp_path):
     for eid, status in (("1", "ok"), ("2", "failed"), ("3", "ok")):
         warped.append(str(tmp_path / f"{eid}.nii.gz"))
         record = tmp_path / f"{eid}.json"
-        record.write_text(json.dumps({"status": status, "reasons": [] if status == "ok" else ["folding"]}))
+        record.write_text(
+            json.dumps({"status": status, "reasons": [] if status == "ok" else ["folding"]})
+        )
         records.append(str(record))
     used, excluded = usable_maps(["1", "2", "3"], warped, records)
     assert used == [warped[0], warped[2]] and excluded == {"2": "registration failed: folding"}

@@ -176,13 +176,20 @@ def test_folding_share_detects_folds():
 
 def test_finest_level_fits_at_half_resolution_and_warps_full_grid(pair):
     settings = RegistrationSettings(
-        affine_iterations=40, affine_lr=0.05, levels=2, finest_level=1, deformable_lr=1e-2, max_steps=20
+        affine_iterations=40,
+        affine_lr=0.05,
+        levels=2,
+        finest_level=1,
+        deformable_lr=1e-2,
+        max_steps=20,
     )
     half = register(pair["moving"], pair["fixed"], settings)
     assert set(half.metrics["deformable_steps"]) == {1}
     assert half.metrics["before"]["ncc"] < 0.85 and half.metrics["deformable"]["ncc"] > 0.99
     warped = half.warp(pair["moving_labels"], order=0)
-    assert warped.shape == pair["fixed"].shape and np.allclose(warped.affine, pair["fixed"].affine, atol=1e-3)
+    assert warped.shape == pair["fixed"].shape and np.allclose(
+        warped.affine, pair["fixed"].affine, atol=1e-3
+    )
     with pytest.raises(ValueError, match="finest_level"):
         register(pair["moving"], pair["fixed"], RegistrationSettings(levels=2, finest_level=2))
 
@@ -199,7 +206,12 @@ def test_displacement_of_a_pure_shift_is_the_shift(pair):
 
 
 def test_qc_reasons():
-    good = {"before": {"ncc": 0.8}, "affine": {"ncc": 0.85}, "deformable": {"ncc": 0.9}, "folding_share": 0.0}
+    good = {
+        "before": {"ncc": 0.8},
+        "affine": {"ncc": 0.85},
+        "deformable": {"ncc": 0.9},
+        "folding_share": 0.0,
+    }
     assert qc_reasons(good, 0.001) == []
     worse = {**good, "deformable": {"ncc": 0.7}}
     assert "worse" in qc_reasons(worse, 0.001)[0]
@@ -225,10 +237,13 @@ def test_outcome_round_trip(tmp_path, pair, result):
     record = {"status": "ok", "reasons": [], **result.metrics}
     save_outcome(result, record, tmp_path / "t.pt", tmp_path / "t.json")
     loaded = load_outcome(tmp_path / "t.pt")
-    np.testing.assert_allclose(loaded.warp(pair["moving"]).get_fdata(), result.warp(pair["moving"]).get_fdata(),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.warp(pair["moving"]).get_fdata(), result.warp(pair["moving"]).get_fdata(), atol=1e-5
+    )
 
 
 def test_settings_from_config_ignores_other_keys():
-    settings = settings_from_config({"stride": [2, 2, 4], "levels": 2, "max_folding_share": 0.1, "gpus": 1})
+    settings = settings_from_config(
+        {"stride": [2, 2, 4], "levels": 2, "max_folding_share": 0.1, "gpus": 1}
+    )
     assert settings.stride == (2, 2, 4) and settings.levels == 2

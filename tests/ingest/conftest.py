@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-
 import pytest
-
-
 from zip_helpers import build_scan, write_zip
 
 

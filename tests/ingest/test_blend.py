@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from station_helpers import LINEAR, grid_world, make_station
 
 from ageatlas.ingest.blend import blend_weights
 from ageatlas.ingest.grid import Grid
 from ageatlas.ingest.stitch import stitch
-from station_helpers import LINEAR, grid_world, make_station
 
 
 @pytest.mark.parametrize("mode", ["linear", "logistic"])

@@ -6,9 +6,9 @@ import zipfile
 
 import numpy as np
 import pytest
+from zip_helpers import dicom_bytes, excluded, read, write_zip
 
 from ageatlas.ingest.dicom_headers import contrast_of
-from zip_helpers import dicom_bytes, excluded, read, write_zip
 
 
 def test_other_encodings_read_the_same(tmp_path, scan):
@@ -21,8 +21,9 @@ def test_other_encodings_read_the_same(tmp_path, scan):
         implicit, preamble = next(encodings)
         return dicom_bytes(ds, implicit=implicit, preamble=preamble)
 
-    path = write_zip(tmp_path / "odd.zip", scan.datasets, encode=encode,
-                     compression=zipfile.ZIP_STORED)
+    path = write_zip(
+        tmp_path / "odd.zip", scan.datasets, encode=encode, compression=zipfile.ZIP_STORED
+    )
     stations, warnings = read(path)
     assert warnings == []
     for x, y in zip(reference, stations):
@@ -30,13 +31,22 @@ def test_other_encodings_read_the_same(tmp_path, scan):
         np.testing.assert_allclose(x.affine, y.affine)
 
 
-@pytest.mark.parametrize("description, image_type, contrast", [
-    ("Dixon_noBH_W", "", "W"), ("Dixon_BH_17s_opp", "", "opp"), ("DIXON_NOBH_IN", "", "in"),
-    ("Dixon_noBH_F", "", "F"), ("dixon water", "", "W"), ("Dixon_in_phase", "", "in"),
-    ("Dixon_out_phase", "", "opp"), ("Dixon_noBH", r"DERIVED\PRIMARY\DIXON\WATER", "W"),
-    ("Dixon_noBH", r"DERIVED\PRIMARY\DIXON\OPP_PHASE", "opp"), ("localizer", "", None),
-    ("", r"ORIGINAL\PRIMARY\M\DIS2D", None),
-])
+@pytest.mark.parametrize(
+    "description, image_type, contrast",
+    [
+        ("Dixon_noBH_W", "", "W"),
+        ("Dixon_BH_17s_opp", "", "opp"),
+        ("DIXON_NOBH_IN", "", "in"),
+        ("Dixon_noBH_F", "", "F"),
+        ("dixon water", "", "W"),
+        ("Dixon_in_phase", "", "in"),
+        ("Dixon_out_phase", "", "opp"),
+        ("Dixon_noBH", r"DERIVED\PRIMARY\DIXON\WATER", "W"),
+        ("Dixon_noBH", r"DERIVED\PRIMARY\DIXON\OPP_PHASE", "opp"),
+        ("localizer", "", None),
+        ("", r"ORIGINAL\PRIMARY\M\DIS2D", None),
+    ],
+)
 def test_contrast_of(description, image_type, contrast):
     assert contrast_of(description, image_type) == contrast
 

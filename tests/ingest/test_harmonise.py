@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from station_helpers import BOTTOMS, GRID, TOPS, four_stations, grid_world, make_station
 
 from ageatlas.ingest.grid import Grid
 from ageatlas.ingest.harmonise import attribute_swaps, propagate_gains
 from ageatlas.ingest.stitch import StitchOptions, stitch
 from ageatlas.ingest.volume import StationVolume
-from station_helpers import BOTTOMS, GRID, TOPS, four_stations, grid_world, make_station
 
 
 def test_no_seam_after_harmonisation_of_station_gains():
@@ -128,9 +128,7 @@ def test_propagate_gains_from_the_reference_station():
 
 def test_n4_reduces_a_planted_smooth_bias_field():
     body = lambda x, y: (x / 100) ** 2 + (y / 75) ** 2 < 1  # noqa: E731
-    bias = lambda x, y, z: np.exp(
-        0.35 * x / 100 - 0.25 * y / 75 + 0.2 * np.sin(z / 120)
-    )  # noqa: E731
+    bias = lambda x, y, z: np.exp(0.35 * x / 100 - 0.25 * y / 75 + 0.2 * np.sin(z / 120))  # noqa: E731
     fns = {
         "W": lambda x, y, z: body(x, y) * 100 * bias(x, y, z),
         "F": lambda x, y, z: body(x, y) * 30 * bias(x, y, z),

@@ -47,8 +47,9 @@ def test_other_readers_agree_on_geometry(tmp_path, person_zip):
     ras = affine @ [*voxel, 1]
     lps = itk.TransformIndexToPhysicalPoint(voxel)
     np.testing.assert_allclose(lps, [-ras[0], -ras[1], ras[2]], atol=1e-3)
-    np.testing.assert_allclose(sitk.GetArrayFromImage(itk).transpose(2, 1, 0),
-                               nib.load(path).get_fdata(), atol=1e-3)
+    np.testing.assert_allclose(
+        sitk.GetArrayFromImage(itk).transpose(2, 1, 0), nib.load(path).get_fdata(), atol=1e-3
+    )
     np.testing.assert_allclose(load_img(path).affine, affine)
 
 
@@ -69,7 +70,8 @@ def test_data_defect_is_excluded_with_the_readers_reason(tmp_path):
     person = make_cohort(1, seed=12)[0]
     zip_path = tmp_path / f"{person.eid}_20201_2_0.zip"
     write_participant_zip(zip_path, person, scale=0.2, seed=12, defects=["missing_station"])
-    record = ingest.ingest_participant(str(person.eid), zip_path, tmp_path / "out", GRID,
-                                       StitchOptions())
+    record = ingest.ingest_participant(
+        str(person.eid), zip_path, tmp_path / "out", GRID, StitchOptions()
+    )
     assert record.status == "excluded"
     assert zip_path.name in record.reasons[0] and "station" in record.reasons[0]

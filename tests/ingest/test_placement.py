@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from station_helpers import GRID, LINEAR, four_stations, grid_world, make_station
 
 from ageatlas.ingest.grid import Grid
 from ageatlas.ingest.placement import plan_trims
 from ageatlas.ingest.stitch import StitchOptions, stitch
-from station_helpers import GRID, LINEAR, four_stations, grid_world, make_station
 
 
 def test_folded_end_slices_are_trimmed_at_inner_ends_only():

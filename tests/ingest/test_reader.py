@@ -14,12 +14,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-
-from ageatlas.core.field20201 import CONTRASTS
-from ageatlas.ingest.reader import read_participant
 from zip_helpers import (
-    COLUMNS,
     COL_MM,
+    COLUMNS,
     ROW_MM,
     SMALL,
     dcm2niix,
@@ -29,6 +26,9 @@ from zip_helpers import (
     scan_series,
     write_zip,
 )
+
+from ageatlas.core.field20201 import CONTRASTS
+from ageatlas.ingest.reader import read_participant
 
 
 def test_reads_stations_head_to_foot_with_exact_voxels(good_zip, scan):
@@ -60,8 +60,11 @@ def test_all_contrasts_and_order_independence(tmp_path, scan):
 
 
 def test_missing_station_or_water_is_excluded(tmp_path, scan):
-    no_station = [ds for ds in scan.datasets
-                  if ds not in sum((scan_series(scan, 4, c) for c in CONTRASTS), [])]
+    no_station = [
+        ds
+        for ds in scan.datasets
+        if ds not in sum((scan_series(scan, 4, c) for c in CONTRASTS), [])
+    ]
     message = excluded(write_zip(tmp_path / "a.zip", no_station))
     assert "5 stations found, expected 6" in message
     no_water = [ds for ds in scan.datasets if ds not in scan_series(scan, 5, "W")]
@@ -164,8 +167,9 @@ def test_synth_short_series(synth_zips):
         cropped = vol.index == station and any("cropped" in w for w in warnings)
         assert n == clean.shape[2] - cropped
         for contrast in vol.images:  # the missing slice is the most inferior one: k = 0
-            np.testing.assert_array_equal(vol.images[contrast],
-                                          clean.images[contrast][:, :, clean.shape[2] - n:])
+            np.testing.assert_array_equal(
+                vol.images[contrast], clean.images[contrast][:, :, clean.shape[2] - n :]
+            )
 
 
 def test_synth_fat_water_swap_is_read_as_labelled(synth_zips):
@@ -188,8 +192,12 @@ def test_synth_station_agrees_with_dcm2niix(synth_zips, tmp_path):
             data = zf.read(info)
             if pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SeriesNumber == 8:
                 (indir / f"{n}.dcm").write_bytes(data)  # station 2, water
-    run = subprocess.run([dcm2niix(), "-z", "n", "-o", str(outdir), str(indir)],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [dcm2niix(), "-z", "n", "-o", str(outdir), str(indir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     (nii,) = outdir.glob("*.nii")
     theirs = nib.as_closest_canonical(nib.load(nii))

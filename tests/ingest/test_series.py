@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from zip_helpers import (
     OBLIQUE,
     build_scan,
@@ -43,8 +42,9 @@ def test_inconsistent_orientation_is_excluded(tmp_path, scan):
 def test_duplicate_positions(tmp_path, scan):
     series = scan_series(scan, 1, "W")
     copy = dicom_bytes(series[2])
-    stations, warnings = read(write_zip(tmp_path / "a.zip", scan.datasets,
-                                        extra=[("copy-of-a-slice", copy)]))
+    stations, warnings = read(
+        write_zip(tmp_path / "a.zip", scan.datasets, extra=[("copy-of-a-slice", copy)])
+    )
     assert any("duplicate slice" in w and "same SOPInstanceUID" in w for w in warnings)
     np.testing.assert_array_equal(stations[0].images["W"], expected_image(scan, 1, "W"))
     series[3].ImagePositionPatient = series[2].ImagePositionPatient
@@ -64,7 +64,8 @@ def test_orientation_that_contradicts_positions_is_excluded(tmp_path, scan):
     for ds in scan.datasets:  # consistent, but coronal while the slices step along z
         ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
     assert "orientation and positions disagree" in excluded(
-        write_zip(tmp_path / "a.zip", scan.datasets))
+        write_zip(tmp_path / "a.zip", scan.datasets)
+    )
     scan = build_scan()
     for ds in scan_series(scan, 3, "F"):
         x, y, z = ds.ImagePositionPatient

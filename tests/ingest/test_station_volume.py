@@ -7,7 +7,6 @@ import subprocess
 import nibabel as nib
 import numpy as np
 import pytest
-
 from zip_helpers import (
     AXIAL,
     COL_MM,
@@ -31,8 +30,9 @@ def test_affine_maps_voxels_to_dicom_positions(tmp_path, orientation):
     stations, _ = read(write_zip(tmp_path / "p.zip", scan.datasets))
     x_dir, y_dir = np.array(orientation[:3]), np.array(orientation[3:])
     for vol in stations:
-        by_position = {tuple(ds.ImagePositionPatient): ds
-                       for ds in scan_series(scan, vol.index, "W")}
+        by_position = {
+            tuple(ds.ImagePositionPatient): ds for ds in scan_series(scan, vol.index, "W")
+        }
         for k in (0, vol.shape[2] - 1):
             i, j = 3, 5
             ras = vol.affine @ [i, j, k, 1]
@@ -85,8 +85,12 @@ def test_station_agrees_with_dcm2niix(tmp_path, orientation):
     indir.mkdir(), outdir.mkdir()
     for n, ds in enumerate(scan_series(scan, 2, "W")):
         (indir / f"{n}.dcm").write_bytes(dicom_bytes(ds))
-    run = subprocess.run([dcm2niix(), "-z", "n", "-o", str(outdir), str(indir)],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [dcm2niix(), "-z", "n", "-o", str(outdir), str(indir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     (nii,) = outdir.glob("*.nii")
     theirs = nib.as_closest_canonical(nib.load(nii))

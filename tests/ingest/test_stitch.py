@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from station_helpers import GRID, LINEAR, four_stations, grid_world
 
 from ageatlas.core.qc import ParticipantExcluded
 from ageatlas.ingest.stitch import StitchOptions, stitch
-from station_helpers import GRID, LINEAR, four_stations, grid_world
 
 
 @pytest.mark.parametrize("oblique", [False, True])

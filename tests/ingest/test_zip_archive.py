@@ -5,9 +5,9 @@ from __future__ import annotations
 import zipfile
 
 import pydicom
+from zip_helpers import dicom_bytes, excluded, read, write_zip
 
 from ageatlas.ingest.zip_archive import ZipLimits
-from zip_helpers import dicom_bytes, excluded, read, write_zip
 
 
 def test_zip_level_defects(tmp_path, good_zip):
@@ -29,8 +29,12 @@ def test_zip_level_defects(tmp_path, good_zip):
 def test_crc_error_in_a_needed_member(tmp_path, scan):
     path = write_zip(tmp_path / "crc.zip", scan.datasets, compression=zipfile.ZIP_STORED)
     with zipfile.ZipFile(path) as zf:
-        info = next(i for i in zf.infolist() if i.filename.endswith(".dcm")
-                    and pydicom.dcmread(zf.open(i)).SeriesDescription.endswith("_W"))
+        info = next(
+            i
+            for i in zf.infolist()
+            if i.filename.endswith(".dcm")
+            and pydicom.dcmread(zf.open(i)).SeriesDescription.endswith("_W")
+        )
     raw = bytearray(path.read_bytes())
     data_start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
     raw[data_start + info.file_size - 7] ^= 0xFF  # inside the pixel data
@@ -40,11 +44,11 @@ def test_crc_error_in_a_needed_member(tmp_path, scan):
 
 
 def test_zip_bombs_refused_before_reading(tmp_path, scan, monkeypatch):
-    big = write_zip(tmp_path / "big.zip", scan.datasets[:2],
-                    extra=[("blob.dcm", bytes(17 << 20))])
+    big = write_zip(tmp_path / "big.zip", scan.datasets[:2], extra=[("blob.dcm", bytes(17 << 20))])
     assert "zip bomb" in excluded(big) and "blob.dcm" in excluded(big)
-    dense = write_zip(tmp_path / "dense.zip", scan.datasets[:2],
-                      extra=[("dense.dcm", bytes(2 << 20))])
+    dense = write_zip(
+        tmp_path / "dense.zip", scan.datasets[:2], extra=[("dense.dcm", bytes(2 << 20))]
+    )
     assert "expands" in excluded(dense)
 
     def no_reading(*args, **kwargs):
@@ -57,9 +61,12 @@ def test_zip_bombs_refused_before_reading(tmp_path, scan, monkeypatch):
 
 
 def test_unsafe_and_foreign_members_are_ignored_with_a_warning(tmp_path, scan):
-    extra = [("../../etc/evil.dcm", dicom_bytes(scan.datasets[0])),
-             ("/abs/path.dcm", b"x"), ("notes.txt", b"hello, not DICOM"),
-             ("sub/manifest.cvs", b"garbled,,\"\nAug 30, 2015")]
+    extra = [
+        ("../../etc/evil.dcm", dicom_bytes(scan.datasets[0])),
+        ("/abs/path.dcm", b"x"),
+        ("notes.txt", b"hello, not DICOM"),
+        ("sub/manifest.cvs", b'garbled,,"\nAug 30, 2015'),
+    ]
     stations, warnings = read(write_zip(tmp_path / "p.zip", scan.datasets, extra=extra))
     assert len(stations) == 6
     unsafe = next(w for w in warnings if "unsafe" in w)

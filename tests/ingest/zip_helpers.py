@@ -47,8 +47,20 @@ class Scan:
     truth: dict[tuple[int, str], np.ndarray]  # (station, contrast) -> (slice, row, col), head first
 
 
-def _slice(contrast, k, pixels, *, z, orientation, spacing, series_uid, series_number,
-           series_time, study_uid, frame_uid):
+def _slice(
+    contrast,
+    k,
+    pixels,
+    *,
+    z,
+    orientation,
+    spacing,
+    series_uid,
+    series_number,
+    series_time,
+    study_uid,
+    frame_uid,
+):
     rows, cols = pixels.shape
     x_dir, y_dir = np.array(orientation[:3]), np.array(orientation[3:])
     normal = np.cross(x_dir, y_dir)
@@ -83,8 +95,9 @@ def _slice(contrast, k, pixels, *, z, orientation, spacing, series_uid, series_n
     return ds
 
 
-def build_scan(seed=0, *, orientation=AXIAL, stations=SMALL, series_time="1200{:02d}.000000",
-               first_series=1) -> Scan:
+def build_scan(
+    seed=0, *, orientation=AXIAL, stations=SMALL, series_time="1200{:02d}.000000", first_series=1
+) -> Scan:
     """Six stations x four contrasts, stations overlapping by OVERLAP slices."""
     rng = np.random.default_rng(seed)
     study, frame = generate_uid(), generate_uid()
@@ -95,10 +108,22 @@ def build_scan(seed=0, *, orientation=AXIAL, stations=SMALL, series_time="1200{:
             pixels = rng.integers(0, 1000, (n, rows, COLUMNS), dtype=np.uint16)
             truth[(s, contrast)] = pixels
             uid = generate_uid()
-            datasets += [_slice(contrast, k, pixels[k], z=z, orientation=orientation,
-                                spacing=spacing, series_uid=uid, series_number=number,
-                                series_time=series_time.format(number), study_uid=study,
-                                frame_uid=frame) for k in range(n)]
+            datasets += [
+                _slice(
+                    contrast,
+                    k,
+                    pixels[k],
+                    z=z,
+                    orientation=orientation,
+                    spacing=spacing,
+                    series_uid=uid,
+                    series_number=number,
+                    series_time=series_time.format(number),
+                    study_uid=study,
+                    frame_uid=frame,
+                )
+                for k in range(n)
+            ]
         z -= (n - OVERLAP) * spacing
     return Scan(datasets, truth)
 
@@ -119,8 +144,16 @@ def dicom_bytes(ds: Dataset, implicit: bool = False, preamble: bool = True) -> b
     return bio.getvalue()
 
 
-def write_zip(path: Path, datasets, *, extra=(), manifest=True, seed=0,
-              compression=zipfile.ZIP_DEFLATED, encode=dicom_bytes) -> Path:
+def write_zip(
+    path: Path,
+    datasets,
+    *,
+    extra=(),
+    manifest=True,
+    seed=0,
+    compression=zipfile.ZIP_DEFLATED,
+    encode=dicom_bytes,
+) -> Path:
     """Members in shuffled order under UID-like names, as UK Biobank ships them."""
     members = [(f"{ds.SOPInstanceUID}.dcm", encode(ds)) for ds in datasets] + list(extra)
     random.Random(seed).shuffle(members)
@@ -154,8 +187,7 @@ def scan_series(scan, station, contrast):
     """The slices of one series of `scan`, as build_scan numbered them."""
     desc = ("Dixon_BH_17s_" if SMALL[station - 1][2] == 4.5 else "Dixon_noBH_") + contrast
     first = 1 + 4 * (station - 1) + CONTRASTS.index(contrast)
-    return [ds for ds in scan.datasets
-            if ds.SeriesDescription == desc and ds.SeriesNumber == first]
+    return [ds for ds in scan.datasets if ds.SeriesDescription == desc and ds.SeriesNumber == first]
 
 
 def dcm2niix() -> str:

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from slurm_harness import ClusterError, start_cluster
 
 HERE = Path(__file__).resolve().parent
@@ -20,7 +19,9 @@ _left_out: list[str] = []
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slurm: needs the real SLURM cluster of tests/slurm/cluster.sh")
+    config.addinivalue_line(
+        "markers", "slurm: needs the real SLURM cluster of tests/slurm/cluster.sh"
+    )
 
 
 def _inside(path: Path) -> bool:

@@ -24,9 +24,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import yaml
 
@@ -71,11 +71,17 @@ def start_cluster(timeout: float = 1800) -> Cluster:
     t0 = time.monotonic()
     try:
         proc = subprocess.run(
-            ["bash", str(CLUSTER_SH), "start"], capture_output=True, text=True, timeout=timeout, env=env
+            ["bash", str(CLUSTER_SH), "start"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
         )
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        raise ClusterError(f"cluster.sh start did not finish in {timeout:.0f}s:\n{out[-6000:]}") from exc
+        raise ClusterError(
+            f"cluster.sh start did not finish in {timeout:.0f}s:\n{out[-6000:]}"
+        ) from exc
     took = time.monotonic() - t0
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -97,8 +103,9 @@ def profile_config(source: Path = PROJECT_PROFILE) -> dict:
     return yaml.safe_load((source / "config.yaml" if source.is_dir() else source).read_text()) or {}
 
 
-def make_test_profile(dest: Path, cluster: Cluster, source: Path = PROJECT_PROFILE, mem_divisor: int = 1,
-                      **overrides) -> Path:
+def make_test_profile(
+    dest: Path, cluster: Cluster, source: Path = PROJECT_PROFILE, mem_divisor: int = 1, **overrides
+) -> Path:
     """The profile ``source`` (directory or YAML file) made ready for the test cluster.
 
     The project's profile is installed with ``ageatlas install-profile``
@@ -117,8 +124,11 @@ def make_test_profile(dest: Path, cluster: Cluster, source: Path = PROJECT_PROFI
     dest = Path(dest)
     source = Path(source)
     if source.resolve() in (PROJECT_PROFILE, PROJECT_PROFILE / "config.yaml"):
-        config = yaml.safe_load(install_profile(cluster.partition, cluster.account, dest, source, force=True)
-                                .read_text())
+        config = yaml.safe_load(
+            install_profile(
+                cluster.partition, cluster.account, dest, source, force=True
+            ).read_text()
+        )
     else:
         config = profile_config(source)
         resources = dict(config.get("default-resources") or {})
@@ -126,12 +136,16 @@ def make_test_profile(dest: Path, cluster: Cluster, source: Path = PROJECT_PROFI
         resources.setdefault("slurm_account", cluster.account)
         config["default-resources"] = resources
     settings = {**TEST_PROFILE_SETTINGS, "max-threads": cluster.cpus}
-    for key, value in {**settings, **{k.replace("_", "-"): v for k, v in overrides.items()}}.items():
+    for key, value in {
+        **settings,
+        **{k.replace("_", "-"): v for k, v in overrides.items()},
+    }.items():
         if value is None:
             config.pop(key, None)
         else:
             config[key] = value
     if mem_divisor > 1:
+
         def scaled(expression):
             return f"max(100, ({expression}) // {mem_divisor})"
 
@@ -166,13 +180,12 @@ def snapshot_code(dest: Path) -> tuple[Path, dict]:
     return dest / "Snakefile", env
 
 
-
 @dataclass
 class SlurmRun:
     cmd: list[str]
     workdir: Path
     log_path: Path
-    returncode: Optional[int]
+    returncode: int | None
     seconds: float
     timed_out: bool = False
     notes: list[str] = field(default_factory=list)  # what a during() callback reported
@@ -183,7 +196,7 @@ class SlurmRun:
         return self.log_path.read_text(errors="replace")
 
     @property
-    def run_id(self) -> Optional[str]:
+    def run_id(self) -> str | None:
         """The plugin's run UUID: the --job-name of every job of this run."""
         m = re.search(r"SLURM run ID: (\S+)", self.log)
         return m.group(1) if m else None
@@ -204,8 +217,16 @@ class SlurmRun:
 def sacct_jobs(run_id: str) -> list[dict]:
     fields = ["JobID", "JobIDRaw", "State", "ExitCode", "Comment", "AllocTRES", "ReqMem", "Elapsed"]
     out = _sh(
-        "sacct", "-X", "-P", "-n", "--starttime", "now-1days", "--name", run_id,
-        "--format", ",".join(f"{f}%400" for f in fields),
+        "sacct",
+        "-X",
+        "-P",
+        "-n",
+        "--starttime",
+        "now-1days",
+        "--name",
+        run_id,
+        "--format",
+        ",".join(f"{f}%400" for f in fields),
     )
     return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
 
@@ -227,7 +248,9 @@ _PROBLEMS = [
 
 def status_check_problems(log: str) -> list[str]:
     bad = [line[:300] for line in log.splitlines() if any(re.search(p, line) for p in _PROBLEMS)]
-    for m in re.finditer(r"Status query timing summary at shutdown: calls=(\d+), failures=(\d+)", log):
+    for m in re.finditer(
+        r"Status query timing summary at shutdown: calls=(\d+), failures=(\d+)", log
+    ):
         if int(m.group(2)) or not int(m.group(1)):
             bad.append(m.group(0))
     return bad
@@ -239,9 +262,9 @@ def run_on_slurm(
     profile_dir: Path,
     *extra_args: str,
     timeout: float = 600,
-    during: Optional[Callable[["RunningWorkflow"], None]] = None,
-    env: Optional[dict] = None,
-) -> "SlurmRun":
+    during: Callable[[RunningWorkflow], None] | None = None,
+    env: dict | None = None,
+) -> SlurmRun:
     """``snakemake --executor slurm`` (from the profile) on ``snakefile`` in ``workdir``.
 
     Output goes to ``workdir/snakemake-slurm.log`` (with ``--verbose``, so the
@@ -254,14 +277,22 @@ def run_on_slurm(
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "snakemake-slurm.log"
     cmd = [  # snakemake runs in workdir: every path absolute
-        SNAKEMAKE, "--snakefile", str(Path(snakefile).resolve()), "--directory", str(workdir),
-        "--profile", str(Path(profile_dir).resolve()), "--verbose", *extra_args,
+        SNAKEMAKE,
+        "--snakefile",
+        str(Path(snakefile).resolve()),
+        "--directory",
+        str(workdir),
+        "--profile",
+        str(Path(profile_dir).resolve()),
+        "--verbose",
+        *extra_args,
     ]
     t0 = time.monotonic()
     deadline = t0 + timeout
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True,
-                                env=env)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True, env=env
+        )
         running = RunningWorkflow(proc, workdir, log_path, deadline)
         timed_out = False
         try:
@@ -275,8 +306,16 @@ def run_on_slurm(
             raise
         if timed_out:
             _stop(proc, log_path)
-    return SlurmRun(cmd, workdir, log_path, None if timed_out else proc.returncode,
-                    time.monotonic() - t0, timed_out, running.notes, running.stopped)
+    return SlurmRun(
+        cmd,
+        workdir,
+        log_path,
+        None if timed_out else proc.returncode,
+        time.monotonic() - t0,
+        timed_out,
+        running.notes,
+        running.stopped,
+    )
 
 
 def _stop(proc: subprocess.Popen, log_path: Path) -> None:
@@ -345,9 +384,13 @@ class RunningWorkflow:
         end = min(self.deadline, time.monotonic() + timeout)
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise AssertionError(f"snakemake exited ({self.proc.returncode}) before the awaited job appeared")
+                raise AssertionError(
+                    f"snakemake exited ({self.proc.returncode}) before the awaited job appeared"
+                )
             for job in self.jobs():
                 if predicate(job):
                     return job
             time.sleep(poll)
-        raise AssertionError(f"no job matching the predicate within {timeout:.0f}s; queue: {self.jobs()}")
+        raise AssertionError(
+            f"no job matching the predicate within {timeout:.0f}s; queue: {self.jobs()}"
+        )

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from slurm_harness import (
     PROJECT_PROFILE,
     REPO,
@@ -34,12 +33,15 @@ from slurm_harness import (
     make_test_profile,
     profile_config,
     run_on_slurm,
-    sacct_jobs,
 )
 
 pytestmark = pytest.mark.slurm
 
-PROFILE = Path(REPO, os.environ["AGEATLAS_SLURM_PROFILE"]) if os.environ.get("AGEATLAS_SLURM_PROFILE") else PROJECT_PROFILE
+PROFILE = (
+    Path(REPO, os.environ["AGEATLAS_SLURM_PROFILE"])
+    if os.environ.get("AGEATLAS_SLURM_PROFILE")
+    else PROJECT_PROFILE
+)
 STATUS_COMMAND = profile_config(PROFILE).get("slurm-status-command", "sacct")
 
 TAG = "job=$SLURM_JOB_ID array=${{SLURM_ARRAY_JOB_ID:-}}_${{SLURM_ARRAY_TASK_ID:-}}"
@@ -112,14 +114,21 @@ def tags(folder: Path) -> dict[str, dict[str, str]]:
 def status_checks_listing(log: str, jobid: str) -> int:
     """How many of the executor's status checks still held ``jobid`` as active."""
     return sum(
-        1 for line in log.splitlines()
-        if line.startswith("Checking ") and "active jobs with external IDs" in line and f"'{jobid}'" in line
+        1
+        for line in log.splitlines()
+        if line.startswith("Checking ")
+        and "active jobs with external IDs" in line
+        and f"'{jobid}'" in line
     )
 
 
 def sacct_state(jobid: str) -> str:
-    out = subprocess.run(["sacct", "-X", "-P", "-n", "-j", jobid, "-o", "State"],
-                         capture_output=True, text=True, timeout=30).stdout.split("\n")
+    out = subprocess.run(
+        ["sacct", "-X", "-P", "-n", "-j", jobid, "-o", "State"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split("\n")
     return out[0].strip() if out else ""
 
 
@@ -127,15 +136,30 @@ def sacct_state(jobid: str) -> str:
 
 
 def test_cluster_has_an_idle_node_a_gpu_and_accounting(slurm_cluster):
-    state, gres = subprocess.run(["sinfo", "-h", "-N", "-o", "%T %G"], capture_output=True, text=True,
-                                 timeout=30).stdout.split()[:2]
+    state, gres = subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%T %G"], capture_output=True, text=True, timeout=30
+    ).stdout.split()[:2]
     assert state in ("idle", "mixed", "allocated"), state
     assert gres.startswith("gpu:1"), gres
-    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    config = subprocess.run(
+        ["scontrol", "show", "config"], capture_output=True, text=True, timeout=30
+    ).stdout
     assert re.search(r"SelectType\s+= select/cons_tres", config)
     assert re.search(r"AccountingStorageType\s+= accounting_storage/slurmdbd", config)
-    assocs = subprocess.run(["sacctmgr", "-n", "-P", "list", "assoc", f"account={slurm_cluster.account}",
-                             "format=user"], capture_output=True, text=True, timeout=30).stdout.split()
+    assocs = subprocess.run(
+        [
+            "sacctmgr",
+            "-n",
+            "-P",
+            "list",
+            "assoc",
+            f"account={slurm_cluster.account}",
+            "format=user",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
     assert "root" in assocs or os.environ.get("USER", "") in assocs, assocs
 
 
@@ -149,8 +173,15 @@ ITEMS = 4
 def clean_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
     tmp = tmp_path_factory.mktemp("clean_run")
     profile = make_test_profile(tmp / "profile", slurm_cluster, PROFILE)
-    return run_on_slurm(tmp / "work", write_snakefile(tmp), profile,
-                        "--config", f"items={ITEMS}", "sleep=1", timeout=480)
+    return run_on_slurm(
+        tmp / "work",
+        write_snakefile(tmp),
+        profile,
+        "--config",
+        f"items={ITEMS}",
+        "sleep=1",
+        timeout=480,
+    )
 
 
 def test_workflow_completes_with_one_slurm_job_per_item(clean_run):
@@ -182,8 +213,12 @@ def test_status_checks_work_without_errors(clean_run):
     run = clean_run
     assert run.returncode == 0, run.tail()
     assert run.status_check_problems() == []
-    assert f"command={STATUS_COMMAND}," in run.log  # the plugin's timing lines name the command used
-    calls = re.search(r"Status query timing summary at shutdown: calls=(\d+), failures=(\d+)", run.log)
+    assert (
+        f"command={STATUS_COMMAND}," in run.log
+    )  # the plugin's timing lines name the command used
+    calls = re.search(
+        r"Status query timing summary at shutdown: calls=(\d+), failures=(\d+)", run.log
+    )
     assert calls and int(calls.group(1)) > 0 and int(calls.group(2)) == 0, calls
 
 
@@ -194,14 +229,22 @@ def test_a_rule_gets_as_many_cpus_as_threads(slurm_cluster, tmp_path):
     that does not set its own, and the plugin prefers it to `threads`.
     """
     profile = make_test_profile(tmp_path / "profile", slurm_cluster, PROFILE)
-    run = run_on_slurm(tmp_path / "work", write_snakefile(tmp_path), profile, "results/threads.txt",
-                       "--config", "sleep=0", timeout=240)
+    run = run_on_slurm(
+        tmp_path / "work",
+        write_snakefile(tmp_path),
+        profile,
+        "results/threads.txt",
+        "--config",
+        "sleep=0",
+        timeout=240,
+    )
     assert run.returncode == 0, run.tail()
     record = (run.workdir / "results" / "threads.txt").read_text()
     assert "threads=2" in record
     assert "cpus_per_task=2" in record, (
         f"{record.strip()}: a 2-thread rule got fewer CPUs from SLURM; "
-        "drop cpus_per_task from the profile's default-resources")
+        "drop cpus_per_task from the profile's default-resources"
+    )
 
 
 # ------------------------------------------------------------------ faults and floods
@@ -215,7 +258,9 @@ def cancel_gpu_job_and_watch(running: RunningWorkflow) -> None:
     check issued after SLURM recorded the cancellation still holds the job as
     active, it will hold it forever: stop the run (the test then fails).
     """
-    job = running.wait_for_job(lambda j: j.comment == "rule_gpu" and j.state == "RUNNING", timeout=240)
+    job = running.wait_for_job(
+        lambda j: j.comment == "rule_gpu" and j.state == "RUNNING", timeout=240
+    )
     subprocess.run(["scancel", job.jobid], check=True, timeout=30)
     running.notes.append(f"cancelled {job.jobid}")
     end = time.monotonic() + 90
@@ -231,8 +276,10 @@ def cancel_gpu_job_and_watch(running: RunningWorkflow) -> None:
         if "Trying to restart job" in log:
             return  # detected and resubmitted: let the run finish
         if status_checks_listing(log, job.jobid) > seen_before:
-            running.stop(f"job {job.jobid} is '{sacct_state(job.jobid)}' in sacct, yet a later status "
-                         "check of the executor still holds it as running")
+            running.stop(
+                f"job {job.jobid} is '{sacct_state(job.jobid)}' in sacct, yet a later status "
+                "check of the executor still holds it as running"
+            )
             return
         time.sleep(1)
 
@@ -247,15 +294,25 @@ def watch_for_deadlock(running: RunningWorkflow) -> None:
     most = 0
     while running.running() and time.monotonic() < running.deadline - 30:
         most = max(most, len(running.jobs()))
-        running.notes[:] = [n for n in running.notes if not n.startswith("most queued")] + [f"most queued {most}"]
+        running.notes[:] = [n for n in running.notes if not n.startswith("most queued")] + [
+            f"most queued {most}"
+        ]
         log = running.log
         if "Array job collection incomplete" in log:
-            loops = [line for line in log.splitlines()
-                     if line.startswith(("No active jobs", "Checking the status of"))][-3:]
-            if len(loops) == 3 and all(line.startswith("No active jobs") for line in loops) \
-                    and not running.jobs():
-                running.stop("jobs were held back for an array job that was never submitted: "
-                             "nothing queued, the executor has no active job, snakemake waits")
+            loops = [
+                line
+                for line in log.splitlines()
+                if line.startswith(("No active jobs", "Checking the status of"))
+            ][-3:]
+            if (
+                len(loops) == 3
+                and all(line.startswith("No active jobs") for line in loops)
+                and not running.jobs()
+            ):
+                running.stop(
+                    "jobs were held back for an array job that was never submitted: "
+                    "nothing queued, the executor has no active job, snakemake waits"
+                )
                 return
         time.sleep(0.5)
 
@@ -270,8 +327,17 @@ def test_more_ready_jobs_than_the_jobs_limit_all_run_and_the_limit_holds(slurm_c
     Scaled down: 6 ready per-item jobs, jobs: 2.
     """
     profile = make_test_profile(tmp_path / "profile", slurm_cluster, PROFILE, jobs=2)
-    run = run_on_slurm(tmp_path / "work", write_snakefile(tmp_path), profile,
-                       "made", "--config", "items=6", "sleep=2", timeout=300, during=watch_for_deadlock)
+    run = run_on_slurm(
+        tmp_path / "work",
+        write_snakefile(tmp_path),
+        profile,
+        "made",
+        "--config",
+        "items=6",
+        "sleep=2",
+        timeout=300,
+        during=watch_for_deadlock,
+    )
     made = sorted(p.name for p in (run.workdir / "results" / "make").glob("*.txt"))
     assert not run.stopped, f"{run.notes}; made only {made}"
     assert run.returncode == 0, run.tail()
@@ -283,29 +349,58 @@ def test_more_ready_jobs_than_the_jobs_limit_all_run_and_the_limit_holds(slurm_c
 # ------------------------------------------------------------------ why not arrays, why not sacct
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "snakemake-executor-plugin-slurm 2.8.0, issue #473: with slurm-array-jobs, ready jobs of a rule that "
-    "arrive in a batch smaller than both the array limit and the rule's other ready jobs are held back "
-    "('Array job collection incomplete ... waiting for more jobs'), never submitted, and keep their `jobs` "
-    "slots: the run deadlocks once a rule has more ready jobs than `jobs`. Hence no arrays in the profile."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "snakemake-executor-plugin-slurm 2.8.0, issue #473: with slurm-array-jobs, ready jobs of a rule that "
+        "arrive in a batch smaller than both the array limit and the rule's other ready jobs are held back "
+        "('Array job collection incomplete ... waiting for more jobs'), never submitted, and keep their `jobs` "
+        "slots: the run deadlocks once a rule has more ready jobs than `jobs`. Hence no arrays in the profile."
+    ),
+)
 def test_array_jobs_deadlock_past_the_jobs_limit(slurm_cluster, tmp_path):
-    profile = make_test_profile(tmp_path / "profile", slurm_cluster, PROFILE, jobs=2, slurm_array_jobs="make")
-    run = run_on_slurm(tmp_path / "work", write_snakefile(tmp_path), profile,
-                       "made", "--config", "items=5", "sleep=0", timeout=300, during=watch_for_deadlock)
+    profile = make_test_profile(
+        tmp_path / "profile", slurm_cluster, PROFILE, jobs=2, slurm_array_jobs="make"
+    )
+    run = run_on_slurm(
+        tmp_path / "work",
+        write_snakefile(tmp_path),
+        profile,
+        "made",
+        "--config",
+        "items=5",
+        "sleep=0",
+        timeout=300,
+        during=watch_for_deadlock,
+    )
     made = sorted(p.name for p in (run.workdir / "results" / "make").glob("*.txt"))
     assert not run.stopped, f"{run.notes}; made only {made}"
     assert run.returncode == 0, run.tail()
     assert made == [f"s{i}.txt" for i in range(1, 6)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "snakemake-executor-plugin-slurm 2.8.0: sacct reports a scancel'ed job as 'CANCELLED by <uid>', the plugin "
-    "matches 'CANCELLED' exactly, so under slurm-status-command sacct (the plugin's default) it never sees "
-    "the failure and snakemake waits forever instead of retrying. Hence slurm-status-command: squeue."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "snakemake-executor-plugin-slurm 2.8.0: sacct reports a scancel'ed job as 'CANCELLED by <uid>', the plugin "
+        "matches 'CANCELLED' exactly, so under slurm-status-command sacct (the plugin's default) it never sees "
+        "the failure and snakemake waits forever instead of retrying. Hence slurm-status-command: squeue."
+    ),
+)
 def test_sacct_status_notices_a_cancelled_job(slurm_cluster, tmp_path):
-    profile = make_test_profile(tmp_path / "profile", slurm_cluster, PROFILE, slurm_status_command="sacct")
-    run = run_on_slurm(tmp_path / "work", write_snakefile(tmp_path), profile,
-                       "results/gpu.txt", "--config", "sleep=3", timeout=300, during=cancel_gpu_job_and_watch)
+    profile = make_test_profile(
+        tmp_path / "profile", slurm_cluster, PROFILE, slurm_status_command="sacct"
+    )
+    run = run_on_slurm(
+        tmp_path / "work",
+        write_snakefile(tmp_path),
+        profile,
+        "results/gpu.txt",
+        "--config",
+        "sleep=3",
+        timeout=300,
+        during=cancel_gpu_job_and_watch,
+    )
     assert not run.stopped, run.notes
     assert run.returncode == 0, run.tail()
 
@@ -314,9 +409,18 @@ def test_sacct_status_notices_a_cancelled_job(slurm_cluster, tmp_path):
 def array_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
     """Arrays where they work: every per-item job ready at once, fewer than `jobs`."""
     tmp = tmp_path_factory.mktemp("array_run")
-    profile = make_test_profile(tmp / "profile", slurm_cluster, PROFILE, slurm_array_jobs="make,square")
-    return run_on_slurm(tmp / "work", write_snakefile(tmp), profile,
-                        "--config", f"items={ITEMS}", "sleep=1", timeout=480)
+    profile = make_test_profile(
+        tmp / "profile", slurm_cluster, PROFILE, slurm_array_jobs="make,square"
+    )
+    return run_on_slurm(
+        tmp / "work",
+        write_snakefile(tmp),
+        profile,
+        "--config",
+        f"items={ITEMS}",
+        "sleep=1",
+        timeout=480,
+    )
 
 
 def test_array_tasks_are_each_tracked_with_squeue(array_run):
@@ -333,25 +437,36 @@ def test_array_tasks_are_each_tracked_with_squeue(array_run):
     jobs = run.jobs()
     array_id = array_ids.pop()
     tasks = [j for j in jobs if j["JobID"].startswith(f"{array_id}_")]
-    assert sorted(j["JobID"] for j in tasks) == sorted(f"{array_id}_{i}" for i in range(1, ITEMS + 1)), jobs
+    assert sorted(j["JobID"] for j in tasks) == sorted(
+        f"{array_id}_{i}" for i in range(1, ITEMS + 1)
+    ), jobs
     assert all(j["State"] == "COMPLETED" for j in jobs), jobs
     assert run.status_check_problems() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "snakemake-executor-plugin-slurm 2.8.0 queries sacct for JobIdRaw, so array task <A>_<i> is looked up "
-    "under the parent id <A>, the record of one task: every task takes that task's state (a task still "
-    "running is reported done, one failure fails all). Hence slurm-status-command: squeue."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "snakemake-executor-plugin-slurm 2.8.0 queries sacct for JobIdRaw, so array task <A>_<i> is looked up "
+        "under the parent id <A>, the record of one task: every task takes that task's state (a task still "
+        "running is reported done, one failure fails all). Hence slurm-status-command: squeue."
+    ),
+)
 def test_sacct_status_of_each_array_task_is_its_own(array_run):
     import asyncio
     import logging
 
     from snakemake_executor_plugin_slurm import _status_lookup_ids
-    from snakemake_executor_plugin_slurm.job_status_query import query_job_status, query_job_status_sacct
+    from snakemake_executor_plugin_slurm.job_status_query import (
+        query_job_status,
+        query_job_status_sacct,
+    )
 
     run = array_run
     assert run.returncode == 0, run.tail()
-    status, _ = asyncio.run(query_job_status(query_job_status_sacct(run.run_id), logging.getLogger()))
+    status, _ = asyncio.run(
+        query_job_status(query_job_status_sacct(run.run_id), logging.getLogger())
+    )
     for job in run.jobs():
         if "_" in job["JobID"]:  # an array task, tracked by the executor as <A>_<i>
             found = next(c for c in _status_lookup_ids(job["JobID"]) if c in status)

@@ -39,7 +39,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from slurm_harness import SNAKEMAKE, RunningWorkflow, make_test_profile, run_on_slurm, snapshot_code
 
 pytestmark = pytest.mark.slurm
@@ -65,16 +64,38 @@ def cut_config() -> dict:
         "stitch": {"grid": GRID},
         "split": {"sizes": {"train": 0.5, "val": 0.25, "test": 0.25}},
         "preprocess": {"downsample": 2},
-        "train": {"epochs": 2, "lr": 0.0001, "batch_size": 2, "accumulate": 1, "num_workers": 0, "gpus": 1},
+        "train": {
+            "epochs": 2,
+            "lr": 0.0001,
+            "batch_size": 2,
+            "accumulate": 1,
+            "num_workers": 0,
+            "gpus": 1,
+        },
         "projection": {"size": [64, 64]},
-        "baseline": {"epochs": 2, "batch_size": 2, "max_shift": 2, "hidden": 32, "pool": 2,
-                     "num_workers": 0, "gpus": 1},
+        "baseline": {
+            "epochs": 2,
+            "batch_size": 2,
+            "max_shift": 2,
+            "hidden": 32,
+            "pool": 2,
+            "num_workers": 0,
+            "gpus": 1,
+        },
         # 3 test participants: atlases from every split so each test group has one
         "atlas": {"n_members": 2, "iterations": 1, "splits": ["train", "val", "test"]},
-        "registration": {"affine_iterations": 10, "levels": 2, "finest_level": 1, "lncc_kernel": 3,
-                         "max_steps": 10, "gpus": 1},
+        "registration": {
+            "affine_iterations": 10,
+            "levels": 2,
+            "finest_level": 1,
+            "lncc_kernel": 3,
+            "max_steps": 10,
+            "gpus": 1,
+        },
         "maps": {"n_perm": 19},
-        "resources": {"mem_scale": 1 / MEM_DIVISOR},  # the rules' requests, sized for full-size volumes
+        "resources": {
+            "mem_scale": 1 / MEM_DIVISOR
+        },  # the rules' requests, sized for full-size volumes
     }
 
 
@@ -109,9 +130,24 @@ def runs(slurm_cluster, tmp_path_factory) -> Runs:
     t0 = time.monotonic()
     with open(local_log, "w") as log:
         local = subprocess.Popen(
-            [SNAKEMAKE, "--snakefile", str(snakefile), "--configfile", str(runs.configfile),
-             "--directory", str(runs.local_dir), "--cores", "2", *TARGETS],  # targets never after --configfile
-            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=runs.root, env=env, start_new_session=True,
+            [
+                SNAKEMAKE,
+                "--snakefile",
+                str(snakefile),
+                "--configfile",
+                str(runs.configfile),
+                "--directory",
+                str(runs.local_dir),
+                "--cores",
+                "2",
+                *TARGETS,
+            ],  # targets never after --configfile
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=runs.root,
+            env=env,
+            start_new_session=True,
         )
     local_seconds = {}
 
@@ -126,25 +162,43 @@ def runs(slurm_cluster, tmp_path_factory) -> Runs:
     def cancel_a_gradcam_job(running: RunningWorkflow):
         # Wait until a Grad-CAM job (a GPU rule, one per test participant) runs,
         # give it 2 s to be inside its work, and cancel it as an admin would.
-        job = running.wait_for_job(lambda j: j.comment.startswith("rule_gradcam") and j.state == "RUNNING",
-                                   timeout=running.deadline - time.monotonic() - 60, poll=0.25)
+        job = running.wait_for_job(
+            lambda j: j.comment.startswith("rule_gradcam") and j.state == "RUNNING",
+            timeout=running.deadline - time.monotonic() - 60,
+            poll=0.25,
+        )
         time.sleep(2)
         subprocess.run(["scancel", job.raw_id], check=True, timeout=30)
         runs.cancelled.update(jobid=job.raw_id, comment=job.comment)
         running.notes.append(f"cancelled {job.raw_id} ({job.comment})")
 
     try:
-        runs.slurm = run_on_slurm(runs.slurm_dir, snakefile, profile, *TARGETS, "--configfile", str(runs.configfile),
-                                  timeout=1500, during=cancel_a_gradcam_job, env=env)
+        runs.slurm = run_on_slurm(
+            runs.slurm_dir,
+            snakefile,
+            profile,
+            *TARGETS,
+            "--configfile",
+            str(runs.configfile),
+            timeout=1500,
+            during=cancel_a_gradcam_job,
+            env=env,
+        )
         timer.join(timeout=max(60.0, 1200 - (time.monotonic() - t0)))
     finally:
         if local.poll() is None:
             os.killpg(local.pid, signal.SIGKILL)
             local.wait()
-    runs.local = subprocess.CompletedProcess(local.args, local.returncode, local_log.read_text(), "")
+    runs.local = subprocess.CompletedProcess(
+        local.args, local.returncode, local_log.read_text(), ""
+    )
     runs.local_seconds = local_seconds.get("seconds", time.monotonic() - t0)
-    assert runs.local.returncode == 0, f"the LOCAL reference run failed:\n{runs.local.stdout[-5000:]}"
-    print(f"\nlocal run {runs.local_seconds:.0f} s; SLURM run {runs.slurm.seconds:.0f} s; {runs.slurm.notes}")
+    assert runs.local.returncode == 0, (
+        f"the LOCAL reference run failed:\n{runs.local.stdout[-5000:]}"
+    )
+    print(
+        f"\nlocal run {runs.local_seconds:.0f} s; SLURM run {runs.slurm.seconds:.0f} s; {runs.slurm.notes}"
+    )
     return runs
 
 
@@ -178,8 +232,9 @@ def test_gpu_rules_got_the_gpu_and_cpu_rules_did_not(runs):
     assert GPU_RULES <= set(by_rule), sorted(by_rule)
     for rule, rule_jobs in by_rule.items():
         for job in rule_jobs:
-            has_gpu = "gres/gpu=1" in job["AllocTRES"] or (job["State"].startswith("CANCELLED")
-                                                            and rule in GPU_RULES)
+            has_gpu = "gres/gpu=1" in job["AllocTRES"] or (
+                job["State"].startswith("CANCELLED") and rule in GPU_RULES
+            )
             assert has_gpu == (rule in GPU_RULES), (rule, job)
     # The jobs' own logs: a GPU rule saw the fake GPU and fell back to the CPU.
     log = (runs.slurm_dir / "logs" / "cut" / "train_age_model.log").read_text()
@@ -195,15 +250,25 @@ def test_slurm_results_equal_the_local_run(runs):
     assert files_slurm == files_local, sorted(set(files_slurm) ^ set(files_local))
     # ... the same cohort, split, QC and predictions, byte for byte: training on
     # the CPU is deterministic for a seed (same code, same torch threads here) ...
-    for table in ("cohort/cohort.tsv", "cohort/participant_qc.tsv", "cohort/phenotype_qc.tsv",
-                  "age/predictions.tsv", "age/predictions_corrected.tsv"):
+    for table in (
+        "cohort/cohort.tsv",
+        "cohort/participant_qc.tsv",
+        "cohort/phenotype_qc.tsv",
+        "age/predictions.tsv",
+        "age/predictions_corrected.tsv",
+    ):
         assert filecmp.cmp(local / table, slurm / table, shallow=False), table
-    metrics = [pd.read_csv(root / "age" / "model" / "metrics.tsv", sep="\t") for root in (local, slurm)]
+    metrics = [
+        pd.read_csv(root / "age" / "model" / "metrics.tsv", sep="\t") for root in (local, slurm)
+    ]
     learning = ["epoch", "train_mae", "val_mae", "lr"]  # not seconds, samples_per_s
     pd.testing.assert_frame_equal(metrics[0][learning], metrics[1][learning], check_exact=True)
     # ... the same Grad-CAM maps, exactly ...
     for path in sorted((local / "explain" / "gradcam").glob("*.nii.gz")):
-        assert np.array_equal(nib.load(path).get_fdata(), nib.load(slurm / "explain" / "gradcam" / path.name).get_fdata()), path
+        assert np.array_equal(
+            nib.load(path).get_fdata(),
+            nib.load(slurm / "explain" / "gradcam" / path.name).get_fdata(),
+        ), path
     # ... and registration to float32 rounding. Each run repeats itself bit for
     # bit, but the local and the SLURM run differ at the rounding level from the
     # first deformable registration on (measured with the same code and inputs:
@@ -211,8 +276,13 @@ def test_slurm_results_equal_the_local_run(runs):
     # values, NCC in the 7th digit; the cause, probably a math library's
     # environment-dependent code path, is not pinned down). SD maps of groups with
     # one member are NaN in both.
-    reg = [pd.read_csv(root / "qc" / "registration.tsv", sep="\t", dtype={"eid": str}) for root in (local, slurm)]
-    pd.testing.assert_frame_equal(reg[0][["eid", "group", "status"]], reg[1][["eid", "group", "status"]])
+    reg = [
+        pd.read_csv(root / "qc" / "registration.tsv", sep="\t", dtype={"eid": str})
+        for root in (local, slurm)
+    ]
+    pd.testing.assert_frame_equal(
+        reg[0][["eid", "group", "status"]], reg[1][["eid", "group", "status"]]
+    )
     ncc = [c for c in reg[0].columns if c.startswith("ncc") or c == "folding_share"]
     pd.testing.assert_frame_equal(reg[0][ncc], reg[1][ncc], check_exact=False, rtol=1e-5, atol=1e-6)
     for pattern in ("atlas/*.nii.gz", "explain/*/warped/*.nii.gz", "explain/*/maps/*.nii.gz"):
@@ -221,8 +291,10 @@ def test_slurm_results_equal_the_local_run(runs):
         for path in paths:
             a = nib.load(path).get_fdata()
             b = nib.load(slurm / path.relative_to(local)).get_fdata()
-            assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-4, equal_nan=True), \
-                (path, np.nanmax(np.abs(a - b)))
+            assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-4, equal_nan=True), (
+                path,
+                np.nanmax(np.abs(a - b)),
+            )
 
 
 def test_the_cancelled_job_was_retried_with_more_memory_and_nothing_was_lost(runs):
@@ -233,10 +305,17 @@ def test_the_cancelled_job_was_retried_with_more_memory_and_nothing_was_lost(run
     cancelled = next(j for j in jobs if j["JobIDRaw"] == runs.cancelled["jobid"])
     assert cancelled["State"].startswith("CANCELLED"), cancelled  # the fault really happened
     assert "Trying to restart job" in run.log
-    retried = [j for j in jobs if j["Comment"] == cancelled["Comment"] and j["JobIDRaw"] != cancelled["JobIDRaw"]]
+    retried = [
+        j
+        for j in jobs
+        if j["Comment"] == cancelled["Comment"] and j["JobIDRaw"] != cancelled["JobIDRaw"]
+    ]
     assert len(retried) == 1 and retried[0]["State"] == "COMPLETED", (cancelled, retried)
     # attempt 2 asks for twice the memory (rule: memory(16000), scaled by 1/8 here)
-    mem = {j["JobIDRaw"]: int(re.match(r"(\d+)M", j["ReqMem"]).group(1)) for j in (cancelled, retried[0])}
+    mem = {
+        j["JobIDRaw"]: int(re.match(r"(\d+)M", j["ReqMem"]).group(1))
+        for j in (cancelled, retried[0])
+    }
     assert mem[retried[0]["JobIDRaw"]] == 2 * mem[cancelled["JobIDRaw"]], (cancelled, retried)
     # Nothing lost: the participant's map exists and equals the local run's.
     eid = cancelled["Comment"].split("_wildcards_")[-1].split("_")[-1]

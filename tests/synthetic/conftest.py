@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
-
-
 from synthetic_helpers import read_zip, write
 
 from ageatlas.synthetic.participants import SyntheticParticipant

@@ -23,7 +23,10 @@ def test_station_geometry_and_scale_keep_the_field_of_view(clean):
             for s in group.values()
         )
         d = w[0]
-        assert (d.Columns, d.Rows) == (max(1, round(spec.columns * SCALE)), max(1, round(spec.rows * SCALE)))
+        assert (d.Columns, d.Rows) == (
+            max(1, round(spec.columns * SCALE)),
+            max(1, round(spec.rows * SCALE)),
+        )
         dy, dx = map(float, d.PixelSpacing)
         assert dx * d.Columns == pytest.approx(spec.columns * layout.PIXEL_SPACING_MM, abs=1e-3)
         assert dy * d.Rows == pytest.approx(spec.rows * layout.PIXEL_SPACING_MM, abs=1e-3)
@@ -89,8 +92,13 @@ def test_end_slices_carry_a_folding_ghost(clean, participant):
 
 def test_same_seed_same_bytes_other_seed_other_noise(tmp_path, participant, clean_zip, clean):
     again = write(tmp_path, participant)
-    assert hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(clean_zip.read_bytes()).digest()
+    assert (
+        hashlib.sha256(again.read_bytes()).digest()
+        == hashlib.sha256(clean_zip.read_bytes()).digest()
+    )
     other = read_zip(write(tmp_path, participant, "other.zip", seed=SEED + 1))
     a, b = volume(clean[12]), volume(other[12])
     assert a.shape == b.shape and not np.array_equal(a, b)
-    assert [d.ImagePositionPatient for d in clean[12]] == [d.ImagePositionPatient for d in other[12]]
+    assert [d.ImagePositionPatient for d in clean[12]] == [
+        d.ImagePositionPatient for d in other[12]
+    ]

@@ -14,7 +14,11 @@ def test_write_cohort(tmp_path):
     cohort = make_cohort(3, seed=5)
     bad = cohort[1].eid
     write_cohort(
-        tmp_path, cohort, scale=0.03, defects_by_eid={bad: ["missing_station", "no_manifest"]}, seed=2
+        tmp_path,
+        cohort,
+        scale=0.03,
+        defects_by_eid={bad: ["missing_station", "no_manifest"]},
+        seed=2,
     )
     for p in cohort:
         assert (tmp_path / layout.zip_name(p.eid)).stat().st_size > 0
@@ -23,7 +27,15 @@ def test_write_cohort(tmp_path):
     pheno = pd.read_csv(tmp_path / "phenotypes.csv")
     assert pheno.equals(phenotype_table(cohort))
     truth = pd.read_csv(tmp_path / "truth.tsv", sep="\t", keep_default_na=False)
-    assert list(truth.columns) == ["eid", "sex", "age", "bmi", "age_offset", "biological_age", "defects"]
+    assert list(truth.columns) == [
+        "eid",
+        "sex",
+        "age",
+        "bmi",
+        "age_offset",
+        "biological_age",
+        "defects",
+    ]
     assert truth.set_index("eid").loc[bad, "defects"] == "missing_station,no_manifest"
     assert truth["biological_age"].tolist() == pytest.approx([p.biological_age for p in cohort])
     with pytest.raises(ValueError):

@@ -56,7 +56,7 @@ def test_repeat_station_keeps_the_later_acquisition_clean(tmp_path, participant,
     station = defect_station(participant, "repeat_station", SEED)
     assert sorted(series) == list(range(1, 29))
     last_time = max(float(s[0].SeriesTime) for n, s in series.items() if n <= 24)
-    for c, contrast in enumerate(layout.CONTRASTS):
+    for c in range(len(layout.CONTRASTS)):
         first, repeat = series[4 * (station - 1) + c + 1], series[25 + c]
         assert repeat[0].SeriesDescription == first[0].SeriesDescription
         assert [d.ImagePositionPatient for d in repeat] == [d.ImagePositionPatient for d in first]
@@ -75,8 +75,12 @@ def test_fat_water_swap(tmp_path, participant, small_clean):
     f, w = 4 * (station - 1) + 3, 4 * (station - 1) + 4
     assert np.array_equal(volume(series[f]), volume(small_clean[w]))
     assert np.array_equal(volume(series[w]), volume(small_clean[f]))
-    assert series[f][0].SeriesDescription.endswith("_F") and series[w][0].SeriesDescription.endswith("_W")
-    swapped = [n for n in range(1, 25) if not np.array_equal(volume(series[n]), volume(small_clean[n]))]
+    assert series[f][0].SeriesDescription.endswith("_F") and series[w][
+        0
+    ].SeriesDescription.endswith("_W")
+    swapped = [
+        n for n in range(1, 25) if not np.array_equal(volume(series[n]), volume(small_clean[n]))
+    ]
     assert swapped == [f, w]
 
 
@@ -110,7 +114,9 @@ MEMBER_DEFECTS = {
     ),
     "path_traversal_member": lambda zf: "../evil.dcm" in zf.namelist(),
     "no_manifest": lambda zf: not any(n.startswith("manifest") for n in zf.namelist()),
-    "manifest_cvs": lambda zf: "manifest.cvs" in zf.namelist() and "manifest.csv" not in zf.namelist(),
+    "manifest_cvs": lambda zf: (
+        "manifest.cvs" in zf.namelist() and "manifest.csv" not in zf.namelist()
+    ),
     "garbled_manifest": lambda zf: b"series discription" not in _manifest(zf),
 }
 
@@ -145,4 +151,10 @@ def test_defects_combine_and_unknown_ones_are_refused(tmp_path, participant):
     assert len(names) == sum(len(s) for s in series.values()) + 2
     with pytest.raises(ValueError, match="unknown defect"):
         write_participant_zip(tmp_path / "x.zip", participant, defects=["fat_water_swapp"])
-    assert set(DEFECTS) >= {"short_series", "repeat_station", "empty_zip", "zero_bytes", "manifest_cvs"}
+    assert set(DEFECTS) >= {
+        "short_series",
+        "repeat_station",
+        "empty_zip",
+        "zero_bytes",
+        "manifest_cvs",
+    }

@@ -76,7 +76,9 @@ def test_manifest_has_the_unquoted_date_and_lists_every_slice(clean_zip, clean, 
     rows = list(csv.reader(io.StringIO(text)))
     header = rows[0]
     assert {"filename", "patientid", "series discription"} <= set(header)
-    assert all(len(r) == len(header) + 1 for r in rows[1:])  # naive parsing breaks, as in real files
+    assert all(
+        len(r) == len(header) + 1 for r in rows[1:]
+    )  # naive parsing breaks, as in real files
     study_date = clean[1][0].StudyDate
     expected = pd.Timestamp(study_date).strftime("%b %-d, %Y")
     i_date = header.index("date")
@@ -98,7 +100,9 @@ def test_manifest_spelling_varies_between_participants(tmp_path):
     assert names == {"manifest.csv", "manifest.cvs"}
 
 
-DCM2NIIX = shutil.which("dcm2niix") or shutil.which("dcm2niix", path=str(Path(sys.executable).parent))
+DCM2NIIX = shutil.which("dcm2niix") or shutil.which(
+    "dcm2niix", path=str(Path(sys.executable).parent)
+)
 
 
 @pytest.mark.skipif(DCM2NIIX is None, reason="dcm2niix not installed")

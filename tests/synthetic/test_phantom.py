@@ -9,7 +9,11 @@ from ageatlas.synthetic.phantom import region_labels
 
 
 def test_phantom_grids_may_run_either_way(participant):
-    x, y, z = np.arange(-240.0, 240.0, 16.0), np.arange(-180.0, 180.0, 16.0), np.arange(-900.0, 100.0, 20.0)
+    x, y, z = (
+        np.arange(-240.0, 240.0, 16.0),
+        np.arange(-180.0, 180.0, 16.0),
+        np.arange(-900.0, 100.0, 20.0),
+    )
     labels = region_labels(participant, x, y, z)
     assert np.array_equal(
         region_labels(participant, x[::-1], y[::-1], z[::-1]), labels[::-1, ::-1, ::-1]

@@ -28,7 +28,9 @@ def test_truth_label_map_matches_the_phantom_and_the_dicom_frame(tmp_path, parti
     x, y, z = -ras[:, 0, 0, 0], -ras[0, :, 0, 1], ras[0, 0, :, 2]
     assert np.array_equal(region_labels(participant, x, y, z), labels[::7, ::7, ::7])
     # It covers every station.
-    corners = nib.affines.apply_affine(image.affine, np.array([[0, 0, 0], np.array(labels.shape) - 1]))
+    corners = nib.affines.apply_affine(
+        image.affine, np.array([[0, 0, 0], np.array(labels.shape) - 1])
+    )
     z_lo, z_hi = sorted(corners[:, 2])
     assert (
         z_lo <= min(slab(s)[0] for s in clean.values()) + 4

@@ -25,7 +25,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 MARKER = "ageatlas-report-check"
 
-PROBE = """
+PROBE = (
+    """
 <script>
 window.addEventListener("load", function () {
   const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -57,13 +58,14 @@ window.addEventListener("load", function () {
       out.results[path] = found;
     }
     const pre = document.createElement("pre");
-    pre.id = "%s";
+    pre.id = "MARKER_ID";
     pre.textContent = JSON.stringify(out);
     document.body.appendChild(pre);
   })();
 });
 </script>
-""" % MARKER
+"""
+).replace("MARKER_ID", MARKER)
 
 
 def chromium() -> str:
@@ -83,16 +85,35 @@ def browse(report: str | Path, timeout: int = 180) -> dict:
         probed = Path(tmp) / "report.html"
         head, _, tail = html.rpartition("</body>")
         probed.write_text(head + PROBE + "</body>" + tail)
-        cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--disable-background-networking", "--no-first-run", "--disable-component-update",
-               "--disable-sync", f"--user-data-dir={tmp}/profile", "--virtual-time-budget=60000",
-               "--dump-dom", probed.as_uri()]
+        cmd = [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp}/profile",
+            "--virtual-time-budget=60000",
+            "--dump-dom",
+            probed.as_uri(),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     match = re.search(rf'<pre id="{MARKER}">(.*?)</pre>', done.stdout, re.S)
     if not match:
-        raise RuntimeError(f"the report's page did not finish rendering in chromium (exit {done.returncode}): "
-                           f"{done.stderr.strip()[-2000:]}")
-    text = match.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
+        raise RuntimeError(
+            f"the report's page did not finish rendering in chromium (exit {done.returncode}): "
+            f"{done.stderr.strip()[-2000:]}"
+        )
+    text = (
+        match.group(1)
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", '"')
+        .replace("&amp;", "&")
+    )
     return json.loads(text)
 
 

@@ -4,10 +4,10 @@ import importlib.util
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -16,8 +16,13 @@ RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.
 
 
 def test_snakemake_lint_is_clean():
-    result = subprocess.run([str(BIN / "snakemake"), "--lint", "--configfile", "config/demo.yaml"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(BIN / "snakemake"), "--lint", "--configfile", "config/demo.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "Congratulations" in output, output[-4000:]
 
@@ -25,13 +30,20 @@ def test_snakemake_lint_is_clean():
 def test_python_is_ruff_formatted_and_clean():
     """ruff format and ruff check (pyproject.toml [tool.ruff]) over the whole tree."""
     for args in (["format", "--check", "."], ["check", "."]):
-        result = subprocess.run([str(BIN / "ruff"), *args], cwd=REPO, capture_output=True, text=True)
+        result = subprocess.run(
+            [str(BIN / "ruff"), *args], cwd=REPO, capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
 
 def test_snakefmt_formatted():
-    result = subprocess.run([str(BIN / "snakefmt"), "--check", "--diff", *map(str, RULE_FILES)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "--diff", *map(str, RULE_FILES)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:] + "\nfix with: make fmt"
 
 
@@ -85,15 +97,22 @@ def test_conda_env_parses_and_agrees_with_the_project_pins(path):
     assert env["channels"] and env["dependencies"], path
     pins = env_pins(env)
     expected = project_pins()
-    disagree = {name: (version, expected[name]) for name, version in pins.items()
-                if name in expected and version != expected[name]}
+    disagree = {
+        name: (version, expected[name])
+        for name, version in pins.items()
+        if name in expected and version != expected[name]
+    }
     assert not disagree, f"{path.name} pins (env, project) differ: {disagree}"
     unknown = sorted(set(pins) - set(expected) - {"python", "pip"})
     assert not unknown, f"{path.name} pins packages the project does not: {unknown}"
     # The env can run the package: every runtime dependency is in it.
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    needed = {normalise(re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0]) for d in project["dependencies"]}
-    assert not needed - set(pins), f"{path.name} lacks runtime dependencies {sorted(needed - set(pins))}"
+    needed = {
+        normalise(re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0]) for d in project["dependencies"]
+    }
+    assert not needed - set(pins), (
+        f"{path.name} lacks runtime dependencies {sorted(needed - set(pins))}"
+    )
     # The same Python minor version as the project venv the tests run in.
     assert pins["python"] == f"{sys.version_info.major}.{sys.version_info.minor}", pins["python"]
 
@@ -108,9 +127,12 @@ def rule_blocks(path: Path):
             continue
         indent = len(match.group(1))
         body = []
-        for following in lines[i + 1:]:
-            if following.strip() and not following.lstrip().startswith("#") and \
-                    len(following) - len(following.lstrip()) <= indent:
+        for following in lines[i + 1 :]:
+            if (
+                following.strip()
+                and not following.lstrip().startswith("#")
+                and len(following) - len(following.lstrip()) <= indent
+            ):
                 break
             body.append(following)
         yield match.group(2), "\n".join(body)
@@ -127,7 +149,9 @@ def test_every_rule_that_runs_code_names_an_existing_conda_env():
             if not match:
                 problems.append(f"{path.name}: rule {name} has no conda: directive")
             elif not (path.parent / match.group(1)).resolve().is_file():
-                problems.append(f"{path.name}: rule {name} names {match.group(1)}, which does not exist")
+                problems.append(
+                    f"{path.name}: rule {name} names {match.group(1)}, which does not exist"
+                )
             elif (path.parent / match.group(1)).resolve().parent != REPO / "envs":
                 problems.append(f"{path.name}: rule {name}'s env is not under envs/")
     assert checked > 20 and not problems, problems
@@ -145,10 +169,17 @@ def test_building_the_dag_imports_neither_torch_nor_deepali():
     (each cluster job's too): importing torch there would cost seconds per job."""
     common = (REPO / "workflow" / "rules" / "common.smk").read_text()
     modules = sorted(set(re.findall(r"^\s*from (ageatlas[\w.]*) import (\w+)", common, flags=re.M)))
-    names = [f"{package}.{name}" if is_module(f"{package}.{name}") else package for package, name in modules]
+    names = [
+        f"{package}.{name}" if is_module(f"{package}.{name}") else package
+        for package, name in modules
+    ]
     assert "ageatlas.synthetic.participants" in names and "ageatlas.cohort.table" in names
-    code = ("import importlib, sys\n"
-            f"for name in {names!r}: importlib.import_module(name)\n"
-            "print(sorted({'torch', 'deepali'} & set(sys.modules)))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = (
+        "import importlib, sys\n"
+        f"for name in {names!r}: importlib.import_module(name)\n"
+        "print(sorted({'torch', 'deepali'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]", (names, result.stdout)

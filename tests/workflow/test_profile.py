@@ -25,9 +25,14 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 # Rules that use a GPU when the config gives them one (README, profile comments).
 # A rule is checked only if the workflow has it (the 2.5D baseline is added later).
 GPU_RULES = {
-    "train_age_model", "predict_age", "gradcam",  # train.gpus
-    "atlas_register", "register",  # registration.gpus
-    "train_baseline", "predict_baseline", "baseline_gradcam_figure",  # baseline.gpus
+    "train_age_model",
+    "predict_age",
+    "gradcam",  # train.gpus
+    "atlas_register",
+    "register",  # registration.gpus
+    "train_baseline",
+    "predict_baseline",
+    "baseline_gradcam_figure",  # baseline.gpus
 }
 REGISTRATION_RULES = {"atlas_register", "register"}  # gpu: registration.gpus (0 = CPU)
 
@@ -40,7 +45,12 @@ def profile() -> dict:
 def load_rules(tmp: Path, **overrides) -> dict:
     """name -> snakemake Rule, for config/demo.yaml with top-level sections updated."""
     from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+    from snakemake.settings.types import (
+        ConfigSettings,
+        OutputSettings,
+        ResourceSettings,
+        StorageSettings,
+    )
 
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     for section, values in overrides.items():
@@ -61,15 +71,23 @@ def load_rules(tmp: Path, **overrides) -> dict:
 @pytest.fixture(scope="module")
 def gpu_rules(tmp_path_factory) -> dict:
     """The workflow's rules as a GPU cluster config has them (train, registration, baseline: gpus 1)."""
-    return load_rules(tmp_path_factory.mktemp("gpu"), train={"gpus": 1}, registration={"gpus": 1},
-                      baseline={"gpus": 1})
+    return load_rules(
+        tmp_path_factory.mktemp("gpu"),
+        train={"gpus": 1},
+        registration={"gpus": 1},
+        baseline={"gpus": 1},
+    )
 
 
 @pytest.fixture(scope="module")
 def cpu_rules(tmp_path_factory) -> dict:
     """The same with no GPU anywhere (gpus 0 everywhere)."""
-    return load_rules(tmp_path_factory.mktemp("cpu"), train={"gpus": 0}, registration={"gpus": 0},
-                      baseline={"gpus": 0})
+    return load_rules(
+        tmp_path_factory.mktemp("cpu"),
+        train={"gpus": 0},
+        registration={"gpus": 0},
+        baseline={"gpus": 0},
+    )
 
 
 def declared(rule, name):
@@ -159,13 +177,19 @@ def test_the_profile_leaves_resources_and_gpus_to_the_rules(profile):
 def test_gpu_rules_ask_for_a_gpu(gpu_rules):
     present = GPU_RULES & set(gpu_rules)
     assert {"train_age_model", "predict_age", "gradcam", "register"} <= present
-    asking = {name for name, rule in job_rules(gpu_rules).items() if (declared(rule, "gpu") or 0) >= 1}
+    asking = {
+        name for name, rule in job_rules(gpu_rules).items() if (declared(rule, "gpu") or 0) >= 1
+    }
     assert present <= asking, f"GPU rules that ask for no GPU: {sorted(present - asking)}"
-    assert asking <= GPU_RULES, f"rules asking for a GPU that are not known GPU rules: {sorted(asking - GPU_RULES)}"
+    assert asking <= GPU_RULES, (
+        f"rules asking for a GPU that are not known GPU rules: {sorted(asking - GPU_RULES)}"
+    )
 
 
 def test_without_gpus_in_the_config_no_rule_asks_for_one(cpu_rules):
-    asking = {name for name, rule in job_rules(cpu_rules).items() if (declared(rule, "gpu") or 0) > 0}
+    asking = {
+        name for name, rule in job_rules(cpu_rules).items() if (declared(rule, "gpu") or 0) > 0
+    }
     assert not asking, asking
 
 
@@ -181,9 +205,24 @@ def test_snakemake_accepts_the_profile(tmp_path):
     installed = cli.install_profile("debug", "ageatlas", dest=tmp_path / "slurm")
     for profile_dir in (PROFILE.parent, installed.parent):
         run = subprocess.run(
-            [SNAKEMAKE, "-n", "--profile", str(profile_dir), "--configfile", "config/demo.yaml",
-             "--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile"), "--quiet", "rules"],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
+            [
+                SNAKEMAKE,
+                "-n",
+                "--profile",
+                str(profile_dir),
+                "--configfile",
+                "config/demo.yaml",
+                "--directory",
+                str(tmp_path),
+                "--snakefile",
+                str(REPO / "Snakefile"),
+                "--quiet",
+                "rules",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert run.returncode == 0, (profile_dir, run.stdout[-2000:], run.stderr[-3000:])
 
@@ -223,13 +262,27 @@ def test_install_profile_never_overwrites_without_force(tmp_path):
 
 def test_install_profile_command_line(tmp_path):
     dest = tmp_path / "slurm"
-    args = [sys.executable, "-m", "ageatlas.cli", "install-profile", "--partition", "compute",
-            "--account", "ukbb", "--dest", str(dest)]
+    args = [
+        sys.executable,
+        "-m",
+        "ageatlas.cli",
+        "install-profile",
+        "--partition",
+        "compute",
+        "--account",
+        "ukbb",
+        "--dest",
+        str(dest),
+    ]
     first = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     assert str(dest / "config.yaml") in first.stdout and "--profile" in first.stdout
     again = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "--force" in again.stderr
-    bad = subprocess.run([*args[:-1], str(tmp_path / "other"), "--partition", "it's"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*args[:-1], str(tmp_path / "other"), "--partition", "it's"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "not a usable SLURM name" in bad.stderr

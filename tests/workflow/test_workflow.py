@@ -39,14 +39,27 @@ report_in_browser = _load_tool("report_in_browser")
 pytestmark = pytest.mark.workflow
 
 
-def run_snakemake(workdir: Path, config: dict, *flags: str, target: str = "cohort/participant_qc.tsv"):
+def run_snakemake(
+    workdir: Path, config: dict, *flags: str, target: str = "cohort/participant_qc.tsv"
+):
     """snakemake on ``config`` up to ``target`` (a path under results_dir, or a rule name)."""
     configfile = workdir / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
     if "/" in target:
         target = str(Path(config["results_dir"]) / target)
-    cmd = [SNAKEMAKE, target, "--snakefile", str(REPO / "Snakefile"), "--configfile", str(configfile),
-           "--directory", str(workdir), "--cores", "2", *flags]
+    cmd = [
+        SNAKEMAKE,
+        target,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(configfile),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        *flags,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
@@ -61,7 +74,9 @@ def base_config(tmp_path: Path) -> dict:
 
 
 def qc_by_eid(results: Path) -> pd.DataFrame:
-    table = pd.read_csv(results / "qc" / "participants.tsv", sep="\t", dtype=str, keep_default_na=False)
+    table = pd.read_csv(
+        results / "qc" / "participants.tsv", sep="\t", dtype=str, keep_default_na=False
+    )
     return table.set_index("eid")
 
 
@@ -74,7 +89,11 @@ def synthetic_run(tmp_path_factory):
         "synthetic": {
             "n_participants": 6,
             "scale": 0.2,
-            "defects": {eids[1]: ["fat_water_swap"], eids[2]: ["truncated_zip"], eids[3]: ["repeat_station"]},
+            "defects": {
+                eids[1]: ["fat_water_swap"],
+                eids[2]: ["truncated_zip"],
+                eids[3]: ["repeat_station"],
+            },
         },
     }
     result = run_snakemake(tmp, config)
@@ -88,8 +107,13 @@ def test_synthetic_run_completes_without_keep_going(synthetic_run):
     assert sorted(table.index) == sorted(eids)  # nobody silently dropped
     assert table.loc[eids[0], "status"] == "ok"
     assert table.loc[eids[2], "status"] == "excluded"
-    assert eids[2] in table.loc[eids[2], "reasons"] or "zip" in table.loc[eids[2], "reasons"].lower()
-    assert table.loc[eids[1], "status"] == "warning" and "swap" in table.loc[eids[1], "reasons"].lower()
+    assert (
+        eids[2] in table.loc[eids[2], "reasons"] or "zip" in table.loc[eids[2], "reasons"].lower()
+    )
+    assert (
+        table.loc[eids[1], "status"] == "warning"
+        and "swap" in table.loc[eids[1], "reasons"].lower()
+    )
     assert table.loc[eids[3], "status"] == "warning"
 
 
@@ -131,7 +155,11 @@ def test_real_format_run_reports_every_phenotype_problem(tmp_path):
         "1234567,1,50,22\n"  # a participant without a zip
     )
     config = base_config(tmp_path) | {
-        "cohort": {"source": "ukbb", "zip_dir": str(zips), "phenotypes": str(tmp_path / "pheno.csv")}
+        "cohort": {
+            "source": "ukbb",
+            "zip_dir": str(zips),
+            "phenotypes": str(tmp_path / "pheno.csv"),
+        }
     }
     result = run_snakemake(tmp_path, config)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -165,7 +193,11 @@ def test_unusable_phenotype_table_names_file_and_column(tmp_path):
     (tmp_path / "zips").mkdir()
     (tmp_path / "p.csv").write_text("eid,31-0.0\n1,0\n")
     config = base_config(tmp_path) | {
-        "cohort": {"source": "ukbb", "zip_dir": str(tmp_path / "zips"), "phenotypes": str(tmp_path / "p.csv")}
+        "cohort": {
+            "source": "ukbb",
+            "zip_dir": str(tmp_path / "zips"),
+            "phenotypes": str(tmp_path / "p.csv"),
+        }
     }
     result = run_snakemake(tmp_path, config, "-n")
     assert result.returncode != 0
@@ -182,15 +214,36 @@ def pipeline_run(tmp_path_factory):
         "synthetic": {"n_participants": 12, "scale": 0.2},
         "split": {"sizes": {"train": 0.5, "val": 0.25, "test": 0.25}},
         "preprocess": {"downsample": 2},
-        "train": {"epochs": 2, "lr": 0.0001, "batch_size": 2, "accumulate": 1, "num_workers": 0, "gpus": 0},
+        "train": {
+            "epochs": 2,
+            "lr": 0.0001,
+            "batch_size": 2,
+            "accumulate": 1,
+            "num_workers": 0,
+            "gpus": 0,
+        },
         # the 2.5D baseline at the smallest size VGG16 takes (five max-pools leave 1 x 1)
         "projection": {"size": [32, 32]},
-        "baseline": {"epochs": 1, "batch_size": 4, "hidden": 16, "pool": 1, "max_shift": 2, "num_workers": 0,
-                     "gpus": 0, "figure_participants": 2},
+        "baseline": {
+            "epochs": 1,
+            "batch_size": 4,
+            "hidden": 16,
+            "pool": 1,
+            "max_shift": 2,
+            "num_workers": 0,
+            "gpus": 0,
+            "figure_participants": 2,
+        },
         # 3 test participants: atlases from every split so each test group has one
         "atlas": {"n_members": 2, "iterations": 1, "splits": ["train", "val", "test"]},
-        "registration": {"affine_iterations": 10, "levels": 2, "finest_level": 1, "lncc_kernel": 3,
-                         "max_steps": 10, "gpus": 0},
+        "registration": {
+            "affine_iterations": 10,
+            "levels": 2,
+            "finest_level": 1,
+            "lncc_kernel": 3,
+            "max_steps": 10,
+            "gpus": 0,
+        },
         "maps": {"n_perm": 19},
     }
     result = run_snakemake(tmp_path, config, target="all")
@@ -233,7 +286,9 @@ def check_baseline_outputs(results: Path, cohort: pd.DataFrame, table1_md: str) 
     assert np.load(projections[0]).shape == (2, 32, 32)
     table = pd.read_csv(results / "age" / "table1.tsv", sep="\t").set_index("Metric")
     assert "2.5D (bias-corrected)" in table1_md
-    costs = table.loc[["Nr. training samples", "Runtime/epoch (min)", "Inference/sample (s)"], "2.5D"].astype(float)
+    costs = table.loc[
+        ["Nr. training samples", "Runtime/epoch (min)", "Inference/sample (s)"], "2.5D"
+    ].astype(float)
     assert costs.iloc[0] == 6 and (costs > 0).all()
     assert (results / "baseline" / "figures" / "gradcam_projections.png").stat().st_size > 5000
 
@@ -249,10 +304,16 @@ def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
         ok = registration[(registration["group"] == group) & (registration["status"] == "ok")]
         for eid in members["eid"].astype(str):
             warped = nib.load(results / "explain" / group / "warped" / f"{eid}.nii.gz")
-            assert warped.shape == atlas.shape and np.allclose(warped.affine, atlas.affine, atol=1e-3)
+            assert warped.shape == atlas.shape and np.allclose(
+                warped.affine, atlas.affine, atol=1e-3
+            )
         summary = json.loads((results / "explain" / group / "maps" / "all.json").read_text())
         assert summary["n"] == len(ok) and sorted(summary["eids"]) == sorted(ok["eid"])
-        for name in ("importance_by_age_band", "importance_by_ageing_class", "accelerated_vs_decelerated"):
+        for name in (
+            "importance_by_age_band",
+            "importance_by_ageing_class",
+            "accelerated_vs_decelerated",
+        ):
             assert (results / "explain" / group / "figures" / f"{name}.png").stat().st_size > 5000
     assert (results / "explain" / "figures" / "importance_by_group.png").stat().st_size > 5000
     truth = pd.read_csv(results / "explain" / "truth_check.tsv", sep="\t")
@@ -264,17 +325,25 @@ def test_results_carry_provenance(pipeline_run):
     tmp_path, _, result = pipeline_run
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     results = tmp_path / "results"
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
     commit = head.stdout.strip() if head.returncode == 0 else "unknown"
     maps = sorted(results.glob("explain/*/maps/all_mean.nii.gz"))
     assert maps
-    paths = [results / "age" / "table1.tsv", results / "qc" / "participants.tsv", maps[0],
-             *sorted(results.glob("gradcam/*.nii.gz"))[:1]]
+    paths = [
+        results / "age" / "table1.tsv",
+        results / "qc" / "participants.tsv",
+        maps[0],
+        *sorted(results.glob("gradcam/*.nii.gz"))[:1],
+    ]
     records = [provenance.read_sidecar(path) for path in paths]
     for path, record in zip(paths, records):
         assert record["version"] == ageatlas.__version__ and record["git_commit"] == commit, path
         assert record["output"]["path"] == str(path)
-        assert record["inputs"] and all(Path(entry["path"]).exists() for entry in record["inputs"]), path
+        assert record["inputs"] and all(
+            Path(entry["path"]).exists() for entry in record["inputs"]
+        ), path
     assert len({record["config_sha256"] for record in records}) == 1  # one run, one config
     assert records[2]["rule"] == "population_map" and records[2]["wildcards"]["subset"] == "all"
 
@@ -283,7 +352,7 @@ def report_results(html: str) -> dict:
     """The results a Snakemake HTML report embeds (`var results = {...};` in its `<script id="results">`)."""
     block = html.split('<script id="results">', 1)[1].split("</script>", 1)[0].strip()
     assert block.startswith("var results = "), block[:200]
-    return json.loads(block[len("var results = "):].rstrip(";"))
+    return json.loads(block[len("var results = ") :].rstrip(";"))
 
 
 def test_report_shows_every_figure_and_table_with_a_caption(pipeline_run):
@@ -295,16 +364,30 @@ def test_report_shows_every_figure_and_table_with_a_caption(pipeline_run):
     assert made.returncode == 0, (made.stdout + made.stderr)[-4000:]
     embedded = report_results(report.read_text())
     figures = {str(p) for p in results.rglob("figures/*.png")}
-    tables = {str(results / name) for name in (
-        "cohort/participant_qc.tsv", "cohort/phenotype_qc.tsv", "explain/registration_qc.tsv", "cohort/cohort.tsv",
-        "model/metrics.tsv", "age/predictions_corrected.tsv", "age/table1.tsv", "age/table1.md",
-        "explain/ageing_classes.tsv", "explain/truth_check.tsv", "baseline/model/metrics.tsv",
-        "baseline/predictions_corrected.tsv")}
+    tables = {
+        str(results / name)
+        for name in (
+            "cohort/participant_qc.tsv",
+            "cohort/phenotype_qc.tsv",
+            "explain/registration_qc.tsv",
+            "cohort/cohort.tsv",
+            "model/metrics.tsv",
+            "age/predictions_corrected.tsv",
+            "age/table1.tsv",
+            "age/table1.md",
+            "explain/ageing_classes.tsv",
+            "explain/truth_check.tsv",
+            "baseline/model/metrics.tsv",
+            "baseline/predictions_corrected.tsv",
+        )
+    }
     assert figures and figures | tables <= set(embedded), sorted(figures | tables - set(embedded))
     for path, entry in embedded.items():
         caption = " ".join(entry["caption"].split())
         assert "Made by" in caption, (path, caption)  # what it shows and how it was made
-    assert "<table" in embedded[str(results / "age" / "table1.tsv")]["caption"]  # Table 1 itself, inline
+    assert (
+        "<table" in embedded[str(results / "age" / "table1.tsv")]["caption"]
+    )  # Table 1 itself, inline
 
     # Headless chromium: the page renders, every figure opens in the viewer and decodes, captions show.
     seen = report_in_browser.browse(report)

@@ -30,8 +30,18 @@ pytestmark = pytest.mark.workflow
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """The snakemake CLI on ``workdir/config.yaml``; targets go first in ``args`` (before any -R list)."""
-    cmd = [SNAKEMAKE, *args, "--snakefile", str(REPO / "Snakefile"), "--configfile", str(workdir / "config.yaml"),
-           "--directory", str(workdir), "--cores", "1"]
+    cmd = [
+        SNAKEMAKE,
+        *args,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "1",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -70,7 +80,9 @@ def fake_finished_run(workdir: Path, config: dict) -> pd.DataFrame:
         for path in missing:
             if path == cohort_path:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                cohort_lib.cohort_table(frame, SPLIT, config["seed"]).to_csv(path, sep="\t", index=False)
+                cohort_lib.cohort_table(frame, SPLIT, config["seed"]).to_csv(
+                    path, sep="\t", index=False
+                )
             elif "." not in path.name:  # directory outputs: stitched/{eid}, synthetic/truth
                 path.mkdir(parents=True, exist_ok=True)
             else:
@@ -97,7 +109,7 @@ def planned_jobs(result: subprocess.CompletedProcess) -> list[tuple[str, dict]]:
         if match:
             jobs.append((match.group(1), {}))
         elif jobs and line.strip().startswith("wildcards: "):
-            pairs = line.strip()[len("wildcards: "):].split(", ")
+            pairs = line.strip()[len("wildcards: ") :].split(", ")
             jobs[-1][1].update(pair.split("=", 1) for pair in pairs)
     return jobs
 
@@ -135,7 +147,9 @@ def test_dag_rulegraph_and_summary_work_before_anything_ran(tmp_path):
 def test_finished_run_plans_nothing(finished):
     workdir, _, _ = finished
     result = snakemake(workdir, "-n")
-    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, result.stderr[-2000:]
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, (
+        result.stderr[-2000:]
+    )
 
 
 def test_rerunning_one_group_schedules_only_that_groups_jobs(finished):
@@ -143,8 +157,12 @@ def test_rerunning_one_group_schedules_only_that_groups_jobs(finished):
     workdir, config, table = finished
     group = "F_overweight"
     target = f"{config['results_dir']}/explain/{group}/figures/importance_by_age_band.png"
-    jobs = planned_jobs(snakemake(workdir, target, "-n", "--forcerun", "gradcam", "atlas_init", "register"))
-    test_eids = set(table.loc[(table["split"] == "test") & (table["group"] == group), "eid"].astype(str))
+    jobs = planned_jobs(
+        snakemake(workdir, target, "-n", "--forcerun", "gradcam", "atlas_init", "register")
+    )
+    test_eids = set(
+        table.loc[(table["split"] == "test") & (table["group"] == group), "eid"].astype(str)
+    )
     groups = group_of(table)
     for rule, wildcards in jobs:
         assert wildcards.get("group", group) == group, (rule, wildcards)
@@ -157,20 +175,41 @@ def test_rerunning_one_group_schedules_only_that_groups_jobs(finished):
     assert {w["eid"] for w in by_rule["register"]} == test_eids
     assert {w["eid"] for w in by_rule["warp_gradcam"]} == test_eids
     assert sorted(w["subset"] for w in by_rule["population_map"]) == sorted(
-        ["all", "age_band-lt60", "age_band-60to70", "age_band-ge70",
-         "ageing_class-accelerated", "ageing_class-aligned", "ageing_class-decelerated"])
+        [
+            "all",
+            "age_band-lt60",
+            "age_band-60to70",
+            "age_band-ge70",
+            "ageing_class-accelerated",
+            "ageing_class-aligned",
+            "ageing_class-decelerated",
+        ]
+    )
     assert len(by_rule["class_test"]) == len(by_rule["group_figures"]) == len(by_rule["atlas"]) == 1
     # Shared upstream work is done and stays done; nothing across groups is in this DAG.
-    assert not set(by_rule) & {"stitch", "preprocess", "train_age_model", "predict_age", "cohort_table",
-                                 "registration_qc", "importance_figure", "truth_summary", "all"}
+    assert not set(by_rule) & {
+        "stitch",
+        "preprocess",
+        "train_age_model",
+        "predict_age",
+        "cohort_table",
+        "registration_qc",
+        "importance_figure",
+        "truth_summary",
+        "all",
+    }
 
 
 def test_forcerun_of_one_groups_registration_leaves_other_groups_untouched(finished):
     """The whole workflow's plan after forcing one group's registrations: no job of another group."""
     workdir, config, table = finished
     group = "M_healthy"
-    test_eids = sorted(table.loc[(table["split"] == "test") & (table["group"] == group), "eid"].astype(str))
-    transforms = [f"{config['results_dir']}/explain/{group}/registration/{eid}.pt" for eid in test_eids]
+    test_eids = sorted(
+        table.loc[(table["split"] == "test") & (table["group"] == group), "eid"].astype(str)
+    )
+    transforms = [
+        f"{config['results_dir']}/explain/{group}/registration/{eid}.pt" for eid in test_eids
+    ]
     jobs = planned_jobs(snakemake(workdir, "all", "-n", "--forcerun", *transforms))
     groups = group_of(table)
     for rule, wildcards in jobs:

@@ -69,27 +69,45 @@ class BiasCorrection:
             return (p - self.intercept) / self.slope
         if self.method == "delta":
             if age is None:
-                raise ValueError("the 'delta' bias correction needs the chronological age of each participant (age=...)")
+                raise ValueError(
+                    "the 'delta' bias correction needs the chronological age of each participant (age=...)"
+                )
             y = np.asarray(age, dtype=float)
             if y.shape != p.shape:
                 raise ValueError(f"age has shape {y.shape} but predicted has shape {p.shape}")
             return p - (self.slope * y + self.intercept)
-        raise ValueError(f"unknown bias correction method {self.method!r}; expected one of {METHODS}")
+        raise ValueError(
+            f"unknown bias correction method {self.method!r}; expected one of {METHODS}"
+        )
 
     def to_json(self, path: str | Path) -> None:
         # NaN is not JSON: store it as null (a noiseless fit has no p-value).
-        fields = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        fields = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in asdict(self).items()
+        }
         Path(path).write_text(json.dumps(fields, indent=2) + "\n")
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "BiasCorrection":
+    def from_json(cls, path: str | Path) -> BiasCorrection:
         fields = json.loads(Path(path).read_text())
-        for key in ("slope", "intercept", "r2", "slope_stderr", "intercept_stderr", "slope_pvalue", "age_min", "age_max"):
+        for key in (
+            "slope",
+            "intercept",
+            "r2",
+            "slope_stderr",
+            "intercept_stderr",
+            "slope_pvalue",
+            "age_min",
+            "age_max",
+        ):
             if key in fields:
                 fields[key] = math.nan if fields[key] is None else float(fields[key])
         correction = cls(**fields)
         if correction.method not in METHODS:
-            raise ValueError(f"{path}: unknown bias correction method {correction.method!r}; expected one of {METHODS}")
+            raise ValueError(
+                f"{path}: unknown bias correction method {correction.method!r}; expected one of {METHODS}"
+            )
         return correction
 
 
@@ -101,9 +119,13 @@ def _as_pair(age, predicted) -> tuple[np.ndarray, np.ndarray]:
     if not (np.isfinite(y).all() and np.isfinite(p).all()):
         raise ValueError("age and predicted must be finite (found NaN or inf)")
     if y.size < MIN_SAMPLES:
-        raise ValueError(f"bias correction needs at least {MIN_SAMPLES} validation samples, got {y.size}")
+        raise ValueError(
+            f"bias correction needs at least {MIN_SAMPLES} validation samples, got {y.size}"
+        )
     if np.ptp(y) == 0:
-        raise ValueError(f"all {y.size} validation ages equal {y[0]:g}: the bias slope cannot be fitted")
+        raise ValueError(
+            f"all {y.size} validation ages equal {y[0]:g}: the bias slope cannot be fitted"
+        )
     return y, p
 
 
@@ -141,7 +163,9 @@ def _require(frame: pd.DataFrame, columns, what: str) -> None:
         raise ValueError(f"{what} lacks column(s) {missing}; has {list(frame.columns)}")
 
 
-def fit_table(predictions: pd.DataFrame, method: str = "delta", split: str = "val") -> BiasCorrection:
+def fit_table(
+    predictions: pd.DataFrame, method: str = "delta", split: str = "val"
+) -> BiasCorrection:
     """Fit on the rows of one split (the validation set) of a predictions table."""
     _require(predictions, ("split", "age", "predicted"), "predictions table")
     rows = predictions[predictions["split"] == split]
@@ -158,6 +182,8 @@ def correct_table(predictions: pd.DataFrame, correction: BiasCorrection) -> pd.D
     """
     _require(predictions, ("age", "predicted"), "predictions table")
     out = predictions.copy()
-    out["corrected"] = correction.apply(out["predicted"].to_numpy(float), out["age"].to_numpy(float))
+    out["corrected"] = correction.apply(
+        out["predicted"].to_numpy(float), out["age"].to_numpy(float)
+    )
     out["gap"] = out["corrected"] - out["age"].astype(float)
     return out

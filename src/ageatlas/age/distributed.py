@@ -7,8 +7,8 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 import torch.distributed as dist

@@ -42,7 +42,9 @@ class MethodResult:
     epoch_seconds: list[float] | None = None  # the training metrics.tsv `seconds` column
     inference_seconds_per_sample: float | None = None
     column: str = "predicted"  # e.g. "corrected" for a bias-corrected table
-    caveat: str | None = None  # why the column's MAEs do not measure the method (shown under the table)
+    caveat: str | None = (
+        None  # why the column's MAEs do not measure the method (shown under the table)
+    )
 
 
 def read_epoch_seconds(metrics_tsv: str | Path) -> list[float]:
@@ -53,8 +55,14 @@ def read_epoch_seconds(metrics_tsv: str | Path) -> list[float]:
     return [float(s) for s in metrics["seconds"].dropna()]
 
 
-def model_columns(name: str, predictions: pd.DataFrame, metrics_tsv: str | Path, timing_json: str | Path,
-                  training_samples: int, correction_json: str | Path | None = None) -> list[MethodResult]:
+def model_columns(
+    name: str,
+    predictions: pd.DataFrame,
+    metrics_tsv: str | Path,
+    timing_json: str | Path,
+    training_samples: int,
+    correction_json: str | Path | None = None,
+) -> list[MethodResult]:
     """A model's two columns, as predicted and "(bias-corrected)", with the costs from its rules' records.
 
     `predictions` has eid, predicted and corrected (the bias rule's table);
@@ -64,12 +72,22 @@ def model_columns(name: str, predictions: pd.DataFrame, metrics_tsv: str | Path,
     carries a caveat instead of passing for a result.
     """
     timing = json.loads(Path(timing_json).read_text())
-    costs = dict(training_samples=int(training_samples), epoch_seconds=read_epoch_seconds(metrics_tsv),
-                 inference_seconds_per_sample=timing["seconds_per_sample"])
+    costs = dict(
+        training_samples=int(training_samples),
+        epoch_seconds=read_epoch_seconds(metrics_tsv),
+        inference_seconds_per_sample=timing["seconds_per_sample"],
+    )
     corrected = f"{name} (bias-corrected)"
-    return [MethodResult(name, predictions, column="predicted", **costs),
-            MethodResult(corrected, predictions, column="corrected",
-                         caveat=_correction_caveat(name, correction_json), **costs)]
+    return [
+        MethodResult(name, predictions, column="predicted", **costs),
+        MethodResult(
+            corrected,
+            predictions,
+            column="corrected",
+            caveat=_correction_caveat(name, correction_json),
+            **costs,
+        ),
+    ]
 
 
 def _correction_caveat(name: str, correction_json: str | Path | None) -> str | None:
@@ -78,10 +96,12 @@ def _correction_caveat(name: str, correction_json: str | Path | None) -> str | N
     correction = BiasCorrection.from_json(correction_json)
     if correction.tracks_age:
         return None
-    return (f"{name} (bias-corrected) does not measure the {name} model: its validation predictions rise "
-            f"{correction.age_slope:.2f} years per year of age (below {MIN_TRACKING_SLOPE}), so it has not "
-            f"learned age and the {correction.method} correction largely returns chronological age. "
-            f"Compare the uncorrected column.")
+    return (
+        f"{name} (bias-corrected) does not measure the {name} model: its validation predictions rise "
+        f"{correction.age_slope:.2f} years per year of age (below {MIN_TRACKING_SLOPE}), so it has not "
+        f"learned age and the {correction.method} correction largely returns chronological age. "
+        f"Compare the uncorrected column."
+    )
 
 
 def _test_rows(cohort: pd.DataFrame) -> pd.DataFrame:
@@ -94,7 +114,9 @@ def _test_rows(cohort: pd.DataFrame) -> pd.DataFrame:
     # A participant outside the six groups would count in "Overall" rows only.
     odd = test[~test["sex"].isin(SEXES) | ~test["bmi_group"].isin(BMI_GROUPS)]
     if not odd.empty:
-        raise ValueError(f"{len(odd)} test participants have sex not in {SEXES} or bmi_group not in {BMI_GROUPS}, e.g. eid {odd['eid'].iloc[0]}")
+        raise ValueError(
+            f"{len(odd)} test participants have sex not in {SEXES} or bmi_group not in {BMI_GROUPS}, e.g. eid {odd['eid'].iloc[0]}"
+        )
     test["eid"] = test["eid"].astype(str)
     return test
 
@@ -114,9 +136,13 @@ def mean_prediction(cohort: pd.DataFrame, by=("sex", "bmi_group")) -> pd.DataFra
     test = _test_rows(cohort)
     train = cohort[cohort["split"] == "train"]
     if train.empty:
-        raise ValueError("the cohort table has no participants with split == 'train' for the mean baseline")
+        raise ValueError(
+            "the cohort table has no participants with split == 'train' for the mean baseline"
+        )
     if not by:
-        return pd.DataFrame({"eid": test["eid"].to_numpy(), "predicted": float(train["age"].mean())})
+        return pd.DataFrame(
+            {"eid": test["eid"].to_numpy(), "predicted": float(train["age"].mean())}
+        )
     means = train.groupby(by)["age"].mean().rename("predicted").reset_index()
     merged = test[["eid", *by]].merge(means, on=by, how="left")
     return merged[["eid", "predicted"]].reset_index(drop=True)
@@ -137,23 +163,33 @@ def _method_predictions(test: pd.DataFrame, method: MethodResult) -> pd.Series:
     """The method's prediction for every test participant, aligned with ``test``."""
     preds = method.predictions
     if "eid" not in preds.columns or method.column not in preds.columns:
-        raise ValueError(f"predictions of {method.name!r} need columns 'eid' and {method.column!r}; have {list(preds.columns)}")
+        raise ValueError(
+            f"predictions of {method.name!r} need columns 'eid' and {method.column!r}; have {list(preds.columns)}"
+        )
     preds = preds.assign(eid=preds["eid"].astype(str))
     preds = preds[preds["eid"].isin(test["eid"])]
     if preds["eid"].duplicated().any():
-        raise ValueError(f"predictions of {method.name!r} list eid {preds.loc[preds['eid'].duplicated(), 'eid'].iloc[0]} twice")
+        raise ValueError(
+            f"predictions of {method.name!r} list eid {preds.loc[preds['eid'].duplicated(), 'eid'].iloc[0]} twice"
+        )
     values = test["eid"].map(preds.set_index("eid")[method.column])
     # Skipping absent participants would compare methods on different people.
     if values.isna().any():
         absent = test.loc[values.isna(), "eid"]
-        raise ValueError(f"{method.name!r} has no prediction for {len(absent)} of {len(test)} test participants, e.g. eid {absent.iloc[0]}")
+        raise ValueError(
+            f"{method.name!r} has no prediction for {len(absent)} of {len(test)} test participants, e.g. eid {absent.iloc[0]}"
+        )
     return values.astype(float)
 
 
 def mae(age: pd.Series, predicted: pd.Series) -> float:
     """Mean absolute error in years; NaN for no participants."""
     # NaN (a baseline group without training peers) stays NaN: never skipped.
-    return float(np.abs(predicted.to_numpy(float) - age.to_numpy(float)).mean()) if len(age) else math.nan
+    return (
+        float(np.abs(predicted.to_numpy(float) - age.to_numpy(float)).mean())
+        if len(age)
+        else math.nan
+    )
 
 
 def _selector(test: pd.DataFrame, sex: str | None, bmi: str | None) -> pd.Series:
@@ -186,7 +222,11 @@ def _cost_rows(method: MethodResult | None) -> list[float]:
     mean = seconds.mean() / 60 if seconds.size else math.nan
     sd = seconds.std(ddof=1) / 60 if seconds.size > 1 else math.nan
     samples = math.nan if method.training_samples is None else float(method.training_samples)
-    inference = math.nan if method.inference_seconds_per_sample is None else float(method.inference_seconds_per_sample)
+    inference = (
+        math.nan
+        if method.inference_seconds_per_sample is None
+        else float(method.inference_seconds_per_sample)
+    )
     return [samples, mean, sd, inference]
 
 
@@ -201,17 +241,23 @@ def table1(cohort: pd.DataFrame, methods: list[MethodResult]) -> pd.DataFrame:
     """
     names = [BASELINE, *(m.name for m in methods)]
     if len(set(names)) != len(names) or set(names) & set(KEY_COLUMNS):
-        raise ValueError(f"method names must be unique and differ from {[BASELINE, *KEY_COLUMNS]}: {names}")
+        raise ValueError(
+            f"method names must be unique and differ from {[BASELINE, *KEY_COLUMNS]}: {names}"
+        )
     test = _test_rows(cohort)
     rows = _rows()
     key = [(MAE, cat, label, int(_selector(test, sex, bmi).sum())) for cat, label, sex, bmi in rows]
-    key += [(metric, "-", "-", None) for metric in (TRAINING_SAMPLES, RUNTIME, RUNTIME_SD, INFERENCE)]
+    key += [
+        (metric, "-", "-", None) for metric in (TRAINING_SAMPLES, RUNTIME, RUNTIME_SD, INFERENCE)
+    ]
     table = pd.DataFrame(key, columns=KEY_COLUMNS)
     table["n"] = table["n"].astype("Int64")
     table[BASELINE] = _baseline_column(cohort, test) + _cost_rows(None)
     for method in methods:
         pred = _method_predictions(test, method)
-        maes = [mae(test.loc[m, "age"], pred[m]) for m in (_selector(test, s, b) for _, _, s, b in rows)]
+        maes = [
+            mae(test.loc[m, "age"], pred[m]) for m in (_selector(test, s, b) for _, _, s, b in rows)
+        ]
         table[method.name] = maes + _cost_rows(method)
     table.attrs["caveats"] = {m.name: m.caveat for m in methods if m.caveat}
     return table
@@ -231,6 +277,7 @@ def overall_mae(cohort: pd.DataFrame, method: MethodResult) -> dict[str, float]:
 
 
 # ---- writing -------------------------------------------------------------
+
 
 def _method_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c not in KEY_COLUMNS]
@@ -281,7 +328,10 @@ def _markdown_rows(table: pd.DataFrame) -> list[list[str]]:
 def to_markdown(table: pd.DataFrame) -> str:
     """The table laid out like the paper: grouped labels, best (lowest) value per row in bold."""
     header = [*KEY_COLUMNS, *_method_columns(table)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|",
+    ]
     lines += ["| " + " | ".join(cells) + " |" for cells in _markdown_rows(table)]
     caption = (
         "MAE in years on the test set by sex and BMI group; n = test participants. "

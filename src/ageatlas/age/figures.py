@@ -13,7 +13,6 @@ import numpy as np  # noqa: E402
 from ageatlas.age.evaluate import mae  # noqa: E402
 from ageatlas.core.vocabulary import BMI_GROUPS, SEXES  # noqa: E402
 
-
 # ---- age prediction scatter plots (paper Figures 7 and 8) ------------------
 
 SCATTER_COLUMNS = ("eid", "age", "predicted", "corrected", "sex", "bmi_group")
@@ -37,7 +36,9 @@ def _age_limits(df, columns) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def _age_scatter(ax, age, predicted, limits, title: str, ylabel: str = "Predicted age (years)") -> None:
+def _age_scatter(
+    ax, age, predicted, limits, title: str, ylabel: str = "Predicted age (years)"
+) -> None:
     """Predicted vs chronological age with the identity line and a least-squares trend."""
     age = np.asarray(age, dtype=float)
     predicted = np.asarray(predicted, dtype=float)
@@ -61,7 +62,10 @@ def scatter_before_after(df, path: str | Path):
     _check_scatter_frame(df)
     limits = _age_limits(df, ("age", "predicted", "corrected"))
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-    panels = ((axes[0], "predicted", "Before", "Predicted age (years)"), (axes[1], "corrected", "After", "Corrected predicted age (years)"))
+    panels = (
+        (axes[0], "predicted", "Before", "Predicted age (years)"),
+        (axes[1], "corrected", "After", "Corrected predicted age (years)"),
+    )
     for ax, column, label, ylabel in panels:
         title = f"{label} bias correction: MAE {mae(df['age'], df[column]):.2f} years (n={len(df)})"
         _age_scatter(ax, df["age"], df[column], limits, title, ylabel)
@@ -81,9 +85,20 @@ def scatter_by_group(df, path: str | Path):
         for c, bmi in enumerate(BMI_GROUPS):
             group = df[(df["sex"] == sex) & (df["bmi_group"] == bmi)]
             name = f"{_SEX_NAMES[sex]}, {bmi}"
-            error = f"MAE {mae(group['age'], group['corrected']):.2f} years" if len(group) else "no participants"
+            error = (
+                f"MAE {mae(group['age'], group['corrected']):.2f} years"
+                if len(group)
+                else "no participants"
+            )
             title = f"{name}: {error} (n={len(group)})"
-            _age_scatter(axes[r, c], group["age"], group["corrected"], limits, title, "Corrected predicted age (years)")
+            _age_scatter(
+                axes[r, c],
+                group["age"],
+                group["corrected"],
+                limits,
+                title,
+                "Corrected predicted age (years)",
+            )
     axes[0, 0].legend(loc="upper left", fontsize=8)
     fig.suptitle("Bias-corrected predicted vs chronological age (test set)", fontsize=10)
     fig.tight_layout()

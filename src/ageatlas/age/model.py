@@ -11,8 +11,8 @@ local file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -76,7 +76,9 @@ def load_weights(
         raise FileNotFoundError(f"pretrained weights {path}: no such file (nothing is downloaded)")
     loaded = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(loaded, dict):
-        raise ValueError(f"pretrained weights {path}: expected a state_dict, found {type(loaded).__name__}")
+        raise ValueError(
+            f"pretrained weights {path}: expected a state_dict, found {type(loaded).__name__}"
+        )
     loaded = {k: v for k, v in loaded.items() if keep(k)}
     if adapt is not None:
         loaded = adapt(loaded)
@@ -90,7 +92,11 @@ def load_weights(
     )
     problems = [
         f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shapes", shapes))
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shapes", shapes),
+        )
         if keys
     ]
     if problems:
@@ -109,7 +115,11 @@ def load_trained(
     the 3D AgeRegressor; `ageatlas.age.train.load_checkpoint` passes others).
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model = build(state["config"]) if build is not None else AgeRegressor(int(state["config"]["hidden"]))
+    model = (
+        build(state["config"])
+        if build is not None
+        else AgeRegressor(int(state["config"]["hidden"]))
+    )
     model.load_state_dict(state["model"])
     meta = {k: v for k, v in state.items() if k != "model"}
     return model.to(device).eval(), meta

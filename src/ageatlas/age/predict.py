@@ -76,7 +76,10 @@ def predict(
     }
     log.info(
         "predicted %d participants on %s: %.2f s of inference, %.4f s per sample",
-        n, timing["device"], seconds, timing["seconds_per_sample"],
+        n,
+        timing["device"],
+        seconds,
+        timing["seconds_per_sample"],
     )
     return table, timing
 

@@ -16,9 +16,7 @@ Why float16 is safe: a z-score over n voxels is at most sqrt(n - 1) in size
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -35,12 +33,15 @@ CACHE_DTYPE = np.float16
 def _check_finite(volume: np.ndarray, source: str) -> None:
     bad = ~np.isfinite(volume)
     if bad.any():
-        raise ValueError(f"{source} has {int(bad.sum())} NaN/inf voxel(s), first at index "
-                         f"{tuple(int(i) for i in np.argwhere(bad)[0])}")
+        raise ValueError(
+            f"{source} has {int(bad.sum())} NaN/inf voxel(s), first at index "
+            f"{tuple(int(i) for i in np.argwhere(bad)[0])}"
+        )
 
 
-def _normalise(volume: np.ndarray, background: str, rng: np.random.Generator | None,
-               source: str = "volume") -> tuple[np.ndarray, float, float]:
+def _normalise(
+    volume: np.ndarray, background: str, rng: np.random.Generator | None, source: str = "volume"
+) -> tuple[np.ndarray, float, float]:
     """`normalise`, also returning the foreground mean and std it used."""
     if background not in BACKGROUNDS:
         raise ValueError(f"background must be one of {BACKGROUNDS}, not {background!r}")
@@ -63,8 +64,9 @@ def _normalise(volume: np.ndarray, background: str, rng: np.random.Generator | N
     return out, mean, std
 
 
-def normalise(volume: np.ndarray, background: str = "noise",
-              rng: np.random.Generator | None = None) -> np.ndarray:
+def normalise(
+    volume: np.ndarray, background: str = "noise", rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Z-score a volume by the mean and std of its voxels > 0 (MedicalNet); float32 out.
 
     Background, the voxels <= 0 in the input, becomes N(0, 1) noise drawn from
@@ -105,8 +107,10 @@ def input_shape(grid_shape, downsample_factor) -> tuple[int, int, int]:
     _check_factor(downsample_factor)
     shape = tuple(int(s) // int(downsample_factor) for s in grid_shape)
     if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"grid {tuple(grid_shape)} downsampled by {downsample_factor} leaves no "
-                         "3D volume (each axis needs at least one full block)")
+        raise ValueError(
+            f"grid {tuple(grid_shape)} downsampled by {downsample_factor} leaves no "
+            "3D volume (each axis needs at least one full block)"
+        )
     return shape
 
 
@@ -132,8 +136,9 @@ def read_volume(path) -> np.ndarray:
     return volume
 
 
-def prepare(water_path, out_path, *, downsample_factor: int = 1, background: str = "noise",
-            seed: int = 0) -> dict:
+def prepare(
+    water_path, out_path, *, downsample_factor: int = 1, background: str = "noise", seed: int = 0
+) -> dict:
     """Stitched water NIfTI -> normalised float16 .npy; returns what the workflow logs.
 
     Order: read (scaled to float), downsample, normalise, cast, write. The

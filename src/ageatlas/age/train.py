@@ -117,7 +117,12 @@ def _run(
             _write_metrics(out_dir / METRICS, progress.metrics)
             log.info(
                 "epoch %d/%d: train MAE %.3f, val MAE %.3f, lr %.2e, %.1f s, %.2f samples/s",
-                epoch, config.epochs, row["train_mae"], row["val_mae"], row["lr"], row["seconds"],
+                epoch,
+                config.epochs,
+                row["train_mae"],
+                row["val_mae"],
+                row["lr"],
+                row["seconds"],
                 row["samples_per_s"],
             )
     stopped = progress.epoch < config.epochs
@@ -168,9 +173,19 @@ def _setup(
     if cuda and config.bf16 and not bf16:
         log.warning("this GPU has no bfloat16: training in float32")
     job = Job(
-        rank=rank, world=world, device=device, config=config, out_dir=out_dir, model=model,
-        wrapped=model, optimizer=optimizer, scheduler=scheduler, generator=generator, bf16=bf16,
-        memory_format=memory_format, accumulate=max(1, round(config.accumulate / world)),
+        rank=rank,
+        world=world,
+        device=device,
+        config=config,
+        out_dir=out_dir,
+        model=model,
+        wrapped=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        generator=generator,
+        bf16=bf16,
+        memory_format=memory_format,
+        accumulate=max(1, round(config.accumulate / world)),
     )
     progress = load_state(job) if resume else Progress()
     if world > 1:
@@ -366,4 +381,3 @@ def load_checkpoint(
         build=lambda settings: config_type.from_dict(settings).build_model(pretrained=False),
     )
     return model, config_type.from_dict(meta["config"]), meta
-

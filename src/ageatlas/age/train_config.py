@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -54,7 +54,7 @@ class TrainConfig:
     # overrides these, the training loop, resume, DDP and prediction are shared.
 
     @classmethod
-    def from_dict(cls, settings: dict) -> "TrainConfig":
+    def from_dict(cls, settings: dict) -> TrainConfig:
         """The config of a checkpoint's or state's `config` record; keys it lacks take defaults."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in settings.items() if k in names})

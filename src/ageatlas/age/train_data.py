@@ -4,7 +4,7 @@ seeding of the loaders' worker processes."""
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -17,9 +17,9 @@ the best-validation checkpoint and metrics.tsv.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -28,13 +28,13 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision.models import vgg16_bn
 
-from ageatlas.explain import gradcam
 from ageatlas.age.model import load_weights
-from ageatlas.baseline.projection import load_projection
 from ageatlas.age.train import load_checkpoint
 from ageatlas.age.train_config import TrainConfig
 from ageatlas.age.train_data import CacheDataset
+from ageatlas.baseline.projection import load_projection
 from ageatlas.core.device import pick_device
+from ageatlas.explain import gradcam
 
 log = logging.getLogger("ageatlas.baseline.model")
 
@@ -62,7 +62,9 @@ class BaselineConfig(TrainConfig):
             raise ValueError(f"max_shift must be >= 0, not {self.max_shift}")
 
     def build_model(self, pretrained: bool = True) -> nn.Module:
-        return build_baseline(self.pretrained if pretrained else None, self.hidden, self.dropout, self.pool)
+        return build_baseline(
+            self.pretrained if pretrained else None, self.hidden, self.dropout, self.pool
+        )
 
     def dataset(self, items: Sequence[tuple[str, float]]) -> Dataset:
         return CacheDataset(items, add_channel=False)
@@ -97,13 +99,23 @@ class ProjectionRegressor(nn.Module):
         super().__init__()
         self.features = _vgg16_bn_features()
         first = self.features[0]
-        self.features[0] = nn.Conv2d(IN_CHANNELS, first.out_channels, first.kernel_size, first.stride,
-                                     first.padding, device=first.weight.device)
+        self.features[0] = nn.Conv2d(
+            IN_CHANNELS,
+            first.out_channels,
+            first.kernel_size,
+            first.stride,
+            first.padding,
+            device=first.weight.device,
+        )
         _init_like_torchvision(self.features[0])
         self.avgpool = nn.AdaptiveAvgPool2d((pool, pool))
         self.classifier = nn.Sequential(
-            nn.Linear(512 * pool * pool, hidden), nn.ReLU(True), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(dropout),
+            nn.Linear(512 * pool * pool, hidden),
+            nn.ReLU(True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(True),
+            nn.Dropout(dropout),
             nn.Linear(hidden, 1),
         )
         for module in self.classifier:
@@ -150,8 +162,9 @@ def _init_like_torchvision(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def build_baseline(pretrained: str | Path | None = None, hidden: int = 4096, dropout: float = 0.5,
-                   pool: int = 8) -> ProjectionRegressor:
+def build_baseline(
+    pretrained: str | Path | None = None, hidden: int = 4096, dropout: float = 0.5, pool: int = 8
+) -> ProjectionRegressor:
     """The untrained 2.5D model; `pretrained` is a local torchvision vgg16_bn state_dict."""
     model = ProjectionRegressor(hidden, dropout, pool)
     if pretrained is not None:
@@ -170,14 +183,23 @@ def load_features(model: ProjectionRegressor, path: str | Path) -> None:
     def two_channels(state: dict) -> dict:
         first = state.get("features.0.weight")
         if isinstance(first, torch.Tensor) and first.ndim == 4 and first.shape[1] == 3:
-            state["features.0.weight"] = first.mean(dim=1, keepdim=True).repeat(1, IN_CHANNELS, 1, 1)
+            state["features.0.weight"] = first.mean(dim=1, keepdim=True).repeat(
+                1, IN_CHANNELS, 1, 1
+            )
         return state
 
-    load_weights(model, path, "torchvision vgg16_bn", keep=lambda key: key.startswith("features."),
-                 adapt=two_channels)
+    load_weights(
+        model,
+        path,
+        "torchvision vgg16_bn",
+        keep=lambda key: key.startswith("features."),
+        adapt=two_channels,
+    )
 
 
-def load_baseline(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[ProjectionRegressor, dict]:
+def load_baseline(
+    checkpoint: str | Path, device: str | torch.device = "cpu"
+) -> tuple[ProjectionRegressor, dict]:
     """The model of a baseline checkpoint.pt in eval mode on `device`, and the checkpoint's metadata."""
     model, _, meta = load_checkpoint(checkpoint, device, BaselineConfig)
     return model, meta
@@ -195,10 +217,16 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
     m = int(max_shift)
     shifts = torch.randint(-m, m + 1, (x.shape[0], 2), generator=generator).tolist()
     padded = F.pad(x, (m, m, m, m))
-    return torch.stack([padded[i, :, m - dy: m - dy + h, m - dx: m - dx + w] for i, (dy, dx) in enumerate(shifts)])
+    return torch.stack(
+        [
+            padded[i, :, m - dy : m - dy + h, m - dx : m - dx + w]
+            for i, (dy, dx) in enumerate(shifts)
+        ]
+    )
 
 
 # ---- Grad-CAM (paper Figure 9) ------------------------------------------------
+
 
 def grad_cam_2d(model: ProjectionRegressor, image: np.ndarray | torch.Tensor) -> gradcam.CamResult:
     """Grad-CAM of one (2, H, W) projection on the last convolutional block; map (H, W) in [0, 1]."""
@@ -208,8 +236,14 @@ def grad_cam_2d(model: ProjectionRegressor, image: np.ndarray | torch.Tensor) ->
     return gradcam.grad_cam(model, x[None], model.feature_layer)
 
 
-def gradcam_figure(checkpoint: str | Path, items: list[tuple[str, str]], path: str | Path, *,
-                   ages: dict[str, float] | None = None, device: str | None = None) -> list[dict]:
+def gradcam_figure(
+    checkpoint: str | Path,
+    items: list[tuple[str, str]],
+    path: str | Path,
+    *,
+    ages: dict[str, float] | None = None,
+    device: str | None = None,
+) -> list[dict]:
     """Figure 9: Grad-CAM overlays on the projections of (eid, projection path) items, one row each.
 
     Returns per participant its eid and predicted age.
@@ -227,8 +261,11 @@ def gradcam_figure(checkpoint: str | Path, items: list[tuple[str, str]], path: s
         age = (ages or {}).get(eid)
         images.append(image)
         cams.append(result.map.numpy())
-        titles.append(f"{eid}, age {age:.1f}, predicted {result.predicted_age:.1f}" if age is not None
-                      else f"{eid}, predicted {result.predicted_age:.1f}")
+        titles.append(
+            f"{eid}, age {age:.1f}, predicted {result.predicted_age:.1f}"
+            if age is not None
+            else f"{eid}, predicted {result.predicted_age:.1f}"
+        )
         rows.append({"eid": eid, "predicted": result.predicted_age})
     projection_cam_figure(images, cams, titles, path)
     log.info("Grad-CAM figure of %d participant(s) written to %s", len(items), path)

@@ -30,8 +30,8 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from ageatlas.core.paths import stitched_path
 from ageatlas.core.files import save_npy
+from ageatlas.core.paths import stitched_path
 
 CONTRASTS = ("W", "F")
 DTYPES = ("float16", "float32")
@@ -47,7 +47,7 @@ class ProjectionOptions:
     dtype: str = "float16"  # of the saved .npy
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "ProjectionOptions":
+    def from_config(cls, cfg: dict) -> ProjectionOptions:
         """From the workflow's `projection:` section."""
         fields = {k: cfg[k] for k in ("bed_mm", "bed_voxels", "size", "dtype") if k in cfg}
         if "size" in fields:
@@ -120,23 +120,36 @@ def _resize(view: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(image.resize(size[::-1], Image.Resampling.BILINEAR)), 0, 1)
 
 
-def project_volumes(water: np.ndarray, fat: np.ndarray, affine: np.ndarray,
-                    options: ProjectionOptions = ProjectionOptions()) -> np.ndarray:
+def project_volumes(
+    water: np.ndarray,
+    fat: np.ndarray,
+    affine: np.ndarray,
+    options: ProjectionOptions = ProjectionOptions(),
+) -> np.ndarray:
     """Projections (2, H, W) float32 in [0, 1] of two volumes on one grid with voxel-to-world `affine`."""
     if np.shape(water) != np.shape(fat):
         raise ValueError(f"water {np.shape(water)} and fat {np.shape(fat)} differ in shape")
-    return project_images(nib.Nifti1Image(np.asarray(water, np.float32), affine),
-                          nib.Nifti1Image(np.asarray(fat, np.float32), affine), options)
+    return project_images(
+        nib.Nifti1Image(np.asarray(water, np.float32), affine),
+        nib.Nifti1Image(np.asarray(fat, np.float32), affine),
+        options,
+    )
 
 
-def project_images(water: nib.spatialimages.SpatialImage, fat: nib.spatialimages.SpatialImage,
-                   options: ProjectionOptions = ProjectionOptions()) -> np.ndarray:
+def project_images(
+    water: nib.spatialimages.SpatialImage,
+    fat: nib.spatialimages.SpatialImage,
+    options: ProjectionOptions = ProjectionOptions(),
+) -> np.ndarray:
     """`project_volumes` for two loaded images (NIfTI); they must share their grid."""
     return _project(water, fat, options)[0]
 
 
-def _project(water: nib.spatialimages.SpatialImage, fat: nib.spatialimages.SpatialImage,
-             options: ProjectionOptions) -> tuple[np.ndarray, int]:
+def _project(
+    water: nib.spatialimages.SpatialImage,
+    fat: nib.spatialimages.SpatialImage,
+    options: ProjectionOptions,
+) -> tuple[np.ndarray, int]:
     """The projections and the number of bed voxels cut."""
     if water.shape != fat.shape or not np.allclose(water.affine, fat.affine, atol=1e-3):
         raise ValueError("water and fat images are not on the same grid (shape or affine differ)")
@@ -149,8 +162,12 @@ def _project(water: nib.spatialimages.SpatialImage, fat: nib.spatialimages.Spati
         bed = options.bed(spacing[1])
         coronal, sagittal = upright_views(volume, bed)
         widths = view_widths(coronal.shape[1], sagittal.shape[1], width)
-        channels.append(np.concatenate(
-            [_resize(min_max(view), (rows, w)) for view, w in zip((coronal, sagittal), widths)], axis=1))
+        channels.append(
+            np.concatenate(
+                [_resize(min_max(view), (rows, w)) for view, w in zip((coronal, sagittal), widths)],
+                axis=1,
+            )
+        )
     return np.stack(channels), bed
 
 
@@ -175,9 +192,13 @@ def load_projection(path: str | Path) -> np.ndarray:
     return image
 
 
-def project_participant(stitched_dir: str | Path, eid: str, out_path: str | Path,
-                        preview_path: str | Path | None = None,
-                        options: ProjectionOptions = ProjectionOptions()) -> dict:
+def project_participant(
+    stitched_dir: str | Path,
+    eid: str,
+    out_path: str | Path,
+    preview_path: str | Path | None = None,
+    options: ProjectionOptions = ProjectionOptions(),
+) -> dict:
     """Stitched W and F NIfTIs of one participant -> projection .npy (and PNG preview); returns what to log."""
     start = time.perf_counter()
     water, fat = (nib.load(str(stitched_path(stitched_dir, eid, c))) for c in CONTRASTS)
@@ -185,4 +206,8 @@ def project_participant(stitched_dir: str | Path, eid: str, out_path: str | Path
     save_projection(out_path, image, options.dtype)
     if preview_path is not None:
         save_preview(image, preview_path)
-    return {"shape": list(image.shape), "bed_voxels": bed, "seconds": round(time.perf_counter() - start, 3)}
+    return {
+        "shape": list(image.shape),
+        "bed_voxels": bed,
+        "seconds": round(time.perf_counter() - start, 3),
+    }

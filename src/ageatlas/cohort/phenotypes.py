@@ -75,8 +75,11 @@ def validate(table: pd.DataFrame, schema: dict, columns: dict[str, str] = UKBB_C
     return valid, records + dup_records
 
 
-def _check_column(text: pd.Series, name: str, rule: dict, column: str, reasons: pd.Series) -> pd.Series:
+def _check_column(
+    text: pd.Series, name: str, rule: dict, column: str, reasons: pd.Series
+) -> pd.Series:
     """Type- and range-check one column; append a reason for each bad cell."""
+
     def fail(mask: pd.Series, why) -> None:
         for i in mask[mask].index:
             reasons[i].append(why(text[i]))
@@ -85,15 +88,27 @@ def _check_column(text: pd.Series, name: str, rule: dict, column: str, reasons: 
     values = pd.to_numeric(text, errors="coerce")
     fail(text.ne("") & values.isna(), lambda v: f"{name} {v!r} is not a number (column {column})")
     if rule.get("type") == "integer":
-        fail(values.notna() & (values != np.floor(values)), lambda v: f"{name} {v!r} is not a whole number (column {column})")
+        fail(
+            values.notna() & (values != np.floor(values)),
+            lambda v: f"{name} {v!r} is not a whole number (column {column})",
+        )
     if "enum" in rule:
         allowed = rule["enum"]
-        fail(values.notna() & ~values.isin(allowed), lambda v: f"{name} code {v!r} is not one of {allowed} (column {column})")
+        fail(
+            values.notna() & ~values.isin(allowed),
+            lambda v: f"{name} code {v!r} is not one of {allowed} (column {column})",
+        )
     low, high = rule.get("minimum"), rule.get("maximum")
     if low is not None:
-        fail(values < low, lambda v: f"{name} {v} is below the plausible minimum {low} (column {column})")
+        fail(
+            values < low,
+            lambda v: f"{name} {v} is below the plausible minimum {low} (column {column})",
+        )
     if high is not None:
-        fail(values > high, lambda v: f"{name} {v} is above the plausible maximum {high} (column {column})")
+        fail(
+            values > high,
+            lambda v: f"{name} {v} is above the plausible maximum {high} (column {column})",
+        )
     return values
 
 
@@ -108,9 +123,17 @@ def _resolve_duplicates(valid: pd.DataFrame):
     for eid, conflict in conflicting.items():
         n = int((valid["eid"] == eid).sum())
         if conflict:
-            records.append(QCRecord(str(eid), STAGE, EXCLUDED, [f"eid appears {n} times with conflicting values"]))
+            records.append(
+                QCRecord(
+                    str(eid), STAGE, EXCLUDED, [f"eid appears {n} times with conflicting values"]
+                )
+            )
         else:
-            records.append(QCRecord(str(eid), STAGE, WARNING, [f"eid appears {n} times (identical rows; one kept)"]))
+            records.append(
+                QCRecord(
+                    str(eid), STAGE, WARNING, [f"eid appears {n} times (identical rows; one kept)"]
+                )
+            )
     bad = set(conflicting[conflicting].index)
     kept = valid[~valid["eid"].isin(bad)].drop_duplicates("eid")
     return kept.reset_index(drop=True), records

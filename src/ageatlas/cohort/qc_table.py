@@ -44,5 +44,3 @@ def check_excluded_fraction(records: list[QCRecord], stage: str, limit: float) -
             f"(limit qc.max_excluded_fraction = {limit}). That many failures usually means "
             f"a wrong config or a bug, not bad data. First ones: {examples}"
         )
-
-

@@ -53,18 +53,34 @@ def find_zips(zip_dir: str | Path, instance: int = 2) -> dict[int, Path]:
     return found
 
 
-def discover(phenotype_path, zip_dir, schema: dict, columns=phenotypes.UKBB_COLUMNS, instance: int = 2) -> Cohort:
+def discover(
+    phenotype_path, zip_dir, schema: dict, columns=phenotypes.UKBB_COLUMNS, instance: int = 2
+) -> Cohort:
     """Validate the phenotype table and match it against the zips present."""
     table = phenotypes.read_table(phenotype_path, columns)
     valid, records = phenotypes.validate(table, schema, columns)
     zips = find_zips(zip_dir, instance)
     has_zip = valid["eid"].isin(zips.keys())
     for eid in valid.loc[~has_zip, "eid"]:
-        records.append(QCRecord(str(eid), phenotypes.STAGE, EXCLUDED, [f"no zip {eid}_{FIELD_ID}_{instance}_0.zip in {zip_dir}"]))
+        records.append(
+            QCRecord(
+                str(eid),
+                phenotypes.STAGE,
+                EXCLUDED,
+                [f"no zip {eid}_{FIELD_ID}_{instance}_0.zip in {zip_dir}"],
+            )
+        )
     known = set(table["eid"])
     for eid in sorted(set(zips) - set(valid["eid"])):
         if str(eid) not in known:
-            records.append(QCRecord(str(eid), phenotypes.STAGE, EXCLUDED, [f"zip {zips[eid].name} has no row in the phenotype table {phenotype_path}"]))
+            records.append(
+                QCRecord(
+                    str(eid),
+                    phenotypes.STAGE,
+                    EXCLUDED,
+                    [f"zip {zips[eid].name} has no row in the phenotype table {phenotype_path}"],
+                )
+            )
     participants = valid[has_zip].copy()
     participants["zip"] = [str(zips[e]) for e in participants["eid"]]
     return Cohort(participants.sort_values("eid").reset_index(drop=True), records)
@@ -83,13 +99,17 @@ def _bin(values, edges, labels, what: str) -> pd.Series:
     """Label values by half-open bins [-inf, e0), [e0, e1), ..., [e_last, inf)."""
     edges = [float(e) for e in edges]
     if len(edges) != len(labels) - 1 or any(b <= a for a, b in zip(edges, edges[1:])):
-        raise ValueError(f"{what} edges {edges} must be {len(labels) - 1} strictly increasing numbers")
+        raise ValueError(
+            f"{what} edges {edges} must be {len(labels) - 1} strictly increasing numbers"
+        )
     series = values if isinstance(values, pd.Series) else pd.Series(values)
     numbers = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     bad = ~np.isfinite(numbers)
     if bad.any():
-        raise ValueError(f"{what}: {int(bad.sum())} value(s) are missing or not finite numbers, "
-                         f"e.g. {series[bad].iloc[0]}")
+        raise ValueError(
+            f"{what}: {int(bad.sum())} value(s) are missing or not finite numbers, "
+            f"e.g. {series[bad].iloc[0]}"
+        )
     # digitize(right=False) puts a value equal to an edge into the upper bin: 25.0 is overweight.
     codes = np.digitize(numbers, edges, right=False)
     return pd.Series(np.asarray(labels, dtype=object)[codes], index=series.index, name=series.name)
@@ -118,23 +138,33 @@ def split_sizes(n: int, sizes: dict) -> dict[str, int]:
     """
     if set(sizes) != set(SPLITS):
         missing, unknown = sorted(set(SPLITS) - set(sizes)), sorted(set(sizes) - set(SPLITS))
-        raise ValueError(f"split sizes need exactly the keys {list(SPLITS)}: missing {missing}, unknown {unknown}")
+        raise ValueError(
+            f"split sizes need exactly the keys {list(SPLITS)}: missing {missing}, unknown {unknown}"
+        )
     values = {name: sizes[name] for name in SPLITS}
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                or not np.isfinite(value) or value < 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float, np.integer, np.floating))
+            or not np.isfinite(value)
+            or value < 0
+        ):
             raise ValueError(f"split size {name}={value!r} is not a non-negative number")
     if all(_is_count(v) for v in values.values()):
         counts = {name: int(v) for name, v in values.items()}
         if sum(counts.values()) > n:
             asked = " + ".join(f"{name} {c}" for name, c in counts.items())
-            raise ValueError(f"split sizes ask for {sum(counts.values())} participants ({asked}) "
-                             f"but only {n} are available")
+            raise ValueError(
+                f"split sizes ask for {sum(counts.values())} participants ({asked}) "
+                f"but only {n} are available"
+            )
         return counts
     total = float(sum(values.values()))
     if abs(total - 1.0) > _FRACTION_TOLERANCE:
-        raise ValueError(f"split fractions {values} sum to {total:.4f}, not 1 "
-                         "(give fractions summing to 1 or integer counts)")
+        raise ValueError(
+            f"split fractions {values} sum to {total:.4f}, not 1 "
+            "(give fractions summing to 1 or integer counts)"
+        )
     exact = np.array([values[name] / total * n for name in SPLITS])
     counts = np.floor(exact).astype(int)
     # Largest remainder: the leftover participants go where rounding cut most (ties: SPLITS order).
@@ -181,8 +211,14 @@ def _rank_stratified(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return lo + np.floor(rng.random(k) * width).astype(int)
 
 
-def _pick(table: pd.DataFrame, pool: np.ndarray, split: str, total: int,
-          rng: np.random.Generator, notes: list[str]) -> np.ndarray:
+def _pick(
+    table: pd.DataFrame,
+    pool: np.ndarray,
+    split: str,
+    total: int,
+    rng: np.random.Generator,
+    notes: list[str],
+) -> np.ndarray:
     """Mark ``total`` rows of ``pool`` (boolean mask) as ``split``; returns the picked mask."""
     names = group_names()
     members = [np.flatnonzero(pool & (table["group"].to_numpy() == g)) for g in names]
@@ -192,11 +228,15 @@ def _pick(table: pd.DataFrame, pool: np.ndarray, split: str, total: int,
     if total < sum(capacities):  # a real selection, not "all the rest"
         for name, cap in zip(names, capacities):
             if cap < equal:
-                notes.append(f"{split}: group {name} has {cap} participants, fewer than its equal share "
-                             f"of {equal}; took all {cap} and filled {equal - cap} from the other groups")
+                notes.append(
+                    f"{split}: group {name} has {cap} participants, fewer than its equal share "
+                    f"of {equal}; took all {cap} and filled {equal - cap} from the other groups"
+                )
         if len(set(shares)) > 1:
-            notes.append(f"{split}: participants per group " + ", ".join(
-                f"{name} {s}" for name, s in zip(names, shares)))
+            notes.append(
+                f"{split}: participants per group "
+                + ", ".join(f"{name} {s}" for name, s in zip(names, shares))
+            )
     picked = np.zeros(len(table), bool)
     for rows, k in zip(members, shares):
         # The table is sorted by eid, and a stable sort by age keeps eid order among equal ages.
@@ -211,15 +251,24 @@ def _check_participants(participants: pd.DataFrame) -> None:
         raise ValueError(f"participants table lacks column(s) {missing}")
     duplicated = participants["eid"][participants["eid"].duplicated()]
     if len(duplicated):
-        raise ValueError(f"participants table has duplicate eid(s) {sorted({int(e) for e in duplicated})[:5]}")
+        raise ValueError(
+            f"participants table has duplicate eid(s) {sorted({int(e) for e in duplicated})[:5]}"
+        )
     bad_sex = ~participants["sex"].isin(list(SEX_CODES))
     if bad_sex.any():
-        raise ValueError(f"sex code {participants['sex'][bad_sex].iloc[0]} (eid "
-                         f"{participants['eid'][bad_sex].iloc[0]}) is not one of {list(SEX_CODES)}")
+        raise ValueError(
+            f"sex code {participants['sex'][bad_sex].iloc[0]} (eid "
+            f"{participants['eid'][bad_sex].iloc[0]}) is not one of {list(SEX_CODES)}"
+        )
 
 
-def cohort_table(participants: pd.DataFrame, sizes: dict, seed: int,
-                 bmi_cutoffs=(25.0, 30.0), age_edges=(60.0, 70.0)) -> pd.DataFrame:
+def cohort_table(
+    participants: pd.DataFrame,
+    sizes: dict,
+    seed: int,
+    bmi_cutoffs=(25.0, 30.0),
+    age_edges=(60.0, 70.0),
+) -> pd.DataFrame:
     """Groups, age bands and a balanced train/val/test split, one row per participant.
 
     Algorithm (deterministic for a seed, whatever the input row order):
@@ -240,12 +289,14 @@ def cohort_table(participants: pd.DataFrame, sizes: dict, seed: int,
     _check_participants(participants)
     counts = split_sizes(len(participants), sizes)
     table = participants.sort_values("eid").reset_index(drop=True)
-    table = pd.DataFrame({
-        "eid": table["eid"].astype("int64"),
-        "age": table["age"].astype(float),
-        "sex": table["sex"].map(SEX_CODES),
-        "bmi": table["bmi"].astype(float),
-    })
+    table = pd.DataFrame(
+        {
+            "eid": table["eid"].astype("int64"),
+            "age": table["age"].astype(float),
+            "sex": table["sex"].map(SEX_CODES),
+            "bmi": table["bmi"].astype(float),
+        }
+    )
     table["bmi_group"] = bmi_group(table["bmi"], bmi_cutoffs)
     table["group"] = table["sex"] + "_" + table["bmi_group"]
     table["age_band"] = age_band(table["age"], age_edges)
@@ -258,8 +309,10 @@ def cohort_table(participants: pd.DataFrame, sizes: dict, seed: int,
         split[picked] = name
     unused = split == None  # noqa: E711 - elementwise
     if unused.any():
-        notes.append(f"{int(unused.sum())} of {len(table)} participants are in no split: the split sizes "
-                     f"({', '.join(f'{k} {v}' for k, v in counts.items())}) ask for {sum(counts.values())}")
+        notes.append(
+            f"{int(unused.sum())} of {len(table)} participants are in no split: the split sizes "
+            f"({', '.join(f'{k} {v}' for k, v in counts.items())}) ask for {sum(counts.values())}"
+        )
     split[unused] = UNUSED
     table["split"] = split
     table = table[list(COLUMNS)]

@@ -22,8 +22,8 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from ageatlas import __version__
 
@@ -50,8 +50,13 @@ def config_hash(config: Mapping) -> str:
 
 def _git(directory: Path, *args: str) -> str | None:
     try:
-        done = subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True,
-                              timeout=30, check=False)
+        done = subprocess.run(
+            ["git", "-C", str(directory), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):  # no git, or it hung
         return None
     return done.stdout.strip() if done.returncode == 0 else None
@@ -104,8 +109,13 @@ def describe_file(path: str | os.PathLike) -> dict:
     return entry
 
 
-def provenance(config: Mapping, inputs: Iterable = (), *, rule: str | None = None,
-               wildcards: Mapping | None = None) -> dict:
+def provenance(
+    config: Mapping,
+    inputs: Iterable = (),
+    *,
+    rule: str | None = None,
+    wildcards: Mapping | None = None,
+) -> dict:
     """The provenance record shared by all outputs of one job."""
     git = git_state()
     return {

@@ -46,7 +46,7 @@ class QCRecord:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def read_json(cls, path: str | Path) -> "QCRecord":
+    def read_json(cls, path: str | Path) -> QCRecord:
         return cls(**json.loads(Path(path).read_text()))
 
 
@@ -66,5 +66,7 @@ def read_records_tsv(path) -> list[QCRecord]:
     import pandas as pd
 
     frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    return [QCRecord(r.eid, r.stage, r.status, [s for s in r.reasons.split("; ") if s])
-            for r in frame.itertuples()]
+    return [
+        QCRecord(r.eid, r.stage, r.status, [s for s in r.reasons.split("; ") if s])
+        for r in frame.itertuples()
+    ]

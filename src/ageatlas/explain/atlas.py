@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import torch
 
 from ageatlas.core.files import nifti_image
@@ -35,7 +34,9 @@ def initial_template(reference_water: nib.Nifti1Image, clip: float) -> nib.Nifti
     return nifti_image(data, reference_water.affine, "ageatlas template iter0")
 
 
-def warped_member(registration: Registration, water: nib.Nifti1Image, clip: float) -> nib.Nifti1Image:
+def warped_member(
+    registration: Registration, water: nib.Nifti1Image, clip: float
+) -> nib.Nifti1Image:
     """A member's normalised water image resampled into template space."""
     data = normalise_for_registration(np.asanyarray(water.dataobj), clip)
     return registration.warp(nib.Nifti1Image(data, water.affine), order=1)
@@ -88,7 +89,9 @@ def update_template(
 
 
 def _check_on_grid(image: nib.Nifti1Image, template: nib.Nifti1Image) -> None:
-    if image.shape[:3] != template.shape[:3] or not np.allclose(image.affine, template.affine, atol=1e-3):
+    if image.shape[:3] != template.shape[:3] or not np.allclose(
+        image.affine, template.affine, atol=1e-3
+    ):
         raise ValueError("a warped member image is not on the template's grid")
 
 
@@ -104,6 +107,10 @@ def _shift(data: np.ndarray, reference: nib.Nifti1Image, shift_mm: np.ndarray) -
     sample_at = grid.world_to_cube(world).unsqueeze(0)
     volume = torch.from_numpy(np.ascontiguousarray(data.T, dtype=np.float32))[None, None]
     out = torch.nn.functional.grid_sample(
-        volume, sample_at.to(volume.dtype), mode="bilinear", padding_mode="zeros", align_corners=True
+        volume,
+        sample_at.to(volume.dtype),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=True,
     )
     return out[0, 0].numpy().T

@@ -26,7 +26,9 @@ VIEWS = ("coronal", "sagittal", "axial")
 
 def _ras(img: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
     canonical = nib.as_closest_canonical(img)
-    return np.asarray(canonical.get_fdata(dtype=np.float32)), np.asarray(canonical.header.get_zooms()[:3])
+    return np.asarray(canonical.get_fdata(dtype=np.float32)), np.asarray(
+        canonical.header.get_zooms()[:3]
+    )
 
 
 def _cuts(maps: list[np.ndarray], body: np.ndarray | None = None) -> tuple[int, int, int]:
@@ -38,7 +40,9 @@ def _cuts(maps: list[np.ndarray], body: np.ndarray | None = None) -> tuple[int, 
     total = sum(np.nan_to_num(m) for m in maps)
     if body is not None and body.any():
         total = total * body
-    peak = [int(np.argmax(total.sum(axis=tuple(a for a in range(3) if a != axis)))) for axis in range(3)]
+    peak = [
+        int(np.argmax(total.sum(axis=tuple(a for a in range(3) if a != axis)))) for axis in range(3)
+    ]
     if body is None or not body.any():
         return tuple(peak)
     centre = np.argwhere(body).mean(axis=0).round().astype(int)
@@ -51,7 +55,9 @@ def _body(atlas: np.ndarray) -> np.ndarray:
 
 def _plane(volume: np.ndarray, view: str, cut) -> np.ndarray:
     i, j, k = cut
-    plane = {"coronal": volume[:, j, :], "sagittal": volume[i, :, :], "axial": volume[:, :, k]}[view]
+    plane = {"coronal": volume[:, j, :], "sagittal": volume[i, :, :], "axial": volume[:, :, k]}[
+        view
+    ]
     return np.flipud(plane.T)  # rows: superior (or anterior) at the top
 
 
@@ -62,15 +68,22 @@ def _aspect(view: str, zooms) -> float:
 
 def _draw(ax, atlas, overlay, view, cut, zooms, vmax, threshold):
     background = _plane(atlas, view, cut)
-    ax.imshow(background, cmap="gray", aspect=_aspect(view, zooms), vmin=0,
-              vmax=float(np.percentile(atlas, 99.5)) or 1.0)
+    ax.imshow(
+        background,
+        cmap="gray",
+        aspect=_aspect(view, zooms),
+        vmin=0,
+        vmax=float(np.percentile(atlas, 99.5)) or 1.0,
+    )
     if overlay is None:
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="white")
         return None
     plane = _plane(overlay, view, cut)
     inside = _plane(_body(atlas), view, cut)
     shown = np.ma.masked_where(~((plane >= threshold) & inside), plane)
-    return ax.imshow(shown, cmap="hot", vmin=threshold, vmax=vmax, alpha=0.8, aspect=_aspect(view, zooms))
+    return ax.imshow(
+        shown, cmap="hot", vmin=threshold, vmax=vmax, alpha=0.8, aspect=_aspect(view, zooms)
+    )
 
 
 def importance_panels(
@@ -97,13 +110,16 @@ def importance_panels(
     vmax = max([float(np.nanmax(m)) for m in present] + [threshold + 1e-6])
     body = _body(atlas_data[0][0])
     cut = _cuts(present, body) if present else tuple(s // 2 for s in atlas_data[0][0].shape)
-    fig, axes = plt.subplots(len(maps), 3, figsize=(7.5, 3.2 * len(maps)), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        len(maps), 3, figsize=(7.5, 3.2 * len(maps)), squeeze=False, layout="constrained"
+    )
     image = None
     for row, ((atlas, zooms), overlay, label) in enumerate(zip(atlas_data, map_data, labels)):
         for col, view in enumerate(VIEWS):
             ax = axes[row, col]
-            drawn = _draw(ax, atlas, overlay, view, _clip_cut(cut, atlas.shape), zooms, vmax, threshold)
+            drawn = _draw(
+                ax, atlas, overlay, view, _clip_cut(cut, atlas.shape), zooms, vmax, threshold
+            )
             image = drawn or image
             ax.set_xticks([])
             ax.set_yticks([])
@@ -122,7 +138,12 @@ def _clip_cut(cut, shape) -> tuple[int, int, int]:
 
 
 def class_test_panels(
-    atlas: nib.Nifti1Image, tmap: nib.Nifti1Image, significant: nib.Nifti1Image, path: str | Path, *, title: str = ""
+    atlas: nib.Nifti1Image,
+    tmap: nib.Nifti1Image,
+    significant: nib.Nifti1Image,
+    path: str | Path,
+    *,
+    title: str = "",
 ) -> None:
     """t map (accelerated minus decelerated) with the significant voxels outlined."""
     atlas_data, zooms = _ras(atlas)
@@ -137,7 +158,9 @@ def class_test_panels(
         ax = axes[0, col]
         ax.imshow(_plane(atlas_data, view, cut), cmap="gray", aspect=_aspect(view, zooms))
         shown = np.ma.masked_where(_plane(t, view, cut) == 0, _plane(t, view, cut))
-        image = ax.imshow(shown, cmap="coolwarm", vmin=-limit, vmax=limit, alpha=0.8, aspect=_aspect(view, zooms))
+        image = ax.imshow(
+            shown, cmap="coolwarm", vmin=-limit, vmax=limit, alpha=0.8, aspect=_aspect(view, zooms)
+        )
         if (mask > 0).any():
             ax.contour(_plane(mask, view, cut) > 0, levels=[0.5], colors="lime", linewidths=0.8)
         ax.set_title(view, fontsize=9)
@@ -162,12 +185,23 @@ def examples_panels(
     ``rows`` maps a row label (e.g. "accelerated") to (caption, map) pairs.
     """
     atlas_data, zooms = _ras(atlas)
-    maps = {label: [(caption, _ras(img)[0]) for caption, img in items] for label, items in rows.items()}
+    maps = {
+        label: [(caption, _ras(img)[0]) for caption, img in items] for label, items in rows.items()
+    }
     everything = [m for items in maps.values() for _, m in items]
-    cut = _cuts(everything, _body(atlas_data)) if everything else tuple(s // 2 for s in atlas_data.shape)
+    cut = (
+        _cuts(everything, _body(atlas_data))
+        if everything
+        else tuple(s // 2 for s in atlas_data.shape)
+    )
     n_cols = max([len(items) for items in maps.values()] + [1])
-    fig, axes = plt.subplots(len(maps), n_cols, figsize=(2.2 * n_cols, 3.4 * len(maps)), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        len(maps),
+        n_cols,
+        figsize=(2.2 * n_cols, 3.4 * len(maps)),
+        squeeze=False,
+        layout="constrained",
+    )
     for row, (label, items) in enumerate(maps.items()):
         for col in range(n_cols):
             ax = axes[row, col]

@@ -25,10 +25,8 @@ registration step can warp it like the water image.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -63,8 +61,15 @@ class CamResult:
         return tuple(self.layer_map.shape)
 
 
-def grad_cam(model: nn.Module, volume: torch.Tensor, layer: nn.Module | None = None, *,
-             normalise: bool = True, target: str = "age", reference_age: float | None = None) -> CamResult:
+def grad_cam(
+    model: nn.Module,
+    volume: torch.Tensor,
+    layer: nn.Module | None = None,
+    *,
+    normalise: bool = True,
+    target: str = "age",
+    reference_age: float | None = None,
+) -> CamResult:
     """Grad-CAM of the predicted age for one volume (1, C, X, Y, Z) or one image (1, C, H, W).
 
     The model runs in eval mode (its previous mode is restored afterwards).
@@ -75,23 +80,31 @@ def grad_cam(model: nn.Module, volume: torch.Tensor, layer: nn.Module | None = N
     """
     sign_of = _target_sign(target, reference_age)
     if volume.ndim not in _UPSAMPLING or volume.shape[0] != 1:
-        raise ValueError(f"grad_cam needs one volume (1, C, X, Y, Z) or one image (1, C, H, W), "
-                         f"got shape {tuple(volume.shape)}")
+        raise ValueError(
+            f"grad_cam needs one volume (1, C, X, Y, Z) or one image (1, C, H, W), "
+            f"got shape {tuple(volume.shape)}"
+        )
     layer = model.feature_layer if layer is None else layer
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with torch.enable_grad():  # works under a caller's torch.no_grad too
-            activation, age = _forward_with_activation(model, layer, volume.to(device, torch.float32))
+            activation, age = _forward_with_activation(
+                model, layer, volume.to(device, torch.float32)
+            )
             (gradient,) = torch.autograd.grad(age.sum(), activation)
     finally:
         model.train(was_training)
     predicted_age = float(age.detach().reshape(-1)[0])
     layer_map = _weighted_activation(activation.detach(), gradient * sign_of(predicted_age))
     cam = min_max(layer_map) if normalise else layer_map
-    cam = F.interpolate(cam[None, None], size=tuple(volume.shape[2:]), mode=_UPSAMPLING[volume.ndim],
-                        align_corners=False)
+    cam = F.interpolate(
+        cam[None, None],
+        size=tuple(volume.shape[2:]),
+        mode=_UPSAMPLING[volume.ndim],
+        align_corners=False,
+    )
     return CamResult(cam[0, 0].float().cpu(), predicted_age, layer_map.float().cpu())
 
 
@@ -102,12 +115,15 @@ def _target_sign(target: str, reference_age: float | None):
     if target == "age":
         return lambda age: 1.0
     if reference_age is None or not np.isfinite(reference_age):
-        raise ValueError("Grad-CAM target 'deviation' needs a finite reference_age (the training mean age)")
+        raise ValueError(
+            "Grad-CAM target 'deviation' needs a finite reference_age (the training mean age)"
+        )
     return lambda age: 1.0 if age >= reference_age else -1.0
 
 
-def _forward_with_activation(model: nn.Module, layer: nn.Module,
-                             volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_with_activation(
+    model: nn.Module, layer: nn.Module, volume: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the model, making the layer's output a leaf that requires grad.
 
     A fresh leaf lets us differentiate even when the weights are frozen, and
@@ -126,7 +142,9 @@ def _forward_with_activation(model: nn.Module, layer: nn.Module,
     finally:
         handle.remove()
     if len(captured) != 1:
-        raise RuntimeError(f"the Grad-CAM layer ran {len(captured)} times in one forward pass, expected once")
+        raise RuntimeError(
+            f"the Grad-CAM layer ran {len(captured)} times in one forward pass, expected once"
+        )
     return captured[0], age
 
 
@@ -144,9 +162,19 @@ def min_max(cam: torch.Tensor) -> torch.Tensor:
     return (cam - low) / (high - low)
 
 
-def cam_for_participant(checkpoint, cache_path, water_nifti_path, out_path, *, layer_name: str = "layer3",
-                        normalise: bool = True, device=None, downsample_factor: int | None = None,
-                        target: str = "age", reference_age: float | None = None) -> dict:
+def cam_for_participant(
+    checkpoint,
+    cache_path,
+    water_nifti_path,
+    out_path,
+    *,
+    layer_name: str = "layer3",
+    normalise: bool = True,
+    device=None,
+    downsample_factor: int | None = None,
+    target: str = "age",
+    reference_age: float | None = None,
+) -> dict:
     """Grad-CAM of one participant's cached input, saved on the stitched grid with its true affine.
 
     The cache may be the stitched volume block-averaged by an integer factor
@@ -156,7 +184,9 @@ def cam_for_participant(checkpoint, cache_path, water_nifti_path, out_path, *, l
     start = time.perf_counter()
     if layer_name not in LAYERS:
         raise ValueError(f"layer_name must be one of {LAYERS}, not {layer_name!r}")
-    stitched = nib.load(str(water_nifti_path))  # header only: check the grids before the costly part
+    stitched = nib.load(
+        str(water_nifti_path)
+    )  # header only: check the grids before the costly part
     grid_shape = tuple(int(s) for s in stitched.shape[:3])
     cached = load_npy(cache_path)
     factor = _check_or_infer_factor(grid_shape, cached.shape, downsample_factor)
@@ -164,15 +194,28 @@ def cam_for_participant(checkpoint, cache_path, water_nifti_path, out_path, *, l
     device = pick_device(device, task="Grad-CAM")
     model, meta = load_trained(checkpoint, device)
     if list(cached.shape) != list(meta.get("input_shape", cached.shape)):
-        log.warning("cache %s has shape %s, the model was trained on %s", cache_path, cached.shape,
-                    meta["input_shape"])
+        log.warning(
+            "cache %s has shape %s, the model was trained on %s",
+            cache_path,
+            cached.shape,
+            meta["input_shape"],
+        )
     volume = torch.from_numpy(np.asarray(cached, dtype=np.float32))[None, None]
-    result = grad_cam(model, volume, getattr(model.backbone, layer_name), normalise=normalise, target=target,
-                      reference_age=reference_age)
+    result = grad_cam(
+        model,
+        volume,
+        getattr(model.backbone, layer_name),
+        normalise=normalise,
+        target=target,
+        reference_age=reference_age,
+    )
     cam = to_stitched_grid(result.map.numpy(), grid_shape, factor)
     save_nifti(out_path, nifti_image(cam, stitched.affine, reference=stitched))
-    return {"predicted_age": result.predicted_age, "seconds": round(time.perf_counter() - start, 3),
-            "device": str(device)}
+    return {
+        "predicted_age": result.predicted_age,
+        "seconds": round(time.perf_counter() - start, 3),
+        "device": str(device),
+    }
 
 
 def _check_or_infer_factor(grid_shape, cache_shape, factor: int | None) -> int:
@@ -180,14 +223,20 @@ def _check_or_infer_factor(grid_shape, cache_shape, factor: int | None) -> int:
     cache_shape = tuple(int(s) for s in cache_shape)
     if len(cache_shape) != 3:
         raise ValueError(f"cached input of shape {cache_shape} is not a 3D volume")
-    fits = [f for f in range(1, min(grid_shape) + 1) if tuple(s // f for s in grid_shape) == cache_shape]
+    fits = [
+        f for f in range(1, min(grid_shape) + 1) if tuple(s // f for s in grid_shape) == cache_shape
+    ]
     if factor is not None:
         if factor not in fits:
-            raise ValueError(f"cache shape {cache_shape} is not stitched grid {grid_shape} downsampled by {factor}")
+            raise ValueError(
+                f"cache shape {cache_shape} is not stitched grid {grid_shape} downsampled by {factor}"
+            )
         return int(factor)
     if len(fits) != 1:
-        raise ValueError(f"cache shape {cache_shape} vs stitched grid {grid_shape}: downsampling factor "
-                         f"{'ambiguous ' + str(fits) if fits else 'not an integer'}; pass downsample_factor")
+        raise ValueError(
+            f"cache shape {cache_shape} vs stitched grid {grid_shape}: downsampling factor "
+            f"{'ambiguous ' + str(fits) if fits else 'not an integer'}; pass downsample_factor"
+        )
     return fits[0]
 
 
@@ -213,5 +262,11 @@ def to_stitched_grid(cam: np.ndarray, grid_shape, factor: int) -> np.ndarray:
         return cam
     # stitched voxel -> cache voxel; independent of the world affine, which cancels.
     stitched_to_cache = np.linalg.inv(cache_affine(np.eye(4), factor))
-    return ndimage.affine_transform(cam, stitched_to_cache[:3, :3], offset=stitched_to_cache[:3, 3],
-                                    output_shape=tuple(grid_shape), order=1, mode="nearest").astype(np.float32)
+    return ndimage.affine_transform(
+        cam,
+        stitched_to_cache[:3, :3],
+        offset=stitched_to_cache[:3, 3],
+        output_shape=tuple(grid_shape),
+        order=1,
+        mode="nearest",
+    ).astype(np.float32)

@@ -16,9 +16,6 @@ a group.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -26,7 +23,6 @@ import pandas as pd
 from ageatlas.core.files import nifti_image
 from ageatlas.core.paths import eid_of_path
 from ageatlas.core.vocabulary import AGEING_CLASSES, SUBSETS
-
 
 
 def ageing_class(
@@ -101,10 +97,17 @@ def ageing_table(
     cohort = cohort.assign(eid=cohort["eid"].astype(str))
     missing = set(test["eid"]) - set(cohort["eid"])
     if missing:
-        raise ValueError(f"predicted participants missing from the cohort table: {sorted(missing)[:5]}")
+        raise ValueError(
+            f"predicted participants missing from the cohort table: {sorted(missing)[:5]}"
+        )
     table = test.merge(cohort[["eid", "sex", "bmi", "group", "age_band"]], on="eid", how="left")
-    classes = [_group_classes(part["gap"], threshold, sd_multiple) for _, part in table.groupby("group", sort=True)]
-    table["ageing_class"] = pd.concat(classes).reindex(table.index).astype(object) if classes else []
+    classes = [
+        _group_classes(part["gap"], threshold, sd_multiple)
+        for _, part in table.groupby("group", sort=True)
+    ]
+    table["ageing_class"] = (
+        pd.concat(classes).reindex(table.index).astype(object) if classes else []
+    )
     table["near_perfect"] = near_perfect(table["gap"], near_perfect_limit)
     return table.sort_values(["group", "eid"]).reset_index(drop=True)
 
@@ -135,9 +138,7 @@ def nan_map(reference: nib.Nifti1Image, description: str = "") -> nib.Nifti1Imag
     return nifti_image(np.full(reference.shape[:3], np.nan), reference.affine, description)
 
 
-def usable_maps(
-    eids, warped_paths, record_paths
-) -> tuple[list[str], dict[str, str]]:
+def usable_maps(eids, warped_paths, record_paths) -> tuple[list[str], dict[str, str]]:
     """Warped maps of ``eids`` whose registration passed QC, and why the others are out.
 
     Paths are matched to eids by file name ({eid}.nii.gz, {eid}.json); a
@@ -150,7 +151,9 @@ def usable_maps(
     used, excluded = [], {}
     for eid in map(str, eids):
         if eid not in warped or eid not in records:
-            raise ValueError(f"participant {eid}: no warped map or registration record among the inputs")
+            raise ValueError(
+                f"participant {eid}: no warped map or registration record among the inputs"
+            )
         record = json.loads(open(records[eid]).read())
         if record["status"] == "ok":
             used.append(warped[eid])

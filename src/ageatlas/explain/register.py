@@ -160,7 +160,9 @@ def _stopped_falling(history: list[float], settings: RegistrationSettings) -> bo
     return before - now < settings.min_delta * max(abs(before), 1e-12)
 
 
-def _fit_deformable(moving_levels: dict, fixed_levels: dict, affine, settings: RegistrationSettings):
+def _fit_deformable(
+    moving_levels: dict, fixed_levels: dict, affine, settings: RegistrationSettings
+):
     """Coarse-to-fine SVFFD; control points are subdivided between levels."""
     coarsest = max(fixed_levels)
     svffd = spatial.StationaryVelocityFreeFormDeformation(
@@ -281,11 +283,11 @@ class Registration:
         )
 
     @classmethod
-    def load(cls, path) -> "Registration":
+    def load(cls, path) -> Registration:
         return cls.from_state(torch.load(Path(path), weights_only=True))
 
     @classmethod
-    def from_state(cls, state: dict) -> "Registration":
+    def from_state(cls, state: dict) -> Registration:
         """A registration from the dict :meth:`save` writes."""
         fixed_grid = Grid.from_numpy(state["fixed_grid"].numpy(), align_corners=True)
         moving_grid = Grid.from_numpy(state["moving_grid"].numpy(), align_corners=True)
@@ -411,14 +413,18 @@ def qc_reasons(metrics: dict, max_folding_share: float) -> list[str]:
     return reasons
 
 
-
 class RegistrationFailed(RuntimeError):
     """A registration that failed or did not pass QC; its record says why."""
 
 
 def register_files(
-    moving_path, fixed_path, settings: RegistrationSettings, *, max_folding_share: float,
-    fixed_normalised: bool = False, device=None,
+    moving_path,
+    fixed_path,
+    settings: RegistrationSettings,
+    *,
+    max_folding_share: float,
+    fixed_normalised: bool = False,
+    device=None,
 ) -> tuple[Registration | None, dict]:
     """Register one image file to another and judge the result.
 
@@ -428,8 +434,11 @@ def register_files(
     """
     try:
         result = register(
-            nib.load(str(moving_path)), nib.load(str(fixed_path)), settings,
-            device=device, fixed_normalised=fixed_normalised,
+            nib.load(str(moving_path)),
+            nib.load(str(fixed_path)),
+            settings,
+            device=device,
+            fixed_normalised=fixed_normalised,
         )
     except Exception as exc:  # noqa: BLE001 - any failure is this participant's QC result
         return None, {"status": "failed", "reasons": [f"{type(exc).__name__}: {exc}"]}
@@ -438,7 +447,9 @@ def register_files(
     return (None if reasons else result), record
 
 
-def save_outcome(registration: Registration | None, record: dict, transform_path, record_path) -> None:
+def save_outcome(
+    registration: Registration | None, record: dict, transform_path, record_path
+) -> None:
     """Write the transform (or a failure marker) and its JSON record."""
     if registration is not None:
         registration.save(transform_path)

@@ -99,9 +99,16 @@ def compare_classes(
     target = _masked_rows(paths, mask_bool, shape, affine)
     design = np.r_[np.ones(len(maps_a)), -np.ones(len(maps_b))][:, None]
     out = permuted_ols(
-        design, target, model_intercept=True, n_perm=n_perm,
-        two_sided_test=two_sided, random_state=seed, n_jobs=n_jobs,
-        masker=masker, tfce=tfce, output_type="dict",
+        design,
+        target,
+        model_intercept=True,
+        n_perm=n_perm,
+        two_sided_test=two_sided,
+        random_state=seed,
+        n_jobs=n_jobs,
+        masker=masker,
+        tfce=tfce,
+        output_type="dict",
     )
     logp = out["logp_max_t"][0]
     significant = (logp > -np.log10(alpha)).astype(np.uint8)
@@ -109,8 +116,11 @@ def compare_classes(
         "t": masker.inverse_transform(out["t"][0]),
         "logp_fwe": masker.inverse_transform(logp),
         "significant": masker.inverse_transform(significant),
-        "n_a": len(maps_a), "n_b": len(maps_b), "n_perm": n_perm,
-        "alpha": alpha, "n_significant": int(significant.sum()),
+        "n_a": len(maps_a),
+        "n_b": len(maps_b),
+        "n_perm": n_perm,
+        "alpha": alpha,
+        "n_significant": int(significant.sum()),
     }
     if tfce:
         result["tfce"] = masker.inverse_transform(out["tfce"][0])

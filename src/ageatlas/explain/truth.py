@@ -34,7 +34,11 @@ def labels_in_atlas(
 ) -> dict[str, np.ndarray]:
     """Labels (on the moving image's grid) in atlas space after each stage."""
     affine_only = Registration(
-        registration.fixed_grid, registration.moving_grid, registration.affine, None, registration.settings
+        registration.fixed_grid,
+        registration.moving_grid,
+        registration.affine,
+        None,
+        registration.settings,
     )
     return {
         "none": np.asarray(labels_on(atlas, labels_native).dataobj),
@@ -70,7 +74,9 @@ def leave_one_out_dice(maps: list[np.ndarray], labels) -> np.ndarray:
 
 def majority_labels(maps: list[np.ndarray], n_labels: int) -> np.ndarray:
     """Voxel-wise most frequent label (ties to the lower value)."""
-    counts = np.stack([sum((m == label).astype(np.int32) for m in maps) for label in range(n_labels)])
+    counts = np.stack(
+        [sum((m == label).astype(np.int32) for m in maps) for label in range(n_labels)]
+    )
     return counts.argmax(axis=0).astype(np.uint8)
 
 
@@ -88,8 +94,13 @@ def enrichment(importance: np.ndarray, labels: np.ndarray, age_labels) -> float:
     return (float(np.nansum(importance[age])) / total) / (age.sum() / body.sum())
 
 
-def group_check(participants, atlas: nib.Nifti1Image, population_mean: nib.Nifti1Image, age_labels,
-                n_labels: int) -> dict:
+def group_check(
+    participants,
+    atlas: nib.Nifti1Image,
+    population_mean: nib.Nifti1Image,
+    age_labels,
+    n_labels: int,
+) -> dict:
     """Registration Dice per stage and importance enrichment for one group.
 
     ``participants`` yields (eid, registration or None, native labels on the
@@ -99,20 +110,33 @@ def group_check(participants, atlas: nib.Nifti1Image, population_mean: nib.Nifti
     stages = {stage: [] for stage in STAGES}
     native_enrichment, failed = [], []
     for eid, registration, labels, gradcam in participants:
-        native_enrichment.append(enrichment(np.asarray(gradcam.dataobj), np.asarray(labels.dataobj), age_labels))
+        native_enrichment.append(
+            enrichment(np.asarray(gradcam.dataobj), np.asarray(labels.dataobj), age_labels)
+        )
         if registration is None:
             failed.append(str(eid))
             continue
         for stage, warped in labels_in_atlas(registration, labels, atlas).items():
             stages[stage].append(warped)
-    result = {"n": len(native_enrichment), "failed_registrations": failed,
-              "native_enrichment_mean": float(np.nanmean(native_enrichment)) if native_enrichment else None}
+    result = {
+        "n": len(native_enrichment),
+        "failed_registrations": failed,
+        "native_enrichment_mean": float(np.nanmean(native_enrichment))
+        if native_enrichment
+        else None,
+    }
     if len(stages["deformable"]) < 2:
         return result
     all_labels = list(range(1, n_labels))
     for stage, maps in stages.items():
-        result[f"dice_age_regions_{stage}"] = float(np.nanmean(leave_one_out_dice(maps, list(age_labels))))
-        result[f"dice_all_regions_{stage}"] = float(np.nanmean(leave_one_out_dice(maps, all_labels)))
+        result[f"dice_age_regions_{stage}"] = float(
+            np.nanmean(leave_one_out_dice(maps, list(age_labels)))
+        )
+        result[f"dice_all_regions_{stage}"] = float(
+            np.nanmean(leave_one_out_dice(maps, all_labels))
+        )
     consensus = majority_labels(stages["deformable"], n_labels)
-    result["atlas_enrichment"] = enrichment(np.asarray(population_mean.get_fdata()), consensus, age_labels)
+    result["atlas_enrichment"] = enrichment(
+        np.asarray(population_mean.get_fdata()), consensus, age_labels
+    )
     return result

@@ -83,8 +83,13 @@ class SliceHeader:
 
     @property
     def series_key(self) -> tuple:
-        return (self.series_uid, self.series_number, self.description, self.series_time,
-                self.contrast)
+        return (
+            self.series_uid,
+            self.series_number,
+            self.description,
+            self.series_time,
+            self.contrast,
+        )
 
 
 def _raw(ds, keyword: str):
@@ -145,15 +150,38 @@ def contrast_of(description: str, image_type: str = "") -> str | None:
     ``DIXON_BH_17S_opp``, ``Dixon_in_phase``); ImageType items such as
     ``WATER`` or ``OPP_PHASE`` (Siemens derived Dixon) are the fallback.
     """
-    words = {"w": "W", "water": "W", "wat": "W", "f": "F", "fat": "F",
-             "in": "in", "ip": "in", "inphase": "in",
-             "opp": "opp", "op": "opp", "oop": "opp", "out": "opp", "opposed": "opp",
-             "outphase": "opp", "oppphase": "opp"}
+    words = {
+        "w": "W",
+        "water": "W",
+        "wat": "W",
+        "f": "F",
+        "fat": "F",
+        "in": "in",
+        "ip": "in",
+        "inphase": "in",
+        "opp": "opp",
+        "op": "opp",
+        "oop": "opp",
+        "out": "opp",
+        "opposed": "opp",
+        "outphase": "opp",
+        "oppphase": "opp",
+    }
     for token in reversed(re.split(r"[^a-z0-9]+", description.lower())):
         if token in words:
             return words[token]
-    items = {"W": "W", "WATER": "W", "F": "F", "FAT": "F", "IN_PHASE": "in", "IP": "in",
-             "OUT_PHASE": "opp", "OPP_PHASE": "opp", "OP": "opp", "OPP": "opp"}
+    items = {
+        "W": "W",
+        "WATER": "W",
+        "F": "F",
+        "FAT": "F",
+        "IN_PHASE": "in",
+        "IP": "in",
+        "OUT_PHASE": "opp",
+        "OPP_PHASE": "opp",
+        "OP": "opp",
+        "OPP": "opp",
+    }
     for item in reversed(image_type.upper().split("\\")):
         if item.strip() in items:
             return items[item.strip()]
@@ -179,7 +207,8 @@ def _slice_header(member: str, ds, little: bool, implicit: bool) -> SliceHeader:
     head.position, head.orientation, head.pixel_spacing = (
         _required_floats(ds, "ImagePositionPatient", 3),
         _required_floats(ds, "ImageOrientationPatient", 6),
-        _required_floats(ds, "PixelSpacing", 2))
+        _required_floats(ds, "PixelSpacing", 2),
+    )
     head.rows = _binary_int(ds, "Rows", 0, little)
     head.columns = _binary_int(ds, "Columns", 0, little)
     head.bits_allocated = _binary_int(ds, "BitsAllocated", 16, little)
@@ -192,8 +221,10 @@ def _slice_header(member: str, ds, little: bool, implicit: bool) -> SliceHeader:
     if head.rows <= 0 or head.columns <= 0 or min(head.pixel_spacing) <= 0:
         raise ValueError(f"bad matrix {head.columns}x{head.rows} or spacing {head.pixel_spacing}")
     if head.frames != 1 or head.samples != 1 or head.bits_allocated not in (8, 16, 32):
-        raise ValueError(f"unsupported image: {head.frames} frames, {head.samples} samples "
-                         f"per pixel, {head.bits_allocated} bits allocated")
+        raise ValueError(
+            f"unsupported image: {head.frames} frames, {head.samples} samples "
+            f"per pixel, {head.bits_allocated} bits allocated"
+        )
     return head
 
 
@@ -205,13 +236,15 @@ def _standard_meta(data: bytes) -> tuple[bool, bool, int] | None:
     at = data.find(b"\x02\x00\x10\x00UI", 144, end)
     if at < 0:
         return None
-    size = int.from_bytes(data[at + 6:at + 8], "little")
-    uid = data[at + 8:at + 8 + size].rstrip(b"\x00 ").decode("ascii", "replace")
+    size = int.from_bytes(data[at + 6 : at + 8], "little")
+    uid = data[at + 8 : at + 8 + size].rstrip(b"\x00 ").decode("ascii", "replace")
     if uid == "1.2.840.10008.1.2.1.99":  # deflated dataset: let pydicom inflate it
         return None
     # implicit LE and (retired) explicit BE; every other syntax encodes explicit LE
-    implicit, little = {"1.2.840.10008.1.2": (True, True),
-                        "1.2.840.10008.1.2.2": (False, False)}.get(uid, (False, True))
+    implicit, little = {
+        "1.2.840.10008.1.2": (True, True),
+        "1.2.840.10008.1.2.2": (False, False),
+    }.get(uid, (False, True))
     return implicit, little, end
 
 
@@ -241,7 +274,7 @@ def _parse(data: bytes, preamble: bool):
         little = encoding[1] if encoding[1] is not None else ds.is_little_endian
     pos = bio.tell()
     tag = _PIXEL_TAG_LE if little else _PIXEL_TAG_BE
-    return ds, bool(implicit), bool(little), (pos if data[pos:pos + 4] == tag else -1)
+    return ds, bool(implicit), bool(little), (pos if data[pos : pos + 4] == tag else -1)
 
 
 def _looks_like_dicom(head: bytes) -> tuple[bool, bool]:
@@ -272,16 +305,20 @@ class _Scanner:
                     head = _slice_header(name, ds, little, implicit)
                 except (ValueError, TypeError, IndexError) as err:
                     raise ParticipantExcluded(
-                        f"member {name!r}: bad DICOM header value ({err})") from None
+                        f"member {name!r}: bad DICOM header value ({err})"
+                    ) from None
                 if not (head.series_uid or head.description or head.contrast):
                     # every real image has a SeriesInstanceUID: this header is junk
-                    raise ParticipantExcluded(f"member {name!r} is a DICOM file that cannot be "
-                                              "parsed (no SeriesInstanceUID, no SeriesDescription)")
+                    raise ParticipantExcluded(
+                        f"member {name!r} is a DICOM file that cannot be "
+                        "parsed (no SeriesInstanceUID, no SeriesDescription)"
+                    )
                 if head.contrast in self.wanted:
                     data += fh.read()  # to the end, which also checks the CRC
                     if pos < 0:
                         raise ParticipantExcluded(
-                            f"member {name!r} ({head.description!r}) has no Pixel Data")
+                            f"member {name!r} ({head.description!r}) has no Pixel Data"
+                        )
                     head.data, head.pixel_offset = data, pos
                 return head
         except ZIP_ERRORS as err:
@@ -310,11 +347,16 @@ class _Scanner:
 
 def _unparsable(name: str, err: Exception) -> ParticipantExcluded:
     return ParticipantExcluded(
-        f"member {name!r} is a DICOM file that cannot be parsed ({type(err).__name__}: {err})")
+        f"member {name!r} is a DICOM file that cannot be parsed ({type(err).__name__}: {err})"
+    )
 
 
-def scan_zip(zip_path: str | Path, *, contrasts: Sequence[str] = DEFAULT_CONTRASTS,
-             limits: ZipLimits = ZipLimits()) -> tuple[list[SliceHeader], list[str]]:
+def scan_zip(
+    zip_path: str | Path,
+    *,
+    contrasts: Sequence[str] = DEFAULT_CONTRASTS,
+    limits: ZipLimits = ZipLimits(),
+) -> tuple[list[SliceHeader], list[str]]:
     """Headers of all DICOM members (pixel bytes kept for ``contrasts``) and warnings."""
     warnings: list[str] = []
     unsafe, non_dicom = [], []
@@ -338,8 +380,10 @@ def scan_zip(zip_path: str | Path, *, contrasts: Sequence[str] = DEFAULT_CONTRAS
             else:
                 headers.append(head)
     if unsafe:
-        warnings.append(f"ignored {len(unsafe)} member(s) with unsafe path names, never "
-                        f"extracted: {names(unsafe)}")
+        warnings.append(
+            f"ignored {len(unsafe)} member(s) with unsafe path names, never "
+            f"extracted: {names(unsafe)}"
+        )
     if non_dicom:
         warnings.append(f"ignored {len(non_dicom)} non-DICOM member(s): {names(non_dicom)}")
     return headers, warnings

@@ -213,8 +213,9 @@ def harmonise(
             )
         ratios.append(ratio)
     gains = propagate_gains(ratios, ref=(len(placed) - 1) // 2)
-    info.append("station gains "
-                + ", ".join(f"{st.geo.label}: {g:.2f}" for st, g in zip(placed, gains)))
+    info.append(
+        "station gains " + ", ".join(f"{st.geo.label}: {g:.2f}" for st, g in zip(placed, gains))
+    )
     for st, g in zip(placed, gains):
         # Receiver gains differ by tens of percent between stations; beyond
         # GAIN_WARN the overlap statistics more likely mislead than the scanner.

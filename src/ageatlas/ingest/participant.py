@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ageatlas.core.paths import stitched_path
 from ageatlas.core.files import nifti_image, save_nifti
+from ageatlas.core.paths import stitched_path
 from ageatlas.core.qc import ParticipantExcluded, QCRecord
 from ageatlas.ingest import reader, stitch
 from ageatlas.ingest.grid import Grid
@@ -30,8 +30,14 @@ QC_FILE = "qc.json"
 log = logging.getLogger(__name__)
 
 
-def ingest_participant(eid: str, zip_path: str | Path, out_dir: str | Path, grid: Grid,
-                       options: stitch.StitchOptions, preview: bool = True) -> QCRecord:
+def ingest_participant(
+    eid: str,
+    zip_path: str | Path,
+    out_dir: str | Path,
+    grid: Grid,
+    options: stitch.StitchOptions,
+    preview: bool = True,
+) -> QCRecord:
     """Read, stitch and write one participant; always writes ``out_dir/qc.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -48,8 +54,12 @@ def ingest_participant(eid: str, zip_path: str | Path, out_dir: str | Path, grid
         if preview:
             from ageatlas.ingest.preview import stitch_preview
 
-            stitch_preview(result.images, grid.spacing, out_dir / f"{eid}_preview.png",
-                           title=f"{eid} (stitched)")
+            stitch_preview(
+                result.images,
+                grid.spacing,
+                out_dir / f"{eid}_preview.png",
+                title=f"{eid} (stitched)",
+            )
     except ParticipantExcluded as err:
         record.exclude(str(err))
     except Exception as err:  # noqa: BLE001 - any defect must end as a QC row, see module doc
@@ -59,8 +69,13 @@ def ingest_participant(eid: str, zip_path: str | Path, out_dir: str | Path, grid
         for leftover in out_dir.glob("*.nii.gz"):
             leftover.unlink()  # never leave half a participant behind
     record.write_json(out_dir / QC_FILE)
-    log.info("participant %s: %s in %.2f s%s", eid, record.status, time.perf_counter() - start,
-             "".join(f"\n  - {r}" for r in record.reasons))
+    log.info(
+        "participant %s: %s in %.2f s%s",
+        eid,
+        record.status,
+        time.perf_counter() - start,
+        "".join(f"\n  - {r}" for r in record.reasons),
+    )
     return record
 
 

@@ -19,8 +19,9 @@ def _upright(plane: np.ndarray) -> np.ndarray:
     return np.flipud(plane.T)
 
 
-def stitch_preview(images: dict[str, np.ndarray], spacing, path: str | Path,
-                   title: str = "") -> None:
+def stitch_preview(
+    images: dict[str, np.ndarray], spacing, path: str | Path, title: str = ""
+) -> None:
     """Coronal and sagittal mid-planes of each stitched contrast, to spot seams and swaps.
 
     Volumes are in canonical RAS voxel order (i: left-right, j: posterior-
@@ -35,8 +36,10 @@ def stitch_preview(images: dict[str, np.ndarray], spacing, path: str | Path,
         hi = float(np.percentile(vol, 99.5)) or 1.0
         coronal = vol[:, vol.shape[1] // 2, :]
         sagittal = vol[vol.shape[0] // 2, :, :]
-        views = ((axes[0, 2 * col], coronal, "coronal", sz / sx),
-                 (axes[0, 2 * col + 1], sagittal, "sagittal", sz / sy))
+        views = (
+            (axes[0, 2 * col], coronal, "coronal", sz / sx),
+            (axes[0, 2 * col + 1], sagittal, "sagittal", sz / sy),
+        )
         for ax, plane, view, aspect in views:
             ax.imshow(_upright(plane), cmap="gray", vmin=0, vmax=hi, aspect=aspect)
             ax.set_title(f"{name} {view}", fontsize=8)

@@ -56,9 +56,13 @@ from ageatlas.ingest.zip_archive import ZipLimits
 __all__ = ["read_participant"]
 
 
-def read_participant(zip_path: str | Path, *, contrasts: Sequence[str] = DEFAULT_CONTRASTS,
-                     limits: ZipLimits = ZipLimits(), expected_stations: int = len(STATIONS)
-                     ) -> tuple[list[StationVolume], list[str]]:
+def read_participant(
+    zip_path: str | Path,
+    *,
+    contrasts: Sequence[str] = DEFAULT_CONTRASTS,
+    limits: ZipLimits = ZipLimits(),
+    expected_stations: int = len(STATIONS),
+) -> tuple[list[StationVolume], list[str]]:
     """Stations sorted head to foot (index 1..n) and a list of tolerated oddities (QC warnings).
 
     Raises ParticipantExcluded(reason) naming the file and the problem for anything fatal.
@@ -86,7 +90,8 @@ def _read(zip_path, contrasts, limits, expected_stations):
         where = "; ".join(f"{z_text(st)} ({len(st)} series)" for st in stations)
         hint = " (a station is missing)" if len(stations) < expected_stations else ""
         raise ParticipantExcluded(
-            f"{len(stations)} stations found, expected {expected_stations}{hint}: {where}")
+            f"{len(stations)} stations found, expected {expected_stations}{hint}: {where}"
+        )
     volumes = []
     for index, station in enumerate(stations, start=1):
         chosen, repeat_warnings = select_acquisitions(station)

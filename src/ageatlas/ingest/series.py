@@ -20,8 +20,7 @@ import numpy as np
 from ageatlas.core.qc import ParticipantExcluded
 from ageatlas.ingest.dicom_headers import SliceHeader, names
 
-__all__ = ["Series", "group_series", "check_orientation", "group_stations",
-           "select_acquisitions"]
+__all__ = ["Series", "group_series", "check_orientation", "group_stations", "select_acquisitions"]
 
 #: Direction cosines that differ by less than this are the same orientation.
 ORIENTATION_TOL = 1e-3
@@ -92,10 +91,20 @@ def group_series(headers: Sequence[SliceHeader]) -> tuple[list[Series], list[str
         (groups if head.contrast else ignored)[head.series_key].append(head)
     warnings = [
         f"ignored series {'?' if key[1] is None else key[1]} {key[2]!r} ({len(members)} "
-        "slices): not a Dixon in/opp/F/W series" for key, members in ignored.items()
+        "slices): not a Dixon in/opp/F/W series"
+        for key, members in ignored.items()
     ]
-    series = [Series(contrast=key[4], number=key[1], description=key[2], uid=key[0], time=key[3],
-                     slices=list(members)) for key, members in groups.items()]
+    series = [
+        Series(
+            contrast=key[4],
+            number=key[1],
+            description=key[2],
+            uid=key[0],
+            time=key[3],
+            slices=list(members),
+        )
+        for key, members in groups.items()
+    ]
     for one in series:
         _check_slice_orientations(one)
     if series:
@@ -112,10 +121,12 @@ def _check_slice_orientations(series: Series) -> None:
             raise ParticipantExcluded(
                 f"{series.label}: ImageOrientationPatient differs between slices "
                 f"({fmt(orientation)} in {series.slices[0].member!r}, {fmt(s.orientation)} "
-                f"in {s.member!r})")
+                f"in {s.member!r})"
+            )
     if not _orthonormal(orientation):
         raise ParticipantExcluded(
-            f"{series.label}: ImageOrientationPatient {fmt(orientation)} is not orthonormal")
+            f"{series.label}: ImageOrientationPatient {fmt(orientation)} is not orthonormal"
+        )
 
 
 def _sort_slices(series: Series) -> list[str]:
@@ -131,24 +142,30 @@ def _sort_slices(series: Series) -> list[str]:
             raise ParticipantExcluded(
                 f"{series.label}: slices at {fmt(prev.position)} and {fmt(s.position)} lie in "
                 f"one plane of ImageOrientationPatient {fmt(series.orientation)}: orientation and "
-                "positions disagree")
+                "positions disagree"
+            )
         elif s.sop_uid and s.sop_uid == prev.sop_uid:
             dropped.append(s.member)
         else:
             raise ParticipantExcluded(
                 f"{series.label}: two different slices at the same position "
-                f"{fmt(s.position)} ({prev.member!r}, {s.member!r})")
+                f"{fmt(s.position)} ({prev.member!r}, {s.member!r})"
+            )
     series.slices = kept
     if dropped:
-        return [f"{series.label}: dropped {len(dropped)} duplicate slice(s) "
-                f"(same SOPInstanceUID): {names(dropped)}"]
+        return [
+            f"{series.label}: dropped {len(dropped)} duplicate slice(s) "
+            f"(same SOPInstanceUID): {names(dropped)}"
+        ]
     return []
 
 
 def _orthonormal(o: np.ndarray) -> bool:
-    return (abs(np.linalg.norm(o[:3]) - 1) < ORIENTATION_TOL
-            and abs(np.linalg.norm(o[3:]) - 1) < ORIENTATION_TOL
-            and abs(np.dot(o[:3], o[3:])) < ORIENTATION_TOL)
+    return (
+        abs(np.linalg.norm(o[:3]) - 1) < ORIENTATION_TOL
+        and abs(np.linalg.norm(o[3:]) - 1) < ORIENTATION_TOL
+        and abs(np.dot(o[:3], o[3:])) < ORIENTATION_TOL
+    )
 
 
 def fmt(values) -> str:
@@ -160,13 +177,16 @@ def check_orientation(series: Sequence[Series]) -> None:
     """All Dixon series of a participant must share one ImageOrientationPatient."""
     votes = Counter(tuple(np.round(s.orientation, 3)) for s in series)
     common = np.array(votes.most_common(1)[0][0])  # so the message names the odd ones out
-    odd = sorted((s for s in series if np.abs(s.orientation - common).max() > ORIENTATION_TOL),
-                 key=lambda s: s.number if s.number is not None else -1)
+    odd = sorted(
+        (s for s in series if np.abs(s.orientation - common).max() > ORIENTATION_TOL),
+        key=lambda s: s.number if s.number is not None else -1,
+    )
     if odd:
         raise ParticipantExcluded(
             f"inconsistent ImageOrientationPatient between series: {fmt(odd[0].orientation)} in "
             f"{', '.join(s.label for s in odd[:4])}{' ...' if len(odd) > 4 else ''}; "
-            f"{fmt(common)} in {len(series) - len(odd)} other series")
+            f"{fmt(common)} in {len(series) - len(odd)} other series"
+        )
 
 
 def _z_range(series: Series) -> tuple[float, float]:
@@ -228,6 +248,8 @@ def select_acquisitions(station: Sequence[Series]) -> tuple[dict[str, Series], l
             replaced.append(f"{contrast}: {kept.number} at {kept.time or '?'} over {older}")
     warnings = []
     if replaced:
-        warnings.append(f"acquired more than once ({z_text(station)}); kept the later series "
-                        f"({'; '.join(replaced)})")
+        warnings.append(
+            f"acquired more than once ({z_text(station)}); kept the later series "
+            f"({'; '.join(replaced)})"
+        )
     return chosen, warnings

@@ -44,11 +44,13 @@ def _check_series_grid(series: Series) -> np.ndarray:
     first = series.slices[0]
     for s in series.slices:
         if (s.rows, s.columns) != (first.rows, first.columns) or not np.allclose(
-                s.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-6):
+            s.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-6
+        ):
             raise ParticipantExcluded(
                 f"{series.label}: slices differ in matrix or pixel spacing ({first.member!r} "
                 f"{first.columns}x{first.rows} {first.pixel_spacing}, {s.member!r} "
-                f"{s.columns}x{s.rows} {s.pixel_spacing})")
+                f"{s.columns}x{s.rows} {s.pixel_spacing})"
+            )
     n = len(series.slices)
     if n < 2:
         raise ParticipantExcluded(f"{series.label}: only {n} slice")
@@ -58,18 +60,21 @@ def _check_series_grid(series: Series) -> np.ndarray:
     if tilt > MAX_TILT_DEG:
         raise ParticipantExcluded(
             f"{series.label}: slices advance at {tilt:.1f} degrees to the slice normal "
-            "(sheared stack or ImageOrientationPatient not matching the positions)")
+            "(sheared stack or ImageOrientationPatient not matching the positions)"
+        )
     off_grid = np.linalg.norm(pos - (pos[0] + np.outer(np.arange(n), step)), axis=1).max()
     if off_grid > SPACING_TOL * np.linalg.norm(step) + 1e-3:
         gaps = np.linalg.norm(np.diff(pos, axis=0), axis=1)
         raise ParticipantExcluded(
             f"{series.label}: slice spacing not uniform ({gaps.min():.3g} to {gaps.max():.3g} mm"
-            f"{'; a slice missing inside the stack?' if gaps.max() > 1.5 * gaps.min() else ''})")
+            f"{'; a slice missing inside the stack?' if gaps.max() > 1.5 * gaps.min() else ''})"
+        )
     return step
 
 
-def _common_slices(chosen: Mapping[str, Series], contrasts: Sequence[str]
-                   ) -> tuple[dict[str, slice], list[str]]:
+def _common_slices(
+    chosen: Mapping[str, Series], contrasts: Sequence[str]
+) -> tuple[dict[str, slice], list[str]]:
     """Per contrast, the slices on the grid all requested contrasts share."""
     ref = max((chosen[c] for c in contrasts), key=lambda s: len(s.slices))
     ref_step = _check_series_grid(ref)
@@ -82,34 +87,43 @@ def _common_slices(chosen: Mapping[str, Series], contrasts: Sequence[str]
         head = s.slices[0]
         start = round(float(np.dot(s.positions[0] - ref0, ref_step)) / step_len**2)
         misfit = np.linalg.norm(s.positions[0] - (ref0 + start * ref_step))
-        if ((head.rows, head.columns) != (first.rows, first.columns)
-                or not np.allclose(head.pixel_spacing, first.pixel_spacing, rtol=1e-4)
-                or np.linalg.norm(step - ref_step) > SPACING_TOL * step_len
-                or misfit > SPACING_TOL * step_len + 1e-3):
+        if (
+            (head.rows, head.columns) != (first.rows, first.columns)
+            or not np.allclose(head.pixel_spacing, first.pixel_spacing, rtol=1e-4)
+            or np.linalg.norm(step - ref_step) > SPACING_TOL * step_len
+            or misfit > SPACING_TOL * step_len + 1e-3
+        ):
             raise ParticipantExcluded(
                 f"{s.label} and {ref.label} of one station are not on the same grid "
                 f"({head.columns}x{head.rows}x{len(s.slices)} at {fmt(s.positions[0])} step "
                 f"{fmt(step)} vs {first.columns}x{first.rows}x{len(ref.slices)} at {fmt(ref0)} "
-                f"step {fmt(ref_step)})")
+                f"step {fmt(ref_step)})"
+            )
         ranges[c] = (start, start + len(s.slices))
     lo, hi = max(r[0] for r in ranges.values()), min(r[1] for r in ranges.values())
     longest = max(len(chosen[c].slices) for c in contrasts)
     if hi - lo < longest - MAX_CROPPED_SLICES or hi - lo < 2:
         raise ParticipantExcluded(
-            f"contrasts {', '.join(contrasts)} share only {max(hi - lo, 0)} of {longest} slices")
+            f"contrasts {', '.join(contrasts)} share only {max(hi - lo, 0)} of {longest} slices"
+        )
     cuts = {c: slice(lo - r[0], hi - r[0]) for c, r in ranges.items()}
     notes = []
     if any(len(chosen[c].slices) != hi - lo for c in contrasts):
         counts = ", ".join(f"{c} {len(chosen[c].slices)}" for c in contrasts)
-        notes.append(f"cropped {', '.join(contrasts)} to their {hi - lo} common slices "
-                     f"(slices per contrast: {counts})")
+        notes.append(
+            f"cropped {', '.join(contrasts)} to their {hi - lo} common slices "
+            f"(slices per contrast: {counts})"
+        )
     return cuts, notes
 
 
 def _short_series_notes(chosen: Mapping[str, Series]) -> list[str]:
     most = max(len(s.slices) for s in chosen.values())
-    return [f"{s.label} has {len(s.slices)} slices, {most} in the longest series of its station"
-            for s in chosen.values() if len(s.slices) < most]
+    return [
+        f"{s.label} has {len(s.slices)} slices, {most} in the longest series of its station"
+        for s in chosen.values()
+        if len(s.slices) < most
+    ]
 
 
 def _pixel_value(head: SliceHeader) -> tuple[int, int]:
@@ -117,10 +131,10 @@ def _pixel_value(head: SliceHeader) -> tuple[int, int]:
     data, pos = head.data, head.pixel_offset
     order = "little" if head.little_endian else "big"
     if head.implicit_vr:
-        return pos + 8, int.from_bytes(data[pos + 4:pos + 8], order)
-    if data[pos + 4:pos + 6] in _LONG_VRS:
-        return pos + 12, int.from_bytes(data[pos + 8:pos + 12], order)
-    return pos + 8, int.from_bytes(data[pos + 6:pos + 8], order)
+        return pos + 8, int.from_bytes(data[pos + 4 : pos + 8], order)
+    if data[pos + 4 : pos + 6] in _LONG_VRS:
+        return pos + 12, int.from_bytes(data[pos + 8 : pos + 12], order)
+    return pos + 8, int.from_bytes(data[pos + 6 : pos + 8], order)
 
 
 def _frame(head: SliceHeader, series: Series) -> np.ndarray:
@@ -134,10 +148,12 @@ def _frame(head: SliceHeader, series: Series) -> np.ndarray:
         raise ParticipantExcluded(
             f"member {head.member!r} ({series.label}): pixel data has "
             f"{min(length, len(head.data) - start)} bytes, expected {head.columns} x {head.rows} "
-            f"x {nbytes} = {expected}")
+            f"x {nbytes} = {expected}"
+        )
     dtype = np.dtype(f"{'<' if head.little_endian else '>'}{'i' if head.signed else 'u'}{nbytes}")
     return np.frombuffer(head.data, dtype, head.rows * head.columns, start).reshape(
-        head.rows, head.columns)
+        head.rows, head.columns
+    )
 
 
 def _decode_encapsulated(head: SliceHeader, series: Series) -> np.ndarray:
@@ -147,11 +163,13 @@ def _decode_encapsulated(head: SliceHeader, series: Series) -> np.ndarray:
     except Exception as err:  # noqa: BLE001 - decoder plugins raise anything
         raise ParticipantExcluded(
             f"member {head.member!r} ({series.label}): compressed pixel data cannot be decoded "
-            f"({type(err).__name__}: {err})") from None
+            f"({type(err).__name__}: {err})"
+        ) from None
     if array.shape != (head.rows, head.columns):
         raise ParticipantExcluded(
             f"member {head.member!r} ({series.label}): decoded pixel data has shape "
-            f"{array.shape}, expected ({head.rows}, {head.columns})")
+            f"{array.shape}, expected ({head.rows}, {head.columns})"
+        )
     return array
 
 
@@ -187,22 +205,28 @@ def station_affine(series: Series, cut: slice = slice(None)) -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM LPS -> NIfTI RAS
 
 
-def station_volume(index: int, chosen: Mapping[str, Series],
-                   contrasts: Sequence[str] = DEFAULT_CONTRASTS) -> StationVolume:
+def station_volume(
+    index: int, chosen: Mapping[str, Series], contrasts: Sequence[str] = DEFAULT_CONTRASTS
+) -> StationVolume:
     """Decode one station's requested contrasts onto one grid (notes say what was tolerated)."""
     try:
         missing = [c for c in contrasts if c not in chosen]
         if missing:
             raise ParticipantExcluded(
-                "no " + " and no ".join(f"{c} ({CONTRAST_NAMES[c]})" for c in missing) + " series")
+                "no " + " and no ".join(f"{c} ({CONTRAST_NAMES[c]})" for c in missing) + " series"
+            )
         notes = _short_series_notes(chosen)
         cuts, crop_notes = _common_slices(chosen, contrasts)
         images = {c: _decode(chosen[c], cuts[c]) for c in contrasts}
     except ParticipantExcluded as err:
         raise ParticipantExcluded(
-            f"station {index} ({z_text(list(chosen.values()))}): {err}") from None
+            f"station {index} ({z_text(list(chosen.values()))}): {err}"
+        ) from None
     geometry = chosen[contrasts[0]]
-    return StationVolume(index=index, images=images,
-                         affine=station_affine(geometry, cuts[contrasts[0]]),
-                         series_time=geometry.time,
-                         notes=[f"station {index}: {n}" for n in notes + crop_notes])
+    return StationVolume(
+        index=index,
+        images=images,
+        affine=station_affine(geometry, cuts[contrasts[0]]),
+        series_time=geometry.time,
+        notes=[f"station {index}: {n}" for n in notes + crop_notes],
+    )

@@ -125,7 +125,8 @@ def stitch(
     overlaps = junction_overlaps(placed, affine, grid, level, info)
     swapped = find_swaps(placed, overlaps, options.fix_swaps, notes) if has_wf else []
     gains = (
-        harmonise(placed, overlaps, level, notes, info) if options.harmonise
+        harmonise(placed, overlaps, level, notes, info)
+        if options.harmonise
         else np.ones(len(placed))
     )
 

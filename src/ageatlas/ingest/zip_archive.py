@@ -23,8 +23,15 @@ __all__ = ["ZipLimits", "check_zip_limits"]
 
 MANIFEST_NAMES = {"manifest.csv", "manifest.cvs"}  # the misspelling is real
 # What reading a damaged or hostile zip (or one of its members) can raise.
-ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
-              NotImplementedError, ValueError)
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    RuntimeError,
+    NotImplementedError,
+    ValueError,
+)
 
 
 @dataclass(frozen=True)
@@ -42,23 +49,24 @@ class ZipLimits:
 def check_zip_limits(infos: Sequence[zipfile.ZipInfo], limits: ZipLimits) -> None:
     """Raise ParticipantExcluded if the declared sizes look like a zip bomb."""
     if len(infos) > limits.max_members:
-        raise ParticipantExcluded(
-            f"zip bomb? {len(infos)} members (limit {limits.max_members})")
+        raise ParticipantExcluded(f"zip bomb? {len(infos)} members (limit {limits.max_members})")
     total = sum(i.file_size for i in infos)
     if total > limits.max_total_bytes:
         raise ParticipantExcluded(
-            f"zip bomb? members declare {total} bytes uncompressed "
-            f"(limit {limits.max_total_bytes})")
+            f"zip bomb? members declare {total} bytes uncompressed (limit {limits.max_total_bytes})"
+        )
     for info in infos:
         if info.file_size > limits.max_member_bytes:
             raise ParticipantExcluded(
                 f"zip bomb? member {info.filename!r} declares {info.file_size} bytes "
-                f"(limit {limits.max_member_bytes})")
+                f"(limit {limits.max_member_bytes})"
+            )
         ratio = info.file_size / max(info.compress_size, 1)
         if info.file_size >= limits.ratio_min_bytes and ratio > limits.max_ratio:
             raise ParticipantExcluded(
                 f"zip bomb? member {info.filename!r} expands {ratio:.0f}:1 "
-                f"(limit {limits.max_ratio:.0f}:1)")
+                f"(limit {limits.max_ratio:.0f}:1)"
+            )
 
 
 def open_zip(path: Path) -> zipfile.ZipFile:
@@ -79,15 +87,20 @@ def open_zip(path: Path) -> zipfile.ZipFile:
             magic = b""
         if magic == b"PK\x03\x04":
             raise ParticipantExcluded(
-                f"truncated or damaged zip, no readable central directory ({err})") from None
+                f"truncated or damaged zip, no readable central directory ({err})"
+            ) from None
         raise ParticipantExcluded(f"not a zip file (starts with {magic!r}; {err})") from None
 
 
 def unsafe_name(name: str) -> bool:
     """Absolute, parent-relative, drive-letter or control-character names."""
     parts = name.replace("\\", "/").split("/")
-    return (name.startswith(("/", "\\")) or ".." in parts or any(ord(ch) < 32 for ch in name)
-            or re.match(r"[A-Za-z]:", name) is not None)
+    return (
+        name.startswith(("/", "\\"))
+        or ".." in parts
+        or any(ord(ch) < 32 for ch in name)
+        or re.match(r"[A-Za-z]:", name) is not None
+    )
 
 
 def is_manifest(name: str) -> bool:

@@ -115,7 +115,9 @@ def contrasts(water, fat, rng: np.random.Generator) -> dict[str, np.ndarray]:
         s = sources[name]
         real = s + sd * rng.standard_normal(s.shape, np.float32)
         imag = sd * rng.standard_normal(s.shape, np.float32)
-        out[name] = np.clip(np.rint(np.sqrt(real * real + imag * imag)), 0, MAX_STORED).astype(np.uint16)
+        out[name] = np.clip(np.rint(np.sqrt(real * real + imag * imag)), 0, MAX_STORED).astype(
+            np.uint16
+        )
     return out
 
 

@@ -95,14 +95,30 @@ TRUNK_CENTRE_Y = _knots((200, 18), (60, 15), (10, 0), (-625, 0))
 FEMALE_TRUNK_WIDTH = _knots((200, 0.9), (10, 0.86), (-300, 0.88), (-420, 0.96), (-520, 1.04))
 SAT_PROFILE = {
     True: _knots(
-        (200, 0.4), (40, 0.5), (0, 0.9), (-250, 1.2), (-480, 1.2), (-600, 0.9), (-700, 0.75), (-1300, 0.6)
+        (200, 0.4),
+        (40, 0.5),
+        (0, 0.9),
+        (-250, 1.2),
+        (-480, 1.2),
+        (-600, 0.9),
+        (-700, 0.75),
+        (-1300, 0.6),
     ),
     False: _knots(
-        (200, 0.4), (40, 0.5), (0, 1.0), (-250, 1.1), (-450, 1.3), (-600, 1.4), (-800, 1.3), (-1300, 0.9)
+        (200, 0.4),
+        (40, 0.5),
+        (0, 1.0),
+        (-250, 1.1),
+        (-450, 1.3),
+        (-600, 1.4),
+        (-800, 1.3),
+        (-1300, 0.9),
     ),
 }
 VAT_PROFILE = _knots((-180, 0.0), (-280, 1.0), (-480, 1.0), (-600, 0.3))
-SPINE_DEPTH = _knots((200, 42), (40, 48), (0, 58), (-150, 56), (-330, 72), (-450, 82), (-520, 62), (-600, 40))
+SPINE_DEPTH = _knots(
+    (200, 42), (40, 48), (0, 58), (-150, 56), (-330, 72), (-450, 82), (-520, 62), (-600, 40)
+)
 VB_RX = _knots((200, 10), (20, 12), (-300, 20), (-440, 25), (-560, 15), (-600, 6))
 VB_RY = _knots((200, 8), (20, 10), (-300, 16), (-440, 18), (-560, 10), (-600, 5))
 SPINE_LEVEL = _knots((-440, 24.0), (-290, 19.0), (10, 7.0), (110, 2.0), (200, -2.5))
@@ -115,7 +131,15 @@ THIGH_HALF_WIDTH = _knots(
 )  # fmt: skip
 THIGH_CENTRE_X = _knots((-540, 80), (-625, 88), (-900, 82), (-1300, 82))
 ARM_RADIUS = _knots(
-    (16, 5), (8, 40), (-60, 44), (-330, 34), (-380, 36), (-580, 26), (-610, 30), (-740, 26), (-760, 8)
+    (16, 5),
+    (8, 40),
+    (-60, 44),
+    (-330, 34),
+    (-380, 36),
+    (-580, 26),
+    (-610, 30),
+    (-740, 26),
+    (-760, 8),
 )
 ILIUM_TAPER = _knots((-575, 0.5), (-520, 1.0), (-470, 1.0), (-440, 0.4))
 
@@ -133,7 +157,9 @@ class Body:
         self.male, self.bmi, self.age = male, p.bmi, p.biological_age
         self.age_effect_scale = p.age_effect_scale
         self.height = (1.0 if male else FEMALE_HEIGHT) * (1 + 0.02 * jitter[0])
-        self.size = (1.0 if male else 0.95) * (1 + LEAN_PER_BMI * (p.bmi - 25)) * (1 + 0.03 * jitter[1])
+        self.size = (
+            (1.0 if male else 0.95) * (1 + LEAN_PER_BMI * (p.bmi - 25)) * (1 + 0.03 * jitter[1])
+        )
         self.organ = (1.0 if male else 0.88) * (1 + 0.03 * jitter[2])
         self.sat = max(2.0, SAT_MM[male][0] + SAT_MM[male][1] * (p.bmi - 20))
         self.vat = max(2.0, VAT_MM[male][0] + VAT_MM[male][1] * (p.bmi - 20))
@@ -152,20 +178,28 @@ class Body:
         width = 1.0 if self.male else interp(zr, FEMALE_TRUNK_WIDTH)
         bulge = self.vat * interp(zr, VAT_PROFILE)  # visceral fat pushes the belly forwards
         s.a = interp(zr, TRUNK_HALF_WIDTH) * self.size * width
-        s.b = interp(zr, TRUNK_HALF_DEPTH) * self.size * (1.0 if self.male else FEMALE_DEPTH) + bulge / 2
+        s.b = (
+            interp(zr, TRUNK_HALF_DEPTH) * self.size * (1.0 if self.male else FEMALE_DEPTH)
+            + bulge / 2
+        )
         s.yc = interp(zr, TRUNK_CENTRE_Y) - bulge / 2
         back = s.yc + s.b  # the back surface does not move with visceral fat
         s.sat = self.sat * interp(zr, SAT_PROFILE[self.male])
         s.vb_rx, s.vb_ry = interp(zr, VB_RX) * self.size, interp(zr, VB_RY) * self.size
         s.vy = back - interp(zr, SPINE_DEPTH) * self.size
         s.level = interp(zr, SPINE_LEVEL)
-        s.bm_rx, s.bm_ry = interp(zr, BACK_MUSCLE_RX) * self.size, interp(zr, BACK_MUSCLE_RY) * self.size
+        s.bm_rx, s.bm_ry = (
+            interp(zr, BACK_MUSCLE_RX) * self.size,
+            interp(zr, BACK_MUSCLE_RY) * self.size,
+        )
         s.bm_x, s.bm_y = s.bm_rx + 7 * self.size, back - 5 * self.size - s.bm_ry
         wall = BODY_WALL_MM * self.size
         front = s.yc - s.b + wall
         s.cav_a, s.cav_cy, s.cav_b = s.a - wall, (front + s.vy) / 2, (s.vy - front) / 2
         s.th_a = interp(zr, THIGH_HALF_WIDTH) * self.size * (1.0 if self.male else 0.95)
-        s.th_cx = np.maximum(interp(zr, THIGH_CENTRE_X) * self.size, s.th_a + s.sat + THIGH_HALF_GAP)
+        s.th_cx = np.maximum(
+            interp(zr, THIGH_CENTRE_X) * self.size, s.th_a + s.sat + THIGH_HALF_GAP
+        )
         s.arm_r, s.arm_sat = interp(zr, ARM_RADIUS) * self.size, 0.7 * s.sat
         trunk_outer = np.where(zr > TRUNK_BOTTOM, s.a + s.sat, 0.0)
         thigh_outer = np.where(zr < THIGH_TOP, s.th_cx + s.th_a + s.sat, 0.0)
@@ -244,7 +278,10 @@ class Body:
     def back_muscle_fat_fraction(self) -> float:
         bmi_shift = self.muscle_fat_fraction() - 0.05
         return self._aged(
-            BACK_MUSCLE_FAT_FRACTION_AT_REF + bmi_shift, BACK_MUSCLE_FAT_FRACTION_PER_DECADE, 0.02, 0.6
+            BACK_MUSCLE_FAT_FRACTION_AT_REF + bmi_shift,
+            BACK_MUSCLE_FAT_FRACTION_PER_DECADE,
+            0.02,
+            0.6,
         )
 
     def heart_wall_mm(self) -> float:

@@ -8,8 +8,8 @@ The synthetic cohort, module by module: ``participants`` (who), ``anatomy`` and 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -43,10 +43,20 @@ def write_cohort(
         raise ValueError(f"defects given for eids not in the cohort: {sorted(unknown)}")
     for i, p in enumerate(participants, 1):
         defects = defects_by_eid.get(p.eid, ())
-        write_participant_zip(out / layout.zip_name(p.eid), p, scale=scale, defects=defects, seed=seed)
+        write_participant_zip(
+            out / layout.zip_name(p.eid), p, scale=scale, defects=defects, seed=seed
+        )
         write_truth(out / "truth", p)
-        log.info("SYNTHETIC participant %d/%d: eid %s, age %.1f, sex %d, BMI %.1f%s", i, len(participants),
-                 p.eid, p.age, p.sex, p.bmi, f", defects {', '.join(defects)}" if defects else "")
+        log.info(
+            "SYNTHETIC participant %d/%d: eid %s, age %.1f, sex %d, BMI %.1f%s",
+            i,
+            len(participants),
+            p.eid,
+            p.age,
+            p.sex,
+            p.bmi,
+            f", defects {', '.join(defects)}" if defects else "",
+        )
     phenotype_table(participants).to_csv(out / "phenotypes.csv", index=False)
     truth = pd.DataFrame(
         {

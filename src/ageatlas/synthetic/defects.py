@@ -28,7 +28,7 @@ deterministically per (participant, seed, defect); ``defect_station`` returns it
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -72,7 +72,9 @@ def seed_or_zero(seed: int | None) -> int:
     return 0 if seed is None else int(seed)
 
 
-def defect_station(participant: SyntheticParticipant, defect: str, seed: int | None = None) -> int | None:
+def defect_station(
+    participant: SyntheticParticipant, defect: str, seed: int | None = None
+) -> int | None:
     """Station (1..6) a station-level defect hits for this participant and seed; None for others."""
     check_defects((defect,))
     if defect not in _STATION_DEFECTS:
@@ -86,7 +88,9 @@ def _short_series_contrast(participant: SyntheticParticipant, seed: int) -> str:
     return str(rng.choice(layout.CONTRASTS))
 
 
-def apply_series_defects(series: list[Series], p, seed: int, defects: frozenset[str]) -> list[Series]:
+def apply_series_defects(
+    series: list[Series], p, seed: int, defects: frozenset[str]
+) -> list[Series]:
     hit = {d: defect_station(p, d, seed) for d in defects if d in _STATION_DEFECTS}
     if "fat_water_swap" in hit:
         at = [s for s in series if s.grid.spec.index == hit["fat_water_swap"]]
@@ -98,14 +102,22 @@ def apply_series_defects(series: list[Series], p, seed: int, defects: frozenset[
     if "short_series" in hit:
         contrast = _short_series_contrast(p, seed)
         for s in series:
-            if s.grid.spec.index == hit["short_series"] and s.contrast == contrast and s.number <= 24:
+            if (
+                s.grid.spec.index == hit["short_series"]
+                and s.contrast == contrast
+                and s.number <= 24
+            ):
                 s.pixels = s.pixels[:, :, :-1]
     if "bad_orientation" in hit:
         for s in series:
             if s.grid.spec.index == hit["bad_orientation"]:
                 s.orientation = CORONAL
     if "missing_water" in hit:
-        series = [s for s in series if not (s.grid.spec.index == hit["missing_water"] and s.contrast == "W")]
+        series = [
+            s
+            for s in series
+            if not (s.grid.spec.index == hit["missing_water"] and s.contrast == "W")
+        ]
     if "missing_station" in hit:
         series = [s for s in series if s.grid.spec.index != hit["missing_station"]]
     return series

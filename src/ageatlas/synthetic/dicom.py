@@ -27,9 +27,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pydicom
@@ -79,7 +79,9 @@ class _Session:
         return generate_uid(entropy_srcs=[key])
 
 
-def _acquire(p: SyntheticParticipant, scale: float, seed: int, defects: frozenset[str], session: _Session):
+def _acquire(
+    p: SyntheticParticipant, scale: float, seed: int, defects: frozenset[str], session: _Session
+):
     body = Body(p)
     n_fold = max(1, round(FOLD_SLICES * scale))
     repeat = defect_station(p, "repeat_station", seed) if "repeat_station" in defects else None
@@ -176,7 +178,9 @@ def _render(series: list[Series], session: _Session) -> tuple[list[tuple[str, by
     """DICOM members (name, bytes) and manifest rows, one per slice."""
     members, rows = [], []
     d = session.date
-    date = f"{_MONTHS[d.month - 1]} {d.day}, {d.year}"  # "Aug 30, 2015", unquoted as in the real files
+    date = (
+        f"{_MONTHS[d.month - 1]} {d.day}, {d.year}"  # "Aug 30, 2015", unquoted as in the real files
+    )
     for s in series:
         ds = _series_dataset(s, session)
         x0, y0 = s.grid.x[0], s.grid.y[0]
@@ -190,7 +194,9 @@ def _render(series: list[Series], session: _Session) -> tuple[list[tuple[str, by
             ds.PixelData = np.ascontiguousarray(s.pixels[:, :, k].T).tobytes()
             name = f"{uid}.dcm"
             members.append((name, _dicom_bytes(ds)))
-            rows.append(f"{name},{date},{session.participant.eid},MR,{ds.SeriesInstanceUID},{s.description}")
+            rows.append(
+                f"{name},{date},{session.participant.eid},MR,{ds.SeriesInstanceUID},{s.description}"
+            )
     return members, rows
 
 
@@ -213,9 +219,13 @@ def _members(
             text = ("\n".join([header, *rows]) + "\n").encode()
         members.append((_manifest_name(p, seed, defects), text))
     if "non_dicom_member" in defects:
-        members.append((f"{session.uid('stray')}.dcm", b"ageatlas synthetic: this member is not DICOM\n"))
+        members.append(
+            (f"{session.uid('stray')}.dcm", b"ageatlas synthetic: this member is not DICOM\n")
+        )
     if "path_traversal_member" in defects:
-        members.append(("../evil.dcm", b"ageatlas synthetic: a member that escapes the extraction folder\n"))
+        members.append(
+            ("../evil.dcm", b"ageatlas synthetic: a member that escapes the extraction folder\n")
+        )
     order = rng.permutation(len(members))  # zip order says nothing about series order
     return [members[i] for i in order]
 

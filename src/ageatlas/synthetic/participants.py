@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,7 +55,9 @@ def make_cohort(
     for sex in (0, 1):
         idx = np.flatnonzero(sexes == sex)
         lo, hi = np.array(BMI_GROUP_RANGES)[rng.permutation(np.arange(idx.size) % 3)].T
-        bmis[idx] = np.floor(rng.uniform(lo, hi) * 100) / 100  # floor keeps each group's upper bound open
+        bmis[idx] = (
+            np.floor(rng.uniform(lo, hi) * 100) / 100
+        )  # floor keeps each group's upper bound open
     lo, hi = age_range
     ages = lo + (rng.permutation(n) + rng.uniform(size=n)) / n * (hi - lo)
     offsets = np.clip(rng.normal(0.0, offset_sd, n), -3 * offset_sd, 3 * offset_sd)

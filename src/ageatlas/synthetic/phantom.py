@@ -126,7 +126,9 @@ class _Canvas:
         if idx.size == 0:
             return None, None
         ks = slice(idx[0], idx[-1] + 1)
-        cx, cy, a, b = (np.broadcast_to(np.asarray(v, float), self.z.shape)[ks] for v in (cx, cy, a, b))
+        cx, cy, a, b = (
+            np.broadcast_to(np.asarray(v, float), self.z.shape)[ks] for v in (cx, cy, a, b)
+        )
         a, b = np.maximum(a, 0.5), np.maximum(b, 0.5)
         box = self.box(((cx - a).min(), (cy - b).min()), ((cx + a).max(), (cy + b).max()), ks)
         if box is None:
@@ -179,7 +181,10 @@ def _paint_envelope(cv: _Canvas) -> None:
     """Skin-to-muscle layers of trunk, thighs and arms (all fat first, so lean always wins)."""
     s = cv.s
     for layer, grow in (("subcutaneous_fat", 1.0), ("muscle", 0.0)):
-        cv.fill(layer, *cv.ellipses(TRUNK_BOTTOM, np.inf, 0, s.yc, s.a + grow * s.sat, s.b + grow * s.sat))
+        cv.fill(
+            layer,
+            *cv.ellipses(TRUNK_BOTTOM, np.inf, 0, s.yc, s.a + grow * s.sat, s.b + grow * s.sat),
+        )
         for side in (-1, 1):
             th_a = s.th_a + grow * s.sat
             cv.fill(layer, *cv.ellipses(-np.inf, THIGH_TOP, side * s.th_cx, 5.0, th_a, 1.08 * th_a))
@@ -195,7 +200,10 @@ def _paint_trunk_organs(cv: _Canvas) -> None:
     b, s = cv.body, cv.s
     cv.fill("visceral_fat", *cv.ellipses(PELVIC_FLOOR, CAVITY_TOP, 0, s.cav_cy, s.cav_a, s.cav_b))
     inner_a, inner_b = np.maximum(s.cav_a - 0.6 * b.vat, 8), np.maximum(s.cav_b - b.vat, 8)
-    cv.fill("viscera", *cv.ellipses(PELVIC_FLOOR, VISCERA_TOP, 0, s.cav_cy - 0.1 * b.vat, inner_a, inner_b))
+    cv.fill(
+        "viscera",
+        *cv.ellipses(PELVIC_FLOOR, VISCERA_TOP, 0, s.cav_cy - 0.1 * b.vat, inner_a, inner_b),
+    )
     cv.fill("liver", *cv.ellipsoid(b.liver_c, b.liver_r))
     for centre, radii in b.kidneys:
         cv.fill("kidney", *cv.ellipsoid(centre, radii))
@@ -209,7 +217,10 @@ def _paint_trunk_organs(cv: _Canvas) -> None:
         if box is not None:
             above_dome = cv.col(cv.zr, box) > LUNG_DOME[side] - DOME_DEPTH * r2
             cv.paint("lung", box, (r2 <= 1) & above_dome)
-    cv.fill("airway", *cv.ellipses(CARINA, np.inf, 0, s.vy - s.vb_ry - 14 * b.size, 8 * b.size, 8 * b.size))
+    cv.fill(
+        "airway",
+        *cv.ellipses(CARINA, np.inf, 0, s.vy - s.vb_ry - 14 * b.size, 8 * b.size, 8 * b.size),
+    )
     # Heart and aorta: fixed compartments; age sets the blood pool / lumen inside.
     box, r2 = cv.ellipsoid(b.heart_c, b.heart_r)
     if box is not None:
@@ -219,7 +230,9 @@ def _paint_trunk_organs(cv: _Canvas) -> None:
     cv.fill("aorta", box, dist, b.aorta_r, core_r2=dist, core_limit=b.aorta_lumen_mm())
     r = interp(cv.zr, PSOAS_R) * b.size
     for side in (-1, 1):
-        cv.fill("muscle", *cv.ellipses(PELVIC_FLOOR, -300, side * (s.vb_rx + r + 4), s.vy - 2, r, r))
+        cv.fill(
+            "muscle", *cv.ellipses(PELVIC_FLOOR, -300, side * (s.vb_rx + r + 4), s.vy - 2, r, r)
+        )
 
 
 def _paint_skeleton(cv: _Canvas) -> None:
@@ -257,7 +270,10 @@ def _paint_skeleton(cv: _Canvas) -> None:
         level = cv.col(s.level, box)
         phase = level - np.floor(level)
         compartment = (level < LAST_DISC_LEVEL) & (phase >= 1 - DISC_COMPARTMENT)
-        disc = np.abs(phase - (1 - DISC_COMPARTMENT / 2)) <= DISC_COMPARTMENT * b.disc_height_fraction() / 2
+        disc = (
+            np.abs(phase - (1 - DISC_COMPARTMENT / 2))
+            <= DISC_COMPARTMENT * b.disc_height_fraction() / 2
+        )
         cv.fill("vertebra", box, r2)
         cv.paint("intervertebral_disc", box, (r2 <= 1) & compartment, core=disc)
     canal_r = 6 * b.size
@@ -276,7 +292,9 @@ def paint(body: Body, x, y, z) -> _Canvas:
 def _signal_tables(body: Body) -> tuple[np.ndarray, np.ndarray]:
     size = max(REGION_LABELS) + 1
     signal, ff = np.zeros(size, np.float32), np.zeros(size, np.float32)
-    tissue = dict(_TISSUE, muscle=(0.78, body.muscle_fat_fraction()), liver=(0.70, body.liver_fat_fraction()))
+    tissue = dict(
+        _TISSUE, muscle=(0.78, body.muscle_fat_fraction()), liver=(0.70, body.liver_fat_fraction())
+    )
     for name, (s, f) in tissue.items():
         signal[_L[name]], ff[_L[name]] = s, f
     return signal, ff

@@ -2,10 +2,9 @@
 
 import logging
 
-from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.age import bias
-from ageatlas.core import logs
-from ageatlas.core import provenance
+from ageatlas.cohort.table import read_participant_tsv
+from ageatlas.core import logs, provenance
 
 logs.to_file(snakemake.log[0])
 predictions = read_participant_tsv(snakemake.input[0])

@@ -3,11 +3,10 @@
 import json
 from pathlib import Path
 
-from ageatlas.cohort.table import read_participant_tsv
-from ageatlas.baseline import model as baseline
-from ageatlas.core import logs
-from ageatlas.core import provenance
 from ageatlas.age.predict import predict
+from ageatlas.baseline import model as baseline
+from ageatlas.cohort.table import read_participant_tsv
+from ageatlas.core import logs, provenance
 
 logs.to_file(snakemake.log[0])
 cohort = read_participant_tsv(snakemake.input.cohort)
@@ -15,7 +14,10 @@ items = [(Path(path).stem, str(path)) for path in snakemake.input.caches]
 # The 2.5D baseline's rule (use rule ... with) says family "2.5d".
 config_type = baseline.config_type(snakemake.params.get("family"))
 predicted, timing = predict(
-    snakemake.input.checkpoint, items, batch_size=snakemake.params.batch_size, config_type=config_type
+    snakemake.input.checkpoint,
+    items,
+    batch_size=snakemake.params.batch_size,
+    config_type=config_type,
 )
 table = cohort[["eid", "split", "age"]].merge(predicted, on="eid", validate="one_to_one")
 table.to_csv(snakemake.output.predictions, sep="\t", index=False)

@@ -2,9 +2,8 @@
 
 import logging
 
-from ageatlas.core import logs
-
 from ageatlas.age import preprocess
+from ageatlas.core import logs
 from ageatlas.core.paths import stitched_path
 
 logs.to_file(snakemake.log[0])

@@ -3,10 +3,9 @@
 import logging
 from pathlib import Path
 
-from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.age import evaluate
-from ageatlas.core import logs
-from ageatlas.core import provenance
+from ageatlas.cohort.table import read_participant_tsv
+from ageatlas.core import logs, provenance
 
 logs.to_file(snakemake.log[0])
 cohort = read_participant_tsv(snakemake.input.cohort)

@@ -2,11 +2,10 @@
 
 from pathlib import Path
 
-from ageatlas.cohort.table import read_participant_tsv
-from ageatlas.baseline import model as baseline
-from ageatlas.core import logs
-from ageatlas.core import provenance
 from ageatlas.age.train import train
+from ageatlas.baseline import model as baseline
+from ageatlas.cohort.table import read_participant_tsv
+from ageatlas.core import logs, provenance
 
 logs.to_file(snakemake.log[0])
 ages = read_participant_tsv(snakemake.input.cohort).set_index("eid")["age"]
@@ -19,7 +18,9 @@ def items(paths):
 # The 2.5D baseline's rule (use rule ... with) says family "2.5d".
 config_type = baseline.config_type(snakemake.params.get("family"))
 settings = {**snakemake.params.train, **snakemake.params.model, "seed": snakemake.params.seed}
-config = config_type.from_dict(settings)  # gpus, runtime and other rule settings are not the trainer's
+config = config_type.from_dict(
+    settings
+)  # gpus, runtime and other rule settings are not the trainer's
 gpus = int(snakemake.resources.get("gpu", 0))
 train(
     items(snakemake.input.train),

@@ -3,9 +3,9 @@
 import logging
 from pathlib import Path
 
-from ageatlas.core import logs
 from ageatlas.baseline.model import gradcam_figure
 from ageatlas.cohort.table import read_participant_tsv
+from ageatlas.core import logs
 
 logs.to_file(snakemake.log[0])
 cohort = read_participant_tsv(snakemake.input.cohort)
@@ -13,4 +13,6 @@ ages = dict(zip(cohort["eid"], cohort["age"].astype(float)))
 items = [(Path(path).stem, str(path)) for path in snakemake.input.projections]
 rows = gradcam_figure(snakemake.input.checkpoint, items, snakemake.output.figure, ages=ages)
 for row in rows:
-    logging.info("participant %s: age %.1f, predicted %.1f", row["eid"], ages[row["eid"]], row["predicted"])
+    logging.info(
+        "participant %s: age %.1f, predicted %.1f", row["eid"], ages[row["eid"]], row["predicted"]
+    )

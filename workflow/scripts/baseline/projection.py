@@ -2,8 +2,8 @@
 
 import logging
 
-from ageatlas.core import logs
 from ageatlas.baseline.projection import ProjectionOptions, project_participant
+from ageatlas.core import logs
 
 logs.to_file(snakemake.log[0])
 info = project_participant(

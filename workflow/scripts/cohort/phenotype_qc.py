@@ -2,15 +2,9 @@
 
 import logging
 
-from ageatlas.cohort import table as cohort
-
-from ageatlas.core import logs
-
 from ageatlas.cohort import phenotypes
-
-from ageatlas.core import provenance
-
-from ageatlas.core import qc
+from ageatlas.cohort import table as cohort
+from ageatlas.core import logs, provenance, qc
 
 logs.to_file(snakemake.log[0])
 p = snakemake.params

@@ -3,11 +3,7 @@
 import logging
 from pathlib import Path
 
-from ageatlas.core import logs
-
-from ageatlas.core import provenance
-
-from ageatlas.core import qc
+from ageatlas.core import logs, provenance, qc
 from ageatlas.ingest.participant import QC_FILE, STAGE
 
 logs.to_file(snakemake.log[0])

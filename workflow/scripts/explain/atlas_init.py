@@ -4,11 +4,9 @@ import logging
 
 import nibabel as nib
 
-from ageatlas.core import logs
-
-from ageatlas.core import provenance
-from ageatlas.explain.atlas import initial_template
+from ageatlas.core import logs, provenance
 from ageatlas.core.paths import stitched_path
+from ageatlas.explain.atlas import initial_template
 
 logs.to_file(snakemake.log[0])
 stitched = snakemake.input.stitched

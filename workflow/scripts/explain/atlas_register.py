@@ -3,17 +3,14 @@
 import logging
 
 import nibabel as nib
-
 import torch
 
-from ageatlas.core import logs
-
-from ageatlas.core import provenance
-from ageatlas.explain.maps import nan_map
-from ageatlas.explain.atlas import warped_member
-from ageatlas.explain import register as reg
-from ageatlas.core.paths import stitched_path
+from ageatlas.core import logs, provenance
 from ageatlas.core.device import pick_device
+from ageatlas.core.paths import stitched_path
+from ageatlas.explain import register as reg
+from ageatlas.explain.atlas import warped_member
+from ageatlas.explain.maps import nan_map
 
 logs.to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -22,9 +19,12 @@ section = snakemake.params.registration
 settings = reg.settings_from_config(section)
 water = stitched_path(snakemake.input.stitched, snakemake.wildcards.eid, "W")
 registration, record = reg.register_files(
-    water, snakemake.input.template, settings,
+    water,
+    snakemake.input.template,
+    settings,
     max_folding_share=section["max_folding_share"],
-    fixed_normalised=True, device=pick_device(None, "registration"),
+    fixed_normalised=True,
+    device=pick_device(None, "registration"),
 )
 reg.save_outcome(registration, record, snakemake.output.transform, snakemake.output.record)
 template = nib.load(snakemake.input.template)

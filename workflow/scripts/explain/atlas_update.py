@@ -5,11 +5,9 @@ import logging
 
 import nibabel as nib
 
-from ageatlas.core import logs
-
-from ageatlas.core import provenance
-from ageatlas.explain.maps import eid_of_path
+from ageatlas.core import logs, provenance
 from ageatlas.explain.atlas import update_template
+from ageatlas.explain.maps import eid_of_path
 from ageatlas.explain.register import load_outcome
 
 logs.to_file(snakemake.log[0])
@@ -25,13 +23,18 @@ for transform, record_path, warped in zip(
     members[eid] = (load_outcome(transform), nib.load(warped))
 group, iteration = snakemake.wildcards.group, snakemake.wildcards.iteration
 update = update_template(
-    nib.load(snakemake.input.template), members, excluded,
+    nib.load(snakemake.input.template),
+    members,
+    excluded,
     description=f"ageatlas {group} template iter{iteration}",
 )
 nib.save(update.template, snakemake.output.template)
 summary = {
-    "group": group, "iteration": int(iteration), "n_members": update.n_members,
-    "members": sorted(members), "excluded": {str(k): v for k, v in excluded.items()},
+    "group": group,
+    "iteration": int(iteration),
+    "n_members": update.n_members,
+    "members": sorted(members),
+    "excluded": {str(k): v for k, v in excluded.items()},
     "mean_displacement_mm": update.mean_displacement_mm,
 }
 with open(snakemake.output.record, "w") as out:

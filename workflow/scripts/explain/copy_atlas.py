@@ -2,9 +2,7 @@
 
 import shutil
 
-from ageatlas.core import logs
-
-from ageatlas.core import provenance
+from ageatlas.core import logs, provenance
 
 logs.to_file(snakemake.log[0])
 shutil.copyfile(snakemake.input[0], snakemake.output[0])

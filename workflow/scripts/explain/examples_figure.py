@@ -4,8 +4,8 @@ import nibabel as nib
 import pandas as pd
 
 from ageatlas.core import logs
-from ageatlas.explain.maps import eid_of_path, usable_maps
 from ageatlas.explain.figures import examples_panels
+from ageatlas.explain.maps import eid_of_path, usable_maps
 
 logs.to_file(snakemake.log[0])
 group, k = snakemake.params.group, snakemake.params.per_class
@@ -15,13 +15,23 @@ used, _ = usable_maps(table["eid"], snakemake.input.warped, snakemake.input.reco
 path_of = {eid_of_path(p): p for p in used}
 table = table[table["eid"].isin(path_of)]
 picks = {
-    "near-perfect": table[table["near_perfect"]].assign(key=lambda t: t["gap"].abs()).nsmallest(k, "key"),
+    "near-perfect": table[table["near_perfect"]]
+    .assign(key=lambda t: t["gap"].abs())
+    .nsmallest(k, "key"),
     "accelerated": table[table["ageing_class"] == "accelerated"].nlargest(k, "gap"),
     "decelerated": table[table["ageing_class"] == "decelerated"].nsmallest(k, "gap"),
 }
 rows = {
-    label: [(f"{r.eid}: age {r.age:.0f}, gap {r.gap:+.1f}", nib.load(path_of[r.eid])) for r in rows.itertuples()]
+    label: [
+        (f"{r.eid}: age {r.age:.0f}, gap {r.gap:+.1f}", nib.load(path_of[r.eid]))
+        for r in rows.itertuples()
+    ]
     for label, rows in picks.items()
 }
-examples_panels(nib.load(snakemake.input.atlas), rows, snakemake.output[0], threshold=snakemake.params.threshold,
-                title=f"{group}: individual importance maps in atlas space")
+examples_panels(
+    nib.load(snakemake.input.atlas),
+    rows,
+    snakemake.output[0],
+    threshold=snakemake.params.threshold,
+    title=f"{group}: individual importance maps in atlas space",
+)

@@ -2,12 +2,10 @@
 
 import logging
 
-from ageatlas.core import logs
-
-from ageatlas.core import provenance
 from ageatlas.cohort.table import read_participant_tsv
-from ageatlas.explain.gradcam import cam_for_participant
+from ageatlas.core import logs, provenance
 from ageatlas.core.paths import stitched_path
+from ageatlas.explain.gradcam import cam_for_participant
 
 logs.to_file(snakemake.log[0])
 eid = snakemake.wildcards.eid

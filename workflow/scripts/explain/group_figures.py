@@ -20,17 +20,30 @@ def panels(paths, output, what):
     subsets = [p.rsplit("/", 1)[-1].removesuffix("_mean.nii.gz") for p in paths]
     maps = [nib.load(p) if counts[s] else None for p, s in zip(paths, subsets)]
     labels = [f"{s.split('-', 1)[1]} (n={counts[s]})" for s in subsets]
-    importance_panels([atlas] * len(maps), maps, labels, output, threshold=threshold,
-                      title=f"{group}: mean Grad-CAM importance by {what}")
+    importance_panels(
+        [atlas] * len(maps),
+        maps,
+        labels,
+        output,
+        threshold=threshold,
+        title=f"{group}: mean Grad-CAM importance by {what}",
+    )
 
 
 panels(snakemake.input.bands, snakemake.output.bands, "age band")
 panels(snakemake.input.classes, snakemake.output.classes, "ageing class")
 summary = json.loads(open(snakemake.input.summary).read())
 if summary["tested"]:
-    title = (f"{group}: accelerated (n={summary['n_accelerated']}) vs decelerated (n={summary['n_decelerated']}), "
-             f"{summary['n_significant']} voxels p<{summary['alpha']} FWE")
+    title = (
+        f"{group}: accelerated (n={summary['n_accelerated']}) vs decelerated (n={summary['n_decelerated']}), "
+        f"{summary['n_significant']} voxels p<{summary['alpha']} FWE"
+    )
 else:
     title = f"{group}: not tested - {summary['reason']}"
-class_test_panels(atlas, nib.load(snakemake.input.t), nib.load(snakemake.input.significant),
-                  snakemake.output.test, title=title)
+class_test_panels(
+    atlas,
+    nib.load(snakemake.input.t),
+    nib.load(snakemake.input.significant),
+    snakemake.output.test,
+    title=title,
+)

@@ -13,6 +13,7 @@ importance_panels(
     [nib.load(p) for p in snakemake.input.atlases],
     [nib.load(p) if n else None for p, n in zip(snakemake.input.maps, counts)],
     [f"{p.split('/')[-3]} (n={n})" for p, n in zip(snakemake.input.maps, counts)],
-    snakemake.output[0], threshold=snakemake.params.threshold,
+    snakemake.output[0],
+    threshold=snakemake.params.threshold,
     title="Population-wide Grad-CAM importance per sex x BMI group",
 )

@@ -6,9 +6,7 @@ import logging
 import nibabel as nib
 import pandas as pd
 
-from ageatlas.core import logs
-
-from ageatlas.core import provenance
+from ageatlas.core import logs, provenance
 from ageatlas.explain.maps import eid_of_path, mean_map, nan_map, subset_eids, usable_maps
 
 logs.to_file(snakemake.log[0])
@@ -24,8 +22,13 @@ else:
     n = 0
 nib.save(mean, snakemake.output.mean)
 nib.save(sd, snakemake.output.sd)
-record = {"group": group, "subset": subset, "n": n, "eids": [eid_of_path(p) for p in paths],
-          "excluded": excluded}
+record = {
+    "group": group,
+    "subset": subset,
+    "n": n,
+    "eids": [eid_of_path(p) for p in paths],
+    "excluded": excluded,
+}
 with open(snakemake.output.members, "w") as out:
     json.dump(record, out, indent=2)
 logging.info("%s %s: n=%d, %d excluded", group, subset, n, len(excluded))

@@ -1,8 +1,6 @@
 """One table of every test participant's registration QC (qc/registration.tsv)."""
 
-from ageatlas.core import logs
-
-from ageatlas.core import provenance
+from ageatlas.core import logs, provenance
 from ageatlas.core.qc import registration_table
 
 logs.to_file(snakemake.log[0])

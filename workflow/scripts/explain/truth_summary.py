@@ -4,9 +4,7 @@ import json
 
 import pandas as pd
 
-from ageatlas.core import logs
-
-from ageatlas.core import provenance
+from ageatlas.core import logs, provenance
 
 logs.to_file(snakemake.log[0])
 rows = [json.loads(open(p).read()) for p in snakemake.input]

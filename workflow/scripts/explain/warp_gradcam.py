@@ -4,15 +4,15 @@ import logging
 
 import nibabel as nib
 
-from ageatlas.core import logs
-
-from ageatlas.core import provenance
+from ageatlas.core import logs, provenance
 from ageatlas.explain.maps import nan_map
 from ageatlas.explain.register import RegistrationFailed, load_outcome
 
 logs.to_file(snakemake.log[0])
 try:
-    warped = load_outcome(snakemake.input.transform).warp(nib.load(snakemake.input.gradcam), order=1)
+    warped = load_outcome(snakemake.input.transform).warp(
+        nib.load(snakemake.input.gradcam), order=1
+    )
     logging.info("warped %s", snakemake.input.gradcam)
 except RegistrationFailed as failed:
     # The population rules leave this participant out (registration record);

@@ -1,8 +1,8 @@
 """Zip -> stitched NIfTI for one participant; data defects end in qc.json, not a failure."""
 
 from ageatlas.core import logs
-from ageatlas.ingest.participant import ingest_participant
 from ageatlas.ingest.grid import Grid
+from ageatlas.ingest.participant import ingest_participant
 from ageatlas.ingest.stitch import StitchOptions
 
 logs.to_file(snakemake.log[0])

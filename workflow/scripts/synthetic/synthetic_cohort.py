@@ -2,10 +2,7 @@
 
 from pathlib import Path
 
-from ageatlas.core import logs
-
-from ageatlas.core import provenance
-
+from ageatlas.core import logs, provenance
 from ageatlas.synthetic.cohort_writer import write_cohort
 from ageatlas.synthetic.participants import make_cohort
 
