@@ -97,7 +97,8 @@ def load_record(path, benchmark: str) -> dict:
 def rates(
     ingest: dict | None, trains: list[dict], explains: list[dict], disk: dict, settings: Settings
 ) -> dict[str, dict[str, float]]:
-    """{"cpu": {key: core-seconds per unit}, "cuda": {key: GPU-seconds per unit}}; a later record wins."""
+    """{"cpu": {key: core-seconds per unit}, "cuda": {key: GPU-seconds per unit}}; a later record
+    wins."""
     out: dict[str, dict[str, float]] = {"cpu": {}, "cuda": {}}
     grid = "x".join(map(str, settings.grid))
     expected = {"3d": f"1x{grid}", "2.5d": "2x" + "x".join(map(str, settings.projection_size))}
@@ -251,7 +252,8 @@ def stages(n: int, s: Settings) -> list[Stage]:
         Stage("Grad-CAM", f"{test:,} test", {"gradcam": test}, {"gradcam": test}),
         Stage(
             "atlases (fixed per run)",
-            f"{atlas_regs:,} registrations ({s.atlas_groups} groups x {members} x {s.atlas_iterations} passes)",
+            f"{atlas_regs:,} registrations ({s.atlas_groups} groups x {members} x "
+            f"{s.atlas_iterations} passes)",
             {"registration": atlas_regs, "warp": atlas_regs},
             {"atlas_member": atlas_regs, "template": templates},
         ),
@@ -273,7 +275,8 @@ def stages(n: int, s: Settings) -> list[Stage]:
 
 @dataclass(frozen=True)
 class Hours:
-    """Hours of the measured part of a stage's work; partial: some of it has no rate (a lower bound)."""
+    """Hours of the measured part of a stage's work; partial: some of it has no rate (a lower
+    bound)."""
 
     value: float
     partial: bool = False
@@ -298,7 +301,8 @@ def gib(stage: Stage, bytes_per_file: dict[str, float]) -> float | str:
 
 
 def cost(n: int, s: Settings, rate: dict, bytes_per_file: dict) -> list[dict]:
-    """Per stage: name, basis, cpu_h, gpu_h (Hours; None: not measured; "-": a CPU stage), disk_gib."""
+    """Per stage: name, basis, cpu_h, gpu_h (Hours; None: not measured; "-": a CPU stage),
+    disk_gib."""
     return [
         {
             "stage": st.name,
@@ -335,7 +339,8 @@ def total(values: list) -> str:
 
 
 def markdown(s: Settings, rate: dict, bytes_per_file: dict, sizes=(1000, 3120, 100_000)) -> str:
-    """One row per stage: its work per 1,000 participants, and core-hours, GPU-hours, GiB for each size."""
+    """One row per stage: its work per 1,000 participants, and core-hours, GPU-hours, GiB for each
+    size."""
     tables = {n: cost(n, s, rate, bytes_per_file) for n in sizes}
     head = ["stage", f"work per {sizes[0]:,} participants"]
     for n in sizes:

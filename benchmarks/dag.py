@@ -64,7 +64,8 @@ def dry_run(args: list[str], workdir: Path) -> tuple[float, float]:
     probe = (
         "import resource, subprocess, sys, time;"
         "t = time.perf_counter();"
-        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True);"
+        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+        "stderr=subprocess.PIPE, text=True);"
         "dt = time.perf_counter() - t;"
         "sys.stderr.write(r.stderr[-2000:] if r.returncode else '');"
         "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, r.returncode)"

@@ -213,7 +213,8 @@ def cpu_rates(moving, fixed, full, args, device) -> dict:
     start = time.perf_counter()
     result.warp(nib.Nifti1Image(np.asarray(moving.dataobj, np.float32), moving.affine))
     warp_seconds = time.perf_counter() - start
-    # The difference of the two runs is cpu_affine affine iterations + cpu_steps steps on every level.
+    # The difference of the two runs is cpu_affine affine iterations + cpu_steps steps on every
+    # level.
     per_affine = _per_affine(moving, fixed, args, device)
     per_step_all_levels = (
         timed[args.cpu_affine] - timed[0] - per_affine * args.cpu_affine
@@ -258,7 +259,8 @@ def print_table(device: str, results: dict, args) -> None:
     )
     gradcam = results["gradcam"]
     print(
-        f"{'Grad-CAM (layer3), one participant':<52} {gradcam['seconds']:>9.2f} s {gradcam['peak_mib']:>8.0f} MiB"
+        f"{'Grad-CAM (layer3), one participant':<52} {gradcam['seconds']:>9.2f} s "
+        f"{gradcam['peak_mib']:>8.0f} MiB"
     )
     registration = results["registration"]
     if device == "cuda":
@@ -274,7 +276,8 @@ def print_table(device: str, results: dict, args) -> None:
         )
         return
     print(
-        f"{'registration: per affine iteration':<52} {registration['seconds_per_affine_iteration']:>9.2f} s "
+        f"{'registration: per affine iteration':<52} "
+        f"{registration['seconds_per_affine_iteration']:>9.2f} s "
         f"{registration['peak_mib']:>8.0f} MiB"
     )
     print(

@@ -32,9 +32,15 @@ from ageatlas.ingest.participant import ingest_participant
 from ageatlas.ingest.grid import Grid
 from ageatlas.ingest.stitch import StitchOptions
 t = time.perf_counter()
-rec = ingest_participant("1000001", sys.argv[1], sys.argv[2], Grid(), StitchOptions(), preview=False)
+rec = ingest_participant(
+    "1000001", sys.argv[1], sys.argv[2], Grid(), StitchOptions(), preview=False
+)
 dt = time.perf_counter() - t
-print(json.dumps({"s": dt, "mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "status": rec.status}))
+print(json.dumps({
+    "s": dt,
+    "mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "status": rec.status,
+}))
 """
 
 TIMED = """
@@ -135,14 +141,17 @@ def main() -> None:
 
     print(f"{'step':<58} {'seconds':>8} {'peak MiB':>9}")
     print(
-        f"{'ageatlas: zip -> stitched W+F .nii.gz (224x174x370)':<58} {ours['s']:>8.2f} {ours['mib']:>9.0f}"
+        f"{'ageatlas: zip -> stitched W+F .nii.gz (224x174x370)':<58} {ours['s']:>8.2f} "
+        f"{ours['mib']:>9.0f}"
     )
     print(f"{'unzip to disk (needed by dcm2niix)':<58} {unzip['s']:>8.2f} {unzip['mib']:>9.0f}")
     print(
-        f"{'dcm2niix -z y: 24 series -> .nii.gz, no stitching':<58} {conv['y']['s']:>8.2f} {conv['y']['mib']:>9.0f}"
+        f"{'dcm2niix -z y: 24 series -> .nii.gz, no stitching':<58} {conv['y']['s']:>8.2f} "
+        f"{conv['y']['mib']:>9.0f}"
     )
     print(
-        f"{'dcm2niix -z n: 24 series -> .nii, no stitching':<58} {conv['n']['s']:>8.2f} {conv['n']['mib']:>9.0f}"
+        f"{'dcm2niix -z n: 24 series -> .nii, no stitching':<58} {conv['n']['s']:>8.2f} "
+        f"{conv['n']['mib']:>9.0f}"
     )
     if args.save:
         import cluster_sizing as sizing

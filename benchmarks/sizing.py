@@ -49,7 +49,8 @@ def main() -> None:
     print(table)
     for record in [ingest, *trains, *explains, disk]:
         print(
-            f"- {record['benchmark']}: `{record['command']}` ({record['date']}, {record['machine']}; "
+            f"- {record['benchmark']}: `{record['command']}` "
+            f"({record['date']}, {record['machine']}; "
             f"{record['source']})"
         )
     if args.markdown_out:
@@ -81,7 +82,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--steps-per-level",
         type=int,
-        help="registration steps per pyramid level (default: registration.max_steps, an upper bound)",
+        help=(
+            "registration steps per pyramid level (default: registration.max_steps, an upper bound)"
+        ),
     )
     parser.add_argument("--markdown-out", help="also write the table here")
     return parser.parse_args()
@@ -97,7 +100,8 @@ def load_config(path) -> dict:
 
 
 def measure_disk(config: dict) -> dict:
-    """Bytes each per-participant output takes, written by the workflow's code for one SYNTHETIC participant."""
+    """Bytes each per-participant output takes, written by the workflow's code for one SYNTHETIC
+    participant."""
     with tempfile.TemporaryDirectory(prefix="sizing_") as tmp:
         files, seconds = write_outputs(Path(tmp), config)
         sizes = {
@@ -119,7 +123,8 @@ def measure_disk(config: dict) -> dict:
 
 
 def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[str, float]]:
-    """The per-participant files of each rule (keys as in cluster_sizing.stages), and seconds of two steps."""
+    """The per-participant files of each rule (keys as in cluster_sizing.stages), and seconds of two
+    steps."""
     import nibabel as nib
     import torch
     import torch.nn.functional as F
@@ -180,8 +185,9 @@ def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[
         ProjectionOptions.from_config(config["projection"]),
     )
 
-    # Grad-CAM: r3d_18's layer3 is the input / (4, 8, 8), rounded up. A random map through grad_cam's
-    # ReLU (half the cells zero), min-max and upsampling: gzip's ratio depends on the values.
+    # Grad-CAM: r3d_18's layer3 is the input / (4, 8, 8), rounded up. A random map through
+    # grad_cam's ReLU (half the cells zero), min-max and upsampling: gzip's ratio depends on the
+    # values.
     water = nib.load(str(water_path))
     grid = tuple(int(s) for s in water.shape[:3])
     layer = [-(-g // f) for g, f in zip(grid, (4, 8, 8))]
@@ -241,7 +247,8 @@ def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[
         "gradcam": [gradcam, provenance.sidecar_path(gradcam)],
         "registration": [transform, transform.with_suffix(".json")],
         "warped": [warped, provenance.sidecar_path(warped)],
-        # atlas_register writes a transform, its record and the warped water; a template is as large as the latter.
+        # atlas_register writes a transform, its record and the warped water; a template is as large
+        # as the latter.
         "atlas_member": [
             transform,
             transform.with_suffix(".json"),

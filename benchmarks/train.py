@@ -1,4 +1,5 @@
-"""Training and inference seconds per sample, and peak memory, of the 3D age model and the 2.5D baseline.
+"""Training and inference seconds per sample, and peak memory, of the 3D age model and the 2.5D
+baseline.
 
 Random inputs at full size through the models the workflow trains, built
 from their training configs (ageatlas.age.train_config.TrainConfig: the 3D ResNet-18 on
@@ -26,7 +27,8 @@ per training sample) and 0.286 s per inference sample; 2.5D 1.88 min per
 epoch of 18,384 (0.0061 s) and 0.024 s. Our goal for the 3D model on an
 H100: <= 0.1 s and <= 0.02 s.
 
-    .venv/bin/python benchmarks/train.py                 # both models, the GPU if there is one, else the CPU
+    .venv/bin/python benchmarks/train.py                 # both models, the GPU if there is one,
+                                                         # else the CPU
     .venv/bin/python benchmarks/train.py --device all    # both devices
     .venv/bin/python benchmarks/train.py --model 2.5d    # one model
     .venv/bin/python benchmarks/train.py --save rec.json # also a record for benchmarks/sizing.py
@@ -222,7 +224,8 @@ def measure(args: argparse.Namespace, device_name: str, model_name: str) -> dict
 
 
 def loading_seconds(config: TrainConfig, shape, repeats: int = 3) -> float:
-    """Seconds to read one float16 input file into a float32 tensor, as the training Dataset does."""
+    """Seconds to read one float16 input file into a float32 tensor, as the training Dataset
+    does."""
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "input.npy")
         np.save(
@@ -276,13 +279,15 @@ def print_table(rows: list[dict]) -> None:
     """One row per device and model: seconds per sample beside the paper's (NVIDIA A40)."""
     print(
         f"\n{'model':<5} {'device':<34} {'input':<12} {'batch':<7} {'train s':>9} {'min/epoch':>9} "
-        f"{'infer s':>9} {'peak GiB':>15} {'loading s':>9} | {'paper train s':>13} {'min/epoch':>9} {'infer s':>7}"
+        f"{'infer s':>9} {'peak GiB':>15} {'loading s':>9} | "
+        f"{'paper train s':>13} {'min/epoch':>9} {'infer s':>7}"
     )
     for r in rows:
         spec = MODELS[r["model"]]
         paper = spec["paper"]
         print(
-            f"{r['model']:<5} {r['device'][:34]:<34} {r['input']:<12} {r['batch']:<7} {r['training']:>9.4f} "
+            f"{r['model']:<5} {r['device'][:34]:<34} {r['input']:<12} {r['batch']:<7} "
+            f"{r['training']:>9.4f} "
             f"{r['training'] * spec['paper_samples'] / 60:>9.2f} {r['inference']:>9.4f} "
             f"{r['training_memory']:>6.2f} / {r['inference_memory']:<6.2f} {r['loading']:>9.4f} | "
             f"{paper['training']:>13.4f} {paper['training'] * spec['paper_samples'] / 60:>9.2f} "
@@ -293,7 +298,8 @@ def print_table(rows: list[dict]) -> None:
         "peak GiB: training / inference"
     )
     print(
-        f"precision: {'; '.join(sorted({r['device'][:20] + ': ' + r['precision'] for r in rows}))}; "
+        f"precision: "
+        f"{'; '.join(sorted({r['device'][:20] + ': ' + r['precision'] for r in rows}))}; "
         f"timed steps: {rows[0]['steps']}. Goal for the 3D model on an H100: "
         f"{GOAL_H100['training']} s and {GOAL_H100['inference']} s."
     )

@@ -42,7 +42,8 @@ def where(configfile: str) -> str:
         lines.append(f"  figures       {age / 'figures'}/")
         lines.append(f"  predictions   {age / 'predictions_corrected.tsv'}")
         lines.append(
-            f"  model         {results / paths.AGE_MODEL / 'checkpoint.pt'}  (metrics.tsv beside it)"
+            f"  model         {results / paths.AGE_MODEL / 'checkpoint.pt'}  "
+            f"(metrics.tsv beside it)"
         )
     gradcam = (results / paths.GRADCAM).parent
     if gradcam.is_dir():
@@ -66,7 +67,8 @@ def where(configfile: str) -> str:
         lines.append(f"  registration  {registration_qc}  ({_status_counts(registration_qc)})")
     if (results / paths.TRUTH_CHECK).exists():
         lines.append(
-            f"  truth check   {results / paths.TRUTH_CHECK}  (SYNTHETIC: Dice, enrichment in age regions)"
+            f"  truth check   {results / paths.TRUTH_CHECK}  "
+            f"(SYNTHETIC: Dice, enrichment in age regions)"
         )
     synthetic = results / paths.SYNTHETIC
     if synthetic.is_dir():
@@ -160,7 +162,10 @@ def main(argv: list[str] | None = None) -> None:
     p_where.add_argument("--configfile", default="config/demo.yaml")
     p_install = sub.add_parser(
         "install-profile",
-        help="install the SLURM profile with your partition and account (then: snakemake --profile slurm)",
+        help=(
+            "install the SLURM profile with your partition and account "
+            "(then: snakemake --profile slurm)"
+        ),
     )
     p_install.add_argument(
         "--partition", required=True, help="SLURM partition for every job (sbatch -p)"
@@ -190,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         name = folder.name if folder.parent == PROFILE_DEST.expanduser().parent else folder
         print(f"Wrote {target}")
         print(
-            f"Run from the repository root: .venv/bin/snakemake --configfile my-config.yaml --profile {name}"
+            f"Run from the repository root: "
+            f".venv/bin/snakemake --configfile my-config.yaml --profile {name}"
         )
 
 

@@ -46,7 +46,8 @@ def test_authors_architecture_and_output_shape():
 
 
 def test_first_axis_is_the_time_axis():
-    """The stem keeps X (r3d's time axis, stride 1) and halves Y and Z, as in the authors' layer3 map."""
+    """The stem keeps X (r3d's time axis, stride 1) and halves Y and Z, as in the authors' layer3
+    map."""
     model = build_model().eval()
     seen = []
     model.feature_layer.register_forward_hook(

@@ -1,4 +1,5 @@
-"""Training: exact resume after SIGKILL, fresh start on another config, DDP over gloo, and that it learns."""
+"""Training: exact resume after SIGKILL, fresh start on another config, DDP over gloo, and that it
+learns."""
 
 from __future__ import annotations
 
@@ -38,13 +39,16 @@ from ageatlas.age.train_config import TrainConfig
 logging.basicConfig(level=logging.INFO)
 args = json.loads(sys.argv[1])
 config = TrainConfig(**args["config"])
-summary = train(args["train"], args["val"], args["out"], config, device="cpu", world_size=args["world_size"])
+summary = train(
+    args["train"], args["val"], args["out"], config, device="cpu", world_size=args["world_size"]
+)
 print(json.dumps(summary))
 """
 
 
 def write_volumes(folder: Path, n: int, seed: int = 0, shape=SHAPE, signal_of_age: bool = False):
-    """(path, age) items of random float16 volumes; with signal_of_age a block brightens with age."""
+    """(path, age) items of random float16 volumes; with signal_of_age a block brightens with
+    age."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     items = []

@@ -1,4 +1,5 @@
-"""The 2.5D baseline: model shape, local weights, translations, a tiny training run that learns, Grad-CAM 2D.
+"""The 2.5D baseline: model shape, local weights, translations, a tiny training run that learns,
+Grad-CAM 2D.
 
 Training and prediction are the 3D model's (ageatlas.age.train, ageatlas.age.predict)
 given a BaselineConfig; their resume, DDP and early stopping are tested in
@@ -33,7 +34,8 @@ from ageatlas.explain import gradcam
 
 SIZE = 32  # VGG's five max-pools leave 1 x 1; the classifier's adaptive pool makes it pool x pool
 REGION = (slice(4, 12), slice(8, 16))  # where age is written, in the water channel
-# Langner's lr and batch-wise training; small batches so BatchNorm's running statistics settle in few epochs.
+# Langner's lr and batch-wise training; small batches so BatchNorm's running statistics settle in
+# few epochs.
 TINY = BaselineConfig(
     epochs=15,
     lr=1e-4,
@@ -49,7 +51,8 @@ TINY = BaselineConfig(
 
 
 def write_projections(folder: Path, n: int, seed: int, size: int = SIZE) -> list[tuple[str, float]]:
-    """(path, age) of float16 (2, size, size) images: a dim noisy body and a block whose brightness is age."""
+    """(path, age) of float16 (2, size, size) images: a dim noisy body and a block whose brightness
+    is age."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     ages = rng.uniform(45, 80, n)
@@ -107,7 +110,8 @@ def test_model_takes_two_channels_and_returns_one_age():
 
 @pytest.fixture(scope="module")
 def vgg_state() -> dict:
-    """A torchvision vgg16_bn state_dict (RGB first convolution, as ImageNet's): features and the last layer."""
+    """A torchvision vgg16_bn state_dict (RGB first convolution, as ImageNet's): features and the
+    last layer."""
     from torchvision.models import vgg16_bn
 
     torch.manual_seed(0)
@@ -208,7 +212,8 @@ def test_tiny_training_beats_the_mean_predictor(data, trained, caplog):
 
 
 def test_predictions_feed_bias_correction_and_table1(data, trained):
-    """The table the workflow's predict script writes works with ageatlas.age.bias and ageatlas.age.evaluate unchanged."""
+    """The table the workflow's predict script writes works with ageatlas.age.bias and
+    ageatlas.age.evaluate unchanged."""
     out, _ = trained
     rng = np.random.default_rng(0)
     rows = [
@@ -311,7 +316,8 @@ class _SmallCNN(nn.Module):
 
 
 def test_grad_cam_2d_highlights_the_informative_region(tmp_path):
-    """A non-square toy whose age is in one block only: the map peaks there, and is low elsewhere."""
+    """A non-square toy whose age is in one block only: the map peaks there, and is low
+    elsewhere."""
     torch.manual_seed(0)
     items = write_projections(tmp_path, 32, seed=3, size=SIZE)
     images = torch.stack(

@@ -1,4 +1,5 @@
-"""2.5D projections: a phantom's block lands where it is in the world, in every storage order; bed cut; files."""
+"""2.5D projections: a phantom's block lands where it is in the world, in every storage order; bed
+cut; files."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ RAS_AFFINE[:3, 3] = (-20.0, -20.0, -45.0)
 BED = 3  # posterior voxels holding the "bed"
 SIZE = (64, 64)
 OPTIONS = ProjectionOptions(bed_voxels=BED, size=SIZE)
-# Water: bright block right, anterior, superior. Fat: left, posterior (in front of the bed), inferior.
+# Water: bright block right, anterior, superior. Fat: left, posterior (in front of the bed),
+# inferior.
 WATER_BLOCK = (slice(14, 18), slice(11, 15), slice(22, 27))
 FAT_BLOCK = (slice(2, 6), slice(4, 7), slice(3, 8))
 
@@ -44,8 +46,8 @@ def block_world_centre(block) -> np.ndarray:
 
 
 def stored_as(volume: np.ndarray, order, flips) -> tuple[np.ndarray, np.ndarray]:
-    """The RAS volume stored with its axes in `order` (a permutation), then flipped where `flips` says,
-    with the affine that keeps every voxel at its world position."""
+    """The RAS volume stored with its axes in `order` (a permutation), then flipped where
+    `flips` says, with the affine that keeps every voxel at its world position."""
     stored = np.transpose(volume, order)
     index_map = np.zeros((4, 4))  # stored voxel index -> RAS voxel index
     index_map[3, 3] = 1
@@ -69,8 +71,9 @@ STORAGES = {
 
 
 def expected_pixel(world, view: str, widths) -> tuple[float, float]:
-    """(row, column) where a world point must appear: fractions of the field of view from the top and
-    from the image-left edge (patient's right in the coronal view, anterior in the sagittal view)."""
+    """(row, column) where a world point must appear: fractions of the field of view from the
+    top and from the image-left edge (patient's right in the coronal view, anterior in the
+    sagittal view)."""
     low = RAS_AFFINE[:3, 3] - np.array(SPACING) / 2  # outer voxel edges
     high = low + np.array(SHAPE) * SPACING
     low[1] += BED * SPACING[1]  # the bed is gone from the posterior side

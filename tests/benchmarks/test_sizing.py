@@ -1,4 +1,5 @@
-"""The sizing arithmetic (cluster_sizing) on a small fake record set: no benchmark, no disk measured."""
+"""The sizing arithmetic (cluster_sizing) on a small fake record set: no benchmark, no disk
+measured."""
 
 import cluster_sizing as sizing
 import pytest

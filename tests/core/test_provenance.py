@@ -114,7 +114,8 @@ def test_record_without_tables_writes_nothing(tmp_path):
 
 
 def test_every_script_writing_tables_or_maps_records_provenance():
-    """The workflow scripts whose rules write .tsv/.md/.nii.gz outputs end with provenance.record."""
+    """The workflow scripts whose rules write .tsv/.md/.nii.gz outputs end with
+    provenance.record."""
     scripts = REPO / "workflow" / "scripts"
     expected = [
         "phenotype_qc",

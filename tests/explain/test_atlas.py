@@ -69,7 +69,8 @@ def test_initial_template_is_normalised_on_reference_grid():
 
 
 def test_template_moves_to_members_mean_position():
-    """Members shifted by +8 and +16 mm from the reference: the unbiased template sits near +12 mm."""
+    """Members shifted by +8 and +16 mm from the reference: the unbiased template sits near +12
+    mm."""
     reference = _blob((0, 0, 0))
     template = initial_template(reference, clip=1.0)
     members = {}

@@ -1,4 +1,5 @@
-"""Grad-CAM: agreement with captum, M3d-CAM normalisation, hook hygiene, and the stitched-grid geometry."""
+"""Grad-CAM: agreement with captum, M3d-CAM normalisation, hook hygiene, and the stitched-grid
+geometry."""
 
 from __future__ import annotations
 
@@ -154,7 +155,8 @@ def test_cache_affine_is_block_centre():
 
 @pytest.fixture
 def participant(tmp_path, model):
-    """A stitched NIfTI (odd sizes, so downsampling drops voxels), its cache by 2 and a checkpoint."""
+    """A stitched NIfTI (odd sizes, so downsampling drops voxels), its cache by 2 and a
+    checkpoint."""
     grid = (33, 32, 65)
     affine = np.array([[-2.2, 0.1, 0, 100], [0, 2.2, 0.2, -50], [0, 0, 3.0, -400], [0, 0, 0, 1]])
     water = np.random.default_rng(0).random(grid).astype(np.float32)
@@ -207,7 +209,8 @@ def test_cam_for_participant_writes_stitched_grid(participant, caplog):
 
 
 def test_peak_lands_at_block_centre_in_world(participant, monkeypatch):
-    """A CAM high in one cache voxel must centre on that voxel's block of stitched voxels in world space."""
+    """A CAM high in one cache voxel must centre on that voxel's block of stitched voxels in world
+    space."""
     path, stitched = participant
     peak = (5, 9, 20)
 

@@ -1,4 +1,5 @@
-"""Grad-CAM of a trained model points where age was planted (SYNTHETIC phantoms, no DICOM round trip).
+"""Grad-CAM of a trained model points where age was planted (SYNTHETIC phantoms, no DICOM round
+trip).
 
 The phantoms are the synthetic cohort's anatomy (ageatlas.synthetic, planted age
 effects x3 as ``synthetic.age_effect_scale: 3``) on the

@@ -49,7 +49,8 @@ def pytest_collection_modifyitems(config, items):
 def pytest_terminal_summary(terminalreporter):
     if _left_out:
         terminalreporter.write_line(
-            f"tests/slurm: {len(_left_out)} SLURM cluster tests not run (they start a real SLURM cluster as root); "
+            f"tests/slurm: {len(_left_out)} SLURM cluster tests not run "
+            f"(they start a real SLURM cluster as root); "
             "run them with `pytest tests/slurm` or AGEATLAS_SLURM_TESTS=1",
             yellow=True,
         )

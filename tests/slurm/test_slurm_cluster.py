@@ -70,14 +70,17 @@ rule gpu:
     resources: gpu=1, runtime=5, mem_mb=200
     shell:
         "sleep {{config[sleep]}}; "
-        "(env | grep -E '^(CUDA_VISIBLE_DEVICES|SLURM_STEP_GPUS|SLURM_JOB_GPUS|SLURM_GPUS)=' | sort; "
+        "(env | grep -E "
+        "'^(CUDA_VISIBLE_DEVICES|SLURM_STEP_GPUS|SLURM_JOB_GPUS|SLURM_GPUS)=' | sort; "
         "scontrol -d show job $SLURM_JOB_ID) > {{output}}"
 
 rule threaded:
     output: "results/threads.txt"
     threads: 2
     resources: runtime=5, mem_mb=200
-    shell: "echo threads={{threads}} cpus_per_task=${{{{SLURM_CPUS_PER_TASK:-}}}} cpus_on_node=$SLURM_CPUS_ON_NODE > {{output}}"
+    shell:
+        "echo threads={{threads}} cpus_per_task=${{{{SLURM_CPUS_PER_TASK:-}}}} "
+        "cpus_on_node=$SLURM_CPUS_ON_NODE > {{output}}"
 
 rule aggregate:
     input: expand("results/square/{{item}}.txt", item=ITEMS)
@@ -322,7 +325,8 @@ def most_queued(run: SlurmRun) -> int:
 
 
 def test_more_ready_jobs_than_the_jobs_limit_all_run_and_the_limit_holds(slurm_cluster, tmp_path):
-    """A cohort's stitch jobs far outnumber the profile's `jobs` (500): all run, never more than `jobs` queued.
+    """A cohort's stitch jobs far outnumber the profile's `jobs` (500): all run, never more than
+    `jobs` queued.
 
     Scaled down: 6 ready per-item jobs, jobs: 2.
     """
@@ -352,10 +356,11 @@ def test_more_ready_jobs_than_the_jobs_limit_all_run_and_the_limit_holds(slurm_c
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "snakemake-executor-plugin-slurm 2.8.0, issue #473: with slurm-array-jobs, ready jobs of a rule that "
-        "arrive in a batch smaller than both the array limit and the rule's other ready jobs are held back "
-        "('Array job collection incomplete ... waiting for more jobs'), never submitted, and keep their `jobs` "
-        "slots: the run deadlocks once a rule has more ready jobs than `jobs`. Hence no arrays in the profile."
+        "snakemake-executor-plugin-slurm 2.8.0, issue #473: with slurm-array-jobs, ready jobs of a "
+        "rule that arrive in a batch smaller than both the array limit and the rule's other ready "
+        "jobs are held back ('Array job collection incomplete ... waiting for more jobs'), never "
+        "submitted, and keep their `jobs` slots: the run deadlocks once a rule has more ready jobs "
+        "than `jobs`. Hence no arrays in the profile."
     ),
 )
 def test_array_jobs_deadlock_past_the_jobs_limit(slurm_cluster, tmp_path):
@@ -382,9 +387,10 @@ def test_array_jobs_deadlock_past_the_jobs_limit(slurm_cluster, tmp_path):
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "snakemake-executor-plugin-slurm 2.8.0: sacct reports a scancel'ed job as 'CANCELLED by <uid>', the plugin "
-        "matches 'CANCELLED' exactly, so under slurm-status-command sacct (the plugin's default) it never sees "
-        "the failure and snakemake waits forever instead of retrying. Hence slurm-status-command: squeue."
+        "snakemake-executor-plugin-slurm 2.8.0: sacct reports a scancel'ed job as 'CANCELLED by "
+        "<uid>', the plugin matches 'CANCELLED' exactly, so under slurm-status-command sacct (the "
+        "plugin's default) it never sees the failure and snakemake waits forever instead of "
+        "retrying. Hence slurm-status-command: squeue."
     ),
 )
 def test_sacct_status_notices_a_cancelled_job(slurm_cluster, tmp_path):
@@ -447,9 +453,10 @@ def test_array_tasks_are_each_tracked_with_squeue(array_run):
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "snakemake-executor-plugin-slurm 2.8.0 queries sacct for JobIdRaw, so array task <A>_<i> is looked up "
-        "under the parent id <A>, the record of one task: every task takes that task's state (a task still "
-        "running is reported done, one failure fails all). Hence slurm-status-command: squeue."
+        "snakemake-executor-plugin-slurm 2.8.0 queries sacct for JobIdRaw, so array task <A>_<i> "
+        "is looked up under the parent id <A>, the record of one task: every task takes that "
+        "task's state (a task still running is reported done, one failure fails all). Hence "
+        "slurm-status-command: squeue."
     ),
 )
 def test_sacct_status_of_each_array_task_is_its_own(array_run):

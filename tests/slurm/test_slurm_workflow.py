@@ -53,7 +53,8 @@ GPU_RULES = {"train_age_model", "predict_age", "gradcam", "atlas_register", "reg
 
 
 def cut_config() -> dict:
-    """The cut-down demo of tests/test_workflow.py's whole-pipeline test, with every GPU rule on a GPU."""
+    """The cut-down demo of tests/test_workflow.py's whole-pipeline test, with every GPU rule on a
+    GPU."""
     return {
         "results_dir": RESULTS,
         "logs_dir": "logs/cut",
@@ -197,7 +198,8 @@ def runs(slurm_cluster, tmp_path_factory) -> Runs:
         f"the LOCAL reference run failed:\n{runs.local.stdout[-5000:]}"
     )
     print(
-        f"\nlocal run {runs.local_seconds:.0f} s; SLURM run {runs.slurm.seconds:.0f} s; {runs.slurm.notes}"
+        f"\nlocal run {runs.local_seconds:.0f} s; SLURM run {runs.slurm.seconds:.0f} s; "
+        f"{runs.slurm.notes}"
     )
     return runs
 

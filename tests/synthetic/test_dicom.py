@@ -111,8 +111,8 @@ def test_dcm2niix_reads_a_station(clean_zip, tmp_path):
         zf.extractall(tmp_path / "dicom")
     out = tmp_path / "nifti"
     out.mkdir()
-    subprocess.run([DCM2NIIX, "-f", "%s", "-z", "n", "-o", str(out), str(tmp_path / "dicom")], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run([DCM2NIIX, "-f", "%s", "-z", "n", "-o", str(out), str(tmp_path / "dicom")],
+                   check=True, capture_output=True)  # fmt: skip
     image = nib.load(out / "12.nii")  # station 3 water
     spec = layout.STATIONS[2]
     expected = tuple(max(1, round(n * SCALE)) for n in (spec.columns, spec.rows, spec.slices))

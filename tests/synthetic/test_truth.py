@@ -43,7 +43,8 @@ def test_truth_label_map_matches_the_phantom_and_the_dicom_frame(tmp_path, parti
 
 
 def tissue_agreement(series, affine, labels) -> dict[str, float]:
-    """Share of DICOM voxels, in the interior of a truth region, whose intensities fit that region."""
+    """Share of DICOM voxels, in the interior of a truth region, whose intensities fit that
+    region."""
     interior = ndimage.minimum_filter(labels, 3) == ndimage.maximum_filter(labels, 3)
     found = defaultdict(list)
     for station in (2, 3):

@@ -44,7 +44,8 @@ window.addEventListener("load", function () {
         if (entry.mime_type.startsWith("image/")) {
           app.setView({content: "img", contentPath: entry.data_uri, resultPath: path});
           await pause(100);
-          const img = Array.from(document.querySelectorAll("#app img")).find((i) => i.src === entry.data_uri);
+          const img = Array.from(document.querySelectorAll("#app img"))
+            .find((i) => i.src === entry.data_uri);
           found.shown = Boolean(img);
           for (let i = 0; img && !img.complete && i < 50; i++) await pause(100);
           if (img) {

@@ -70,7 +70,8 @@ def load_rules(tmp: Path, **overrides) -> dict:
 
 @pytest.fixture(scope="module")
 def gpu_rules(tmp_path_factory) -> dict:
-    """The workflow's rules as a GPU cluster config has them (train, registration, baseline: gpus 1)."""
+    """The workflow's rules as a GPU cluster config has them (train, registration,
+    baseline: gpus 1)."""
     return load_rules(
         tmp_path_factory.mktemp("gpu"),
         train={"gpus": 1},
@@ -140,7 +141,8 @@ def test_defaults_leave_cpus_to_threads_and_the_cluster_to_the_user(profile):
 
 
 def at_attempt(rule, name: str, attempt: int):
-    """A rule's resource as Snakemake evaluates it for a job's given attempt (None if undeclared)."""
+    """A rule's resource as Snakemake evaluates it for a job's given attempt (None if
+    undeclared)."""
     resource = rule.resources.get(name)
     if hasattr(resource, "evaluate"):
         resource = resource.evaluate(None, attempt=attempt)

@@ -207,7 +207,8 @@ def test_unusable_phenotype_table_names_file_and_column(tmp_path):
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
-    """The whole workflow on 12 SYNTHETIC participants, run once for the tests that read its results."""
+    """The whole workflow on 12 SYNTHETIC participants, run once for the tests that read its
+    results."""
     tmp_path = tmp_path_factory.mktemp("pipeline_run")
     config = base_config(tmp_path) | {
         "cohort": {"source": "synthetic"},
@@ -251,7 +252,8 @@ def pipeline_run(tmp_path_factory):
 
 
 def test_whole_pipeline_trains_predicts_and_writes_table1(pipeline_run):
-    """The model stage end to end on 12 SYNTHETIC participants (a smoke test; learning is tested in test_train)."""
+    """The model stage end to end on 12 SYNTHETIC participants (a smoke test; learning is tested in
+    test_train)."""
     tmp_path, _, result = pipeline_run
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     results = tmp_path / "results"
@@ -321,7 +323,8 @@ def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
 
 
 def test_results_carry_provenance(pipeline_run):
-    """Tables and maps have a sidecar naming the version, the commit, the config hash and the inputs."""
+    """Tables and maps have a sidecar naming the version, the commit, the config hash and the
+    inputs."""
     tmp_path, _, result = pipeline_run
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     results = tmp_path / "results"
@@ -349,7 +352,8 @@ def test_results_carry_provenance(pipeline_run):
 
 
 def report_results(html: str) -> dict:
-    """The results a Snakemake HTML report embeds (`var results = {...};` in its `<script id="results">`)."""
+    """The results a Snakemake HTML report embeds (`var results = {...};` in its
+    `<script id="results">`)."""
     block = html.split('<script id="results">', 1)[1].split("</script>", 1)[0].strip()
     assert block.startswith("var results = "), block[:200]
     return json.loads(block[len("var results = ") :].rstrip(";"))
@@ -389,7 +393,8 @@ def test_report_shows_every_figure_and_table_with_a_caption(pipeline_run):
         "<table" in embedded[str(results / "age" / "table1.tsv")]["caption"]
     )  # Table 1 itself, inline
 
-    # Headless chromium: the page renders, every figure opens in the viewer and decodes, captions show.
+    # Headless chromium: the page renders, every figure opens in the viewer and decodes, captions
+    # show.
     seen = report_in_browser.browse(report)
     assert not seen["errors"], seen["errors"]
     assert {"Quality control", "Age model", "Population maps"} <= set(seen["categories"])

@@ -29,7 +29,8 @@ pytestmark = pytest.mark.workflow
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    """The snakemake CLI on ``workdir/config.yaml``; targets go first in ``args`` (before any -R list)."""
+    """The snakemake CLI on ``workdir/config.yaml``; targets go first in ``args`` (before any -R
+    list)."""
     cmd = [
         SNAKEMAKE,
         *args,
@@ -153,7 +154,8 @@ def test_finished_run_plans_nothing(finished):
 
 
 def test_rerunning_one_group_schedules_only_that_groups_jobs(finished):
-    """The group target, with its Grad-CAM, atlas and registration forced: exactly that group's jobs."""
+    """The group target, with its Grad-CAM, atlas and registration forced: exactly that group's
+    jobs."""
     workdir, config, table = finished
     group = "F_overweight"
     target = f"{config['results_dir']}/explain/{group}/figures/importance_by_age_band.png"
@@ -201,7 +203,8 @@ def test_rerunning_one_group_schedules_only_that_groups_jobs(finished):
 
 
 def test_forcerun_of_one_groups_registration_leaves_other_groups_untouched(finished):
-    """The whole workflow's plan after forcing one group's registrations: no job of another group."""
+    """The whole workflow's plan after forcing one group's registrations: no job of another
+    group."""
     workdir, config, table = finished
     group = "M_healthy"
     test_eids = sorted(

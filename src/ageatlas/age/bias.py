@@ -70,7 +70,8 @@ class BiasCorrection:
         if self.method == "delta":
             if age is None:
                 raise ValueError(
-                    "the 'delta' bias correction needs the chronological age of each participant (age=...)"
+                    "the 'delta' bias correction needs the chronological age of each participant "
+                    "(age=...)"
                 )
             y = np.asarray(age, dtype=float)
             if y.shape != p.shape:
@@ -106,7 +107,8 @@ class BiasCorrection:
         correction = cls(**fields)
         if correction.method not in METHODS:
             raise ValueError(
-                f"{path}: unknown bias correction method {correction.method!r}; expected one of {METHODS}"
+                f"{path}: unknown bias correction method {correction.method!r}; "
+                f"expected one of {METHODS}"
             )
         return correction
 

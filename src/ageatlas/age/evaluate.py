@@ -63,7 +63,8 @@ def model_columns(
     training_samples: int,
     correction_json: str | Path | None = None,
 ) -> list[MethodResult]:
-    """A model's two columns, as predicted and "(bias-corrected)", with the costs from its rules' records.
+    """A model's two columns, as predicted and "(bias-corrected)", with the costs from its rules'
+    records.
 
     `predictions` has eid, predicted and corrected (the bias rule's table);
     `metrics_tsv` is the training metrics, `timing_json` the prediction
@@ -97,8 +98,9 @@ def _correction_caveat(name: str, correction_json: str | Path | None) -> str | N
     if correction.tracks_age:
         return None
     return (
-        f"{name} (bias-corrected) does not measure the {name} model: its validation predictions rise "
-        f"{correction.age_slope:.2f} years per year of age (below {MIN_TRACKING_SLOPE}), so it has not "
+        f"{name} (bias-corrected) does not measure the {name} model: its validation "
+        f"predictions rise {correction.age_slope:.2f} years per year of age "
+        f"(below {MIN_TRACKING_SLOPE}), so it has not "
         f"learned age and the {correction.method} correction largely returns chronological age. "
         f"Compare the uncorrected column."
     )
@@ -115,7 +117,8 @@ def _test_rows(cohort: pd.DataFrame) -> pd.DataFrame:
     odd = test[~test["sex"].isin(SEXES) | ~test["bmi_group"].isin(BMI_GROUPS)]
     if not odd.empty:
         raise ValueError(
-            f"{len(odd)} test participants have sex not in {SEXES} or bmi_group not in {BMI_GROUPS}, e.g. eid {odd['eid'].iloc[0]}"
+            f"{len(odd)} test participants have sex not in {SEXES} or bmi_group not in "
+            f"{BMI_GROUPS}, e.g. eid {odd['eid'].iloc[0]}"
         )
     test["eid"] = test["eid"].astype(str)
     return test
@@ -164,20 +167,23 @@ def _method_predictions(test: pd.DataFrame, method: MethodResult) -> pd.Series:
     preds = method.predictions
     if "eid" not in preds.columns or method.column not in preds.columns:
         raise ValueError(
-            f"predictions of {method.name!r} need columns 'eid' and {method.column!r}; have {list(preds.columns)}"
+            f"predictions of {method.name!r} need columns 'eid' and {method.column!r}; "
+            f"have {list(preds.columns)}"
         )
     preds = preds.assign(eid=preds["eid"].astype(str))
     preds = preds[preds["eid"].isin(test["eid"])]
     if preds["eid"].duplicated().any():
         raise ValueError(
-            f"predictions of {method.name!r} list eid {preds.loc[preds['eid'].duplicated(), 'eid'].iloc[0]} twice"
+            f"predictions of {method.name!r} list eid "
+            f"{preds.loc[preds['eid'].duplicated(), 'eid'].iloc[0]} twice"
         )
     values = test["eid"].map(preds.set_index("eid")[method.column])
     # Skipping absent participants would compare methods on different people.
     if values.isna().any():
         absent = test.loc[values.isna(), "eid"]
         raise ValueError(
-            f"{method.name!r} has no prediction for {len(absent)} of {len(test)} test participants, e.g. eid {absent.iloc[0]}"
+            f"{method.name!r} has no prediction for {len(absent)} of {len(test)} "
+            f"test participants, e.g. eid {absent.iloc[0]}"
         )
     return values.astype(float)
 

@@ -28,7 +28,8 @@ def _check_scatter_frame(df) -> None:
 
 
 def _age_limits(df, columns) -> tuple[float, float]:
-    """One range for both axes of every panel, so panels compare and the identity is the diagonal."""
+    """One range for both axes of every panel, so panels compare and the identity is the
+    diagonal."""
     values = np.concatenate([df[c].to_numpy(float) for c in columns])
     values = values[np.isfinite(values)]
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)

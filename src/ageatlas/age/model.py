@@ -45,7 +45,8 @@ class AgeRegressor(nn.Module):
 
 
 def build_model(pretrained: str | Path | None = None, hidden: int = 256) -> AgeRegressor:
-    """The untrained age model; `pretrained` is a local torchvision r3d_18 state_dict (fc is not used)."""
+    """The untrained age model; `pretrained` is a local torchvision r3d_18 state_dict (fc is not
+    used)."""
     model = AgeRegressor(hidden)
     if pretrained is not None:
         load_backbone(model.backbone, pretrained)
@@ -53,7 +54,8 @@ def build_model(pretrained: str | Path | None = None, hidden: int = 256) -> AgeR
 
 
 def load_backbone(backbone: nn.Module, path: str | Path) -> None:
-    """Load an r3d_18 state_dict into `backbone`, all keys but fc; any other mismatch is an error."""
+    """Load an r3d_18 state_dict into `backbone`, all keys but fc; any other mismatch is an
+    error."""
     load_weights(backbone, path, "torchvision r3d_18", keep=lambda key: not key.startswith("fc."))
 
 
@@ -65,7 +67,8 @@ def load_weights(
     keep: Callable[[str], bool],
     adapt: Callable[[dict], dict] | None = None,
 ) -> None:
-    """Load the keys of a local state_dict for which `keep` holds into `module` (`name` in messages).
+    """Load the keys of a local state_dict for which `keep` holds into `module` (`name` in
+    messages).
 
     `adapt` may rewrite the kept weights first (e.g. an RGB first convolution
     for a two-channel input). A missing (batch counters aside), unexpected or
@@ -109,7 +112,8 @@ def load_trained(
     device: str | torch.device = "cpu",
     build: Callable[[dict], nn.Module] | None = None,
 ) -> tuple[nn.Module, dict]:
-    """The model of a training checkpoint.pt in eval mode on `device`, and the checkpoint's metadata.
+    """The model of a training checkpoint.pt in eval mode on `device`, and the checkpoint's
+    metadata.
 
     `build` makes the untrained model from the checkpoint's config (default:
     the 3D AgeRegressor; `ageatlas.age.train.load_checkpoint` passes others).

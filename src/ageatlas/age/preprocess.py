@@ -126,7 +126,8 @@ def _noise_seed(seed: int, path: Path) -> list[int]:
 
 
 def read_volume(path) -> np.ndarray:
-    """A NIfTI's voxels as float32, with scl_slope/scl_inter applied (the stitched files are scaled int16)."""
+    """A NIfTI's voxels as float32, with scl_slope/scl_inter applied (the stitched files are scaled
+    int16)."""
     image = nib.load(str(path))
     volume = image.get_fdata(dtype=np.float32)
     if volume.ndim == 4 and volume.shape[3] == 1:

@@ -15,13 +15,15 @@ _CHANNELS = ("water", "fat")
 def projection_cam_figure(
     images, cams, titles, path: str | Path, channel: int = 0, alpha: float = 0.45
 ):
-    """Figure 9: one row per participant, its projection (water by default) and the Grad-CAM over it.
+    """Figure 9: one row per participant, its projection (water by default) and the Grad-CAM over
+    it.
 
     ``images`` are (2, H, W) projections, ``cams`` (H, W) maps in [0, 1].
     """
     if not len(images) == len(cams) == len(titles) or not len(images):
         raise ValueError(
-            f"need as many images, maps and titles (>= 1): {len(images)}, {len(cams)}, {len(titles)}"
+            f"need as many images, maps and titles (>= 1): "
+            f"{len(images)}, {len(cams)}, {len(titles)}"
         )
     fig, axes = plt.subplots(len(images), 2, figsize=(8, 4.2 * len(images)), squeeze=False)
     for row, (image, cam, title) in zip(axes, zip(images, cams, titles)):

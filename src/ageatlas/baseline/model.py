@@ -81,7 +81,8 @@ class BaselineConfig(TrainConfig):
 
 
 def config_type(family: str | None) -> type[TrainConfig]:
-    """The config class of a model family, as the workflow's rules name it: "3d" (or None) or "2.5d"."""
+    """The config class of a model family, as the workflow's rules name it: "3d" (or None) or
+    "2.5d"."""
     types = {None: TrainConfig, "3d": TrainConfig, "2.5d": BaselineConfig}
     if family not in types:
         raise ValueError(f"model family must be '3d' or '2.5d', not {family!r}")
@@ -123,7 +124,8 @@ class ProjectionRegressor(nn.Module):
 
     @property
     def feature_layer(self) -> nn.Module:
-        """The layer Grad-CAM reads: the last ReLU of the last convolutional block (before its max-pool)."""
+        """The layer Grad-CAM reads: the last ReLU of the last convolutional block (before its
+        max-pool)."""
         return self.features[-2]
 
     @property
@@ -200,13 +202,15 @@ def load_features(model: ProjectionRegressor, path: str | Path) -> None:
 def load_baseline(
     checkpoint: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[ProjectionRegressor, dict]:
-    """The model of a baseline checkpoint.pt in eval mode on `device`, and the checkpoint's metadata."""
+    """The model of a baseline checkpoint.pt in eval mode on `device`, and the checkpoint's
+    metadata."""
     model, _, meta = load_checkpoint(checkpoint, device, BaselineConfig)
     return model, meta
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image of a (B, C, H, W) batch by its own (dy, dx) in [-max_shift, max_shift]; zeros fill.
+    """Translate each image of a (B, C, H, W) batch by its own (dy, dx) in [-max_shift, max_shift];
+    zeros fill.
 
     Output pixel (y, x) is input pixel (y - dy, x - dx). Offsets come from
     `generator` (CPU), so a seeded run draws the same ones on any device.
@@ -229,7 +233,8 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
 
 
 def grad_cam_2d(model: ProjectionRegressor, image: np.ndarray | torch.Tensor) -> gradcam.CamResult:
-    """Grad-CAM of one (2, H, W) projection on the last convolutional block; map (H, W) in [0, 1]."""
+    """Grad-CAM of one (2, H, W) projection on the last convolutional block; map (H, W) in
+    [0, 1]."""
     x = torch.as_tensor(np.asarray(image, dtype=np.float32))
     if x.ndim != 3:
         raise ValueError(f"grad_cam_2d needs one (C, H, W) image, got shape {tuple(x.shape)}")

@@ -1,4 +1,5 @@
-"""2.5D projections of the stitched water and fat volumes: the input of the baseline (Langner et al. 2019).
+"""2.5D projections of the stitched water and fat volumes: the input of the baseline (Langner et al.
+2019).
 
 Per participant, both volumes are reoriented to RAS from their affine (so
 data stored LPS, or with permuted axes, give the same image), the scanner
@@ -126,7 +127,8 @@ def project_volumes(
     affine: np.ndarray,
     options: ProjectionOptions = ProjectionOptions(),
 ) -> np.ndarray:
-    """Projections (2, H, W) float32 in [0, 1] of two volumes on one grid with voxel-to-world `affine`."""
+    """Projections (2, H, W) float32 in [0, 1] of two volumes on one grid with voxel-to-world
+    `affine`."""
     if np.shape(water) != np.shape(fat):
         raise ValueError(f"water {np.shape(water)} and fat {np.shape(fat)} differ in shape")
     return project_images(
@@ -179,7 +181,8 @@ def save_projection(path: str | Path, image: np.ndarray, dtype: str = "float16")
 
 
 def save_preview(image: np.ndarray, path: str | Path) -> None:
-    """A grey PNG of the (2, H, W) projection as the model sees it: water | fat, each coronal | sagittal."""
+    """A grey PNG of the (2, H, W) projection as the model sees it: water | fat, each coronal |
+    sagittal."""
     panels = np.concatenate(list(np.asarray(image, np.float32)), axis=1)
     Image.fromarray(np.round(np.clip(panels, 0, 1) * 255).astype(np.uint8)).save(path)
 
@@ -199,7 +202,8 @@ def project_participant(
     preview_path: str | Path | None = None,
     options: ProjectionOptions = ProjectionOptions(),
 ) -> dict:
-    """Stitched W and F NIfTIs of one participant -> projection .npy (and PNG preview); returns what to log."""
+    """Stitched W and F NIfTIs of one participant -> projection .npy (and PNG preview); returns what
+    to log."""
     start = time.perf_counter()
     water, fat = (nib.load(str(stitched_path(stitched_dir, eid, c))) for c in CONTRASTS)
     image, bed = _project(water, fat, options)

@@ -139,7 +139,8 @@ def split_sizes(n: int, sizes: dict) -> dict[str, int]:
     if set(sizes) != set(SPLITS):
         missing, unknown = sorted(set(SPLITS) - set(sizes)), sorted(set(sizes) - set(SPLITS))
         raise ValueError(
-            f"split sizes need exactly the keys {list(SPLITS)}: missing {missing}, unknown {unknown}"
+            f"split sizes need exactly the keys {list(SPLITS)}: "
+            f"missing {missing}, unknown {unknown}"
         )
     values = {name: sizes[name] for name in SPLITS}
     for name, value in values.items():
@@ -330,5 +331,6 @@ def passed_participants(phenotype_path, schema: dict, columns, qc_table_path) ->
 
 
 def read_participant_tsv(path) -> pd.DataFrame:
-    """A per-participant table the workflow wrote (cohort, predictions), eids as text (they name files)."""
+    """A per-participant table the workflow wrote (cohort, predictions), eids as text (they name
+    files)."""
     return pd.read_csv(path, sep="\t", dtype={"eid": str})

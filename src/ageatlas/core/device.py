@@ -10,7 +10,8 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(device: str | torch.device | None, task: str = "training") -> torch.device:
-    """The given device, else CUDA when there is a GPU, else the CPU (logged: GPU rules fall back)."""
+    """The given device, else CUDA when there is a GPU, else the CPU (logged: GPU rules fall
+    back)."""
     if device is None:
         if torch.cuda.is_available():
             device = "cuda"

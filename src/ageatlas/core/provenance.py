@@ -90,7 +90,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def describe_file(path: str | os.PathLike) -> dict:
-    """Path, size, modification time (UTC) and, for small files, SHA-256; a folder counts its files."""
+    """Path, size, modification time (UTC) and, for small files, SHA-256; a folder counts its
+    files."""
     path = Path(path)
     entry: dict = {"path": os.fspath(path)}
     try:

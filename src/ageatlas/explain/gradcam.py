@@ -14,7 +14,8 @@ the mean age (ageatlas.age.train_config's init_output_bias) encodes only deviati
 it; Grad-CAM of the age then shows evidence for "older" in everyone and
 nothing of what makes a young participant look young. The deviation target
 shows, per participant, the evidence for the side of the mean they were
-predicted on (measured on the SYNTHETIC cohort: docs/measurements.md, "Interpretability stage of the demo").
+predicted on (measured on the SYNTHETIC cohort: docs/measurements.md,
+"Interpretability stage of the demo").
 
 Unlike M3d-CAM, which writes uint8 maps with an identity affine and
 transposed axes, `cam_for_participant` resamples the map onto the
@@ -219,7 +220,8 @@ def cam_for_participant(
 
 
 def _check_or_infer_factor(grid_shape, cache_shape, factor: int | None) -> int:
-    """The integer factor f with grid // f == cache shape on every axis (downsample drops trailing voxels)."""
+    """The integer factor f with grid // f == cache shape on every axis (downsample drops trailing
+    voxels)."""
     cache_shape = tuple(int(s) for s in cache_shape)
     if len(cache_shape) != 3:
         raise ValueError(f"cached input of shape {cache_shape} is not a 3D volume")
@@ -229,7 +231,8 @@ def _check_or_infer_factor(grid_shape, cache_shape, factor: int | None) -> int:
     if factor is not None:
         if factor not in fits:
             raise ValueError(
-                f"cache shape {cache_shape} is not stitched grid {grid_shape} downsampled by {factor}"
+                f"cache shape {cache_shape} is not stitched grid {grid_shape} "
+                f"downsampled by {factor}"
             )
         return int(factor)
     if len(fits) != 1:

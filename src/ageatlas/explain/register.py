@@ -403,7 +403,8 @@ def qc_reasons(metrics: dict, max_folding_share: float) -> list[str]:
     reasons = []
     if ncc["deformable"] < ncc["before"] - NCC_TOLERANCE:
         reasons.append(
-            f"registration made it worse: NCC {ncc['before']:.3f} before, {ncc['deformable']:.3f} after"
+            f"registration made it worse: NCC {ncc['before']:.3f} before, "
+            f"{ncc['deformable']:.3f} after"
         )
     if metrics["folding_share"] > max_folding_share:
         reasons.append(

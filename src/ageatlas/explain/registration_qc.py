@@ -23,7 +23,8 @@ REGISTRATION_COLUMNS = (
 
 
 def registration_table(record_paths) -> pd.DataFrame:
-    """One row per registration record (register rule's JSON): status, reasons, similarity, folding."""
+    """One row per registration record (register rule's JSON): status, reasons, similarity,
+    folding."""
     rows = []
     for path in record_paths:
         record = json.loads(Path(path).read_text())

@@ -127,7 +127,8 @@ BACK_MUSCLE_RY = _knots((5, 7), (0, 14), (-100, 20), (-330, 26), (-450, 30), (-5
 PSOAS_R = _knots((-300, 6), (-400, 16), (-480, 22), (-560, 24), (-600, 20))
 LUNG_TAPER = _knots((30, 0.05), (22, 0.35), (0, 0.75), (-60, 1.0))
 THIGH_HALF_WIDTH = _knots(
-    (-540, 80), (-625, 84), (-760, 70), (-900, 56), (-950, 52), (-1000, 50), (-1060, 46), (-1300, 38)
+    (-540, 80), (-625, 84), (-760, 70), (-900, 56),
+    (-950, 52), (-1000, 50), (-1060, 46), (-1300, 38)
 )  # fmt: skip
 THIGH_CENTRE_X = _knots((-540, 80), (-625, 88), (-900, 82), (-1300, 82))
 ARM_RADIUS = _knots(
@@ -246,7 +247,8 @@ class Body:
         self.femurs = [self._leg_bones(side, hip) for side in (-1, 1)]
 
     def _leg_bones(self, side: int, hip: SimpleNamespace) -> SimpleNamespace:
-        """Femoral head, neck and shaft, condyles, tibial plateau and shaft, along the thigh axis."""
+        """Femoral head, neck and shaft, condyles, tibial plateau and shaft, along the thigh
+        axis."""
         wz, size, h = self.world_z, self.size, self.height
 
         def axis(zr, y):
@@ -262,7 +264,8 @@ class Body:
         )
 
     def _aged(self, at_ref: float, per_decade: float, lo: float, hi: float) -> float:
-        """A planted age effect: linear in biological age, clipped so extreme offsets stay anatomical."""
+        """A planted age effect: linear in biological age, clipped so extreme offsets stay
+        anatomical."""
         change = per_decade * self.age_effect_scale * (self.age - AGE_REFERENCE) / 10.0
         return float(np.clip(at_ref + change, lo, hi))
 

@@ -74,7 +74,8 @@ class _Session:
         self.start_s = float(rng.uniform(8 * 3600, 18 * 3600))
 
     def uid(self, *parts) -> str:
-        # pydicom hashes the concatenated sources: join with a separator so ("sop", 1, 23) != ("sop", 12, 3)
+        # pydicom hashes the concatenated sources: join with a separator so
+        # ("sop", 1, 23) != ("sop", 12, 3)
         key = "|".join(map(str, ("ageatlas synthetic", self.seed, self.participant.eid, *parts)))
         return generate_uid(entropy_srcs=[key])
 
@@ -114,7 +115,8 @@ def _ds(value: float) -> str:
 
 
 def _tm(seconds: float) -> str:
-    """DICOM TM (HHMMSS.ffffff); rounded to whole microseconds first so 59.9999996 s never prints as 60."""
+    """DICOM TM (HHMMSS.ffffff); rounded to whole microseconds first so 59.9999996 s never prints as
+    60."""
     us = round(seconds * 1e6) % (86400 * 10**6)
     h, rem = divmod(us, 3600 * 10**6)
     m, rem = divmod(rem, 60 * 10**6)

@@ -336,7 +336,8 @@ def _on_grid(participant: SyntheticParticipant, x, y, z, evaluate) -> tuple[np.n
 
 
 def region_labels(participant: SyntheticParticipant, x, y, z) -> np.ndarray:
-    """``REGION_LABELS`` values (uint8, shape (x, y, z)) at the LPS voxel centres ``x``, ``y``, ``z`` (mm).
+    """``REGION_LABELS`` values (uint8, shape (x, y, z)) at the LPS voxel centres
+    ``x``, ``y``, ``z`` (mm).
 
     Each axis is a strictly monotonic 1D array; the grid is their outer product.
     """
@@ -344,7 +345,8 @@ def region_labels(participant: SyntheticParticipant, x, y, z) -> np.ndarray:
 
 
 def tissue_signal(participant: SyntheticParticipant, x, y, z) -> tuple[np.ndarray, np.ndarray]:
-    """Noise- and artefact-free (water, fat) signal, unit = full tissue signal, on a grid as above."""
+    """Noise- and artefact-free (water, fat) signal, unit = full tissue signal, on a grid as
+    above."""
     return _on_grid(participant, x, y, z, water_fat)
 
 

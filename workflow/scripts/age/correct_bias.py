@@ -16,8 +16,9 @@ bias.correct_table(predictions, correction).to_csv(
 logging.info("bias correction: %s", correction)
 if not correction.tracks_age:
     logging.warning(
-        "the validation predictions rise only %.2f years per year of age: the model has not learned age, "
-        "so its corrected predictions mostly return chronological age (Table 1 marks them)",
+        "the validation predictions rise only %.2f years per year of age: the model has not "
+        "learned age, so its corrected predictions mostly return chronological age (Table 1 marks "
+        "them)",
         correction.age_slope,
     )
 provenance.record(snakemake)

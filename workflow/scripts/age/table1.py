@@ -1,4 +1,5 @@
-"""Table 1 of the paper: MAE by sex x BMI group of the 2.5D and 3D models, runtime rows from the rules' records."""
+"""Table 1 of the paper: MAE by sex x BMI group of the 2.5D and 3D models, runtime rows from the
+rules' records."""
 
 import logging
 from pathlib import Path

@@ -1,4 +1,5 @@
-"""Figure 9: Grad-CAM of the 2.5D baseline over the projections of the participants given as input."""
+"""Figure 9: Grad-CAM of the 2.5D baseline over the projections of the participants given as
+input."""
 
 import logging
 from pathlib import Path

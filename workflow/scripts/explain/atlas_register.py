@@ -29,7 +29,8 @@ registration, record = reg.register_files(
 reg.save_outcome(registration, record, snakemake.output.transform, snakemake.output.record)
 template = nib.load(snakemake.input.template)
 if registration is None:
-    # Left out of the template (atlas_update reads the record); NaN so it can never be averaged by mistake.
+    # Left out of the template (atlas_update reads the record); NaN so it can never be averaged by
+    # mistake.
     warped = nan_map(template, "registration failed: not an image")
     log.warning("participant %s failed: %s", snakemake.wildcards.eid, "; ".join(record["reasons"]))
 else:

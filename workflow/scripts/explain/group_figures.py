@@ -1,4 +1,5 @@
-"""One group's figures: maps by age band and by ageing class (paper Figures 3, 5) and the class test."""
+"""One group's figures: maps by age band and by ageing class (paper Figures 3, 5) and the class
+test."""
 
 import json
 
@@ -35,7 +36,8 @@ panels(snakemake.input.classes, snakemake.output.classes, "ageing class")
 summary = json.loads(open(snakemake.input.summary).read())
 if summary["tested"]:
     title = (
-        f"{group}: accelerated (n={summary['n_accelerated']}) vs decelerated (n={summary['n_decelerated']}), "
+        f"{group}: accelerated (n={summary['n_accelerated']}) "
+        f"vs decelerated (n={summary['n_decelerated']}), "
         f"{summary['n_significant']} voxels p<{summary['alpha']} FWE"
     )
 else:

@@ -1,4 +1,5 @@
-"""Mean and SD of one group's warped Grad-CAM maps over one subset (all, an age band, an ageing class)."""
+"""Mean and SD of one group's warped Grad-CAM maps over one subset (all, an age band, an ageing
+class)."""
 
 import json
 import logging

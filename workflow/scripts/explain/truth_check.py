@@ -1,4 +1,5 @@
-"""SYNTHETIC cohort: registration Dice and importance enrichment in the planted age regions, one group."""
+"""SYNTHETIC cohort: registration Dice and importance enrichment in the planted age regions, one
+group."""
 
 import json
 import logging
