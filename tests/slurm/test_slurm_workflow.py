@@ -279,7 +279,7 @@ def test_slurm_results_equal_the_local_run(runs):
     # environment-dependent code path, is not pinned down). SD maps of groups with
     # one member are NaN in both.
     reg = [
-        pd.read_csv(root / "qc" / "registration.tsv", sep="\t", dtype={"eid": str})
+        pd.read_csv(root / "explain" / "registration_qc.tsv", sep="\t", dtype={"eid": str})
         for root in (local, slurm)
     ]
     pd.testing.assert_frame_equal(

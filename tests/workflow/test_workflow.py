@@ -75,7 +75,7 @@ def base_config(tmp_path: Path) -> dict:
 
 def qc_by_eid(results: Path) -> pd.DataFrame:
     table = pd.read_csv(
-        results / "qc" / "participants.tsv", sep="\t", dtype=str, keep_default_na=False
+        results / "cohort" / "participant_qc.tsv", sep="\t", dtype=str, keep_default_na=False
     )
     return table.set_index("eid")
 
@@ -298,7 +298,7 @@ def check_baseline_outputs(results: Path, cohort: pd.DataFrame, table1_md: str) 
 def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
     """Registration QC, warped maps on their atlas grid, population maps and figures."""
     test = cohort[cohort["split"] == "test"]
-    registration = pd.read_csv(results / "qc" / "registration.tsv", sep="\t", dtype={"eid": str})
+    registration = pd.read_csv(results / "explain" / "registration_qc.tsv", sep="\t", dtype={"eid": str})
     assert sorted(registration["eid"]) == sorted(test["eid"].astype(str))
     assert set(registration["status"]) <= {"ok", "failed"}
     for group, members in test.groupby("group"):
@@ -336,7 +336,7 @@ def test_results_carry_provenance(pipeline_run):
     assert maps
     paths = [
         results / "age" / "table1.tsv",
-        results / "qc" / "participants.tsv",
+        results / "cohort" / "participant_qc.tsv",
         maps[0],
         *sorted(results.glob("gradcam/*.nii.gz"))[:1],
     ]
@@ -375,7 +375,7 @@ def test_report_shows_every_figure_and_table_with_a_caption(pipeline_run):
             "cohort/phenotype_qc.tsv",
             "explain/registration_qc.tsv",
             "cohort/cohort.tsv",
-            "model/metrics.tsv",
+            "age/model/metrics.tsv",
             "age/predictions_corrected.tsv",
             "age/table1.tsv",
             "age/table1.md",
