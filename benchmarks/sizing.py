@@ -138,9 +138,7 @@ def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[
     from ageatlas.explain import register as reg
     from ageatlas.explain.atlas import warped_member
     from ageatlas.explain.gradcam import min_max
-    from ageatlas.ingest.grid import Grid
-    from ageatlas.ingest.participant import ingest_participant
-    from ageatlas.ingest.stitch import StitchOptions
+    from ageatlas.ingest.participant import ingest_participant, settings_from_config
     from ageatlas.synthetic.dicom import write_participant_zip
     from ageatlas.synthetic.participants import make_cohort
 
@@ -148,23 +146,9 @@ def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[
     eid = str(person.eid)
     zip_path = tmp / f"{eid}_20201_2_0.zip"
     write_participant_zip(zip_path, person, scale=1.0, seed=1)
-    cfg = config["stitch"]  # as workflow/scripts/stitch.py builds it
     stitched = tmp / "stitched" / eid
-    ingest_participant(
-        eid,
-        zip_path,
-        stitched,
-        Grid(tuple(cfg["grid"]["shape"]), tuple(cfg["grid"]["spacing"])),
-        StitchOptions(
-            trim_slices=cfg["trim_slices"],
-            blend=cfg["blend"],
-            harmonise=cfg["harmonise"],
-            fix_swaps=cfg["fix_swaps"],
-            n4=cfg["n4"],
-            contrasts=tuple(cfg["contrasts"]),
-        ),
-        preview=cfg["preview"],
-    )
+    grid, options, preview = settings_from_config(config["stitch"])  # as the stitch rule does
+    ingest_participant(eid, zip_path, stitched, grid, options, preview=preview)
     water_path = stitched_path(stitched, eid, "W")
     cache = tmp / "cache" / f"{eid}.npy"
     cache.parent.mkdir()

@@ -75,3 +75,21 @@ def test_data_defect_is_excluded_with_the_readers_reason(tmp_path):
     )
     assert record.status == "excluded"
     assert zip_path.name in record.reasons[0] and "station" in record.reasons[0]
+
+
+def test_stitch_section_becomes_grid_options_and_preview():
+    section = {
+        "grid": {"shape": [56, 44, 92], "spacing": [8.928, 8.928, 12.0]},
+        "trim_slices": 3,
+        "blend": "linear",
+        "harmonise": False,
+        "fix_swaps": True,
+        "n4": False,
+        "contrasts": ["W", "F"],
+        "preview": False,
+    }
+    grid, options, preview = ingest.settings_from_config(section)
+    assert grid == Grid((56, 44, 92), (8.928, 8.928, 12.0))
+    assert (options.trim_slices, options.blend, options.harmonise) == (3, "linear", False)
+    assert options.fix_swaps and not options.n4 and options.contrasts == ("W", "F")
+    assert preview is False

@@ -298,7 +298,9 @@ def check_baseline_outputs(results: Path, cohort: pd.DataFrame, table1_md: str) 
 def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
     """Registration QC, warped maps on their atlas grid, population maps and figures."""
     test = cohort[cohort["split"] == "test"]
-    registration = pd.read_csv(results / "explain" / "registration_qc.tsv", sep="\t", dtype={"eid": str})
+    registration = pd.read_csv(
+        results / "explain" / "registration_qc.tsv", sep="\t", dtype={"eid": str}
+    )
     assert sorted(registration["eid"]) == sorted(test["eid"].astype(str))
     assert set(registration["status"]) <= {"ok", "failed"}
     for group, members in test.groupby("group"):

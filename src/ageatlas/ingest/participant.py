@@ -30,6 +30,20 @@ QC_FILE = "qc.json"
 log = logging.getLogger(__name__)
 
 
+def settings_from_config(section: dict) -> tuple[Grid, stitch.StitchOptions, bool]:
+    """The grid, stitch options and preview flag of the config's ``stitch`` section."""
+    grid = Grid(tuple(section["grid"]["shape"]), tuple(section["grid"]["spacing"]))
+    options = stitch.StitchOptions(
+        trim_slices=section["trim_slices"],
+        blend=section["blend"],
+        harmonise=section["harmonise"],
+        fix_swaps=section["fix_swaps"],
+        n4=section["n4"],
+        contrasts=tuple(section["contrasts"]),
+    )
+    return grid, options, bool(section["preview"])
+
+
 def ingest_participant(
     eid: str,
     zip_path: str | Path,
