@@ -335,12 +335,13 @@ def test_results_carry_provenance(pipeline_run):
     )
     commit = head.stdout.strip() if head.returncode == 0 else "unknown"
     maps = sorted(results.glob("explain/*/maps/all_mean.nii.gz"))
-    assert maps
+    cams = sorted(results.glob("explain/gradcam/*.nii.gz"))
+    assert maps and cams
     paths = [
         results / "age" / "table1.tsv",
         results / "cohort" / "participant_qc.tsv",
         maps[0],
-        *sorted(results.glob("gradcam/*.nii.gz"))[:1],
+        cams[0],
     ]
     records = [provenance.read_sidecar(path) for path in paths]
     for path, record in zip(paths, records):
