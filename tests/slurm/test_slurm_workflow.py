@@ -287,7 +287,11 @@ def test_slurm_results_equal_the_local_run(runs):
     )
     ncc = [c for c in reg[0].columns if c.startswith("ncc") or c == "folding_share"]
     pd.testing.assert_frame_equal(reg[0][ncc], reg[1][ncc], check_exact=False, rtol=1e-5, atol=1e-6)
-    for pattern in ("explain/atlas/*.nii.gz", "explain/*/warped/*.nii.gz", "explain/*/maps/*.nii.gz"):
+    for pattern in (
+        "explain/atlas/*.nii.gz",
+        "explain/*/warped/*.nii.gz",
+        "explain/*/maps/*.nii.gz",
+    ):
         paths = sorted(local.glob(pattern))
         assert paths, pattern
         for path in paths:
