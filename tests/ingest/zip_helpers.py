@@ -11,11 +11,13 @@ import copy
 import io
 import random
 import shutil
+import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -196,3 +198,16 @@ def dcm2niix() -> str:
     if not Path(found).exists():
         pytest.skip("dcm2niix not installed")
     return found
+
+
+def dcm2niix_canonical(indir: Path, outdir: Path) -> nib.Nifti1Image:
+    """dcm2niix's conversion of the slices in ``indir``, in closest-canonical orientation."""
+    run = subprocess.run(
+        [dcm2niix(), "-z", "n", "-o", str(outdir), str(indir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    (nii,) = outdir.glob("*.nii")
+    return nib.as_closest_canonical(nib.load(nii))
