@@ -42,7 +42,7 @@ def _no_hooks(model) -> bool:
 
 
 def test_agrees_with_captum(model, volume):
-    ours = grad_cam(model, volume, normalise=False)
+    ours = grad_cam(model, volume, normalise=False, placement="m3dcam")
     theirs = (
         LayerGradCam(model, model.feature_layer).attribute(volume, relu_attributions=True).detach()
     )
@@ -51,7 +51,7 @@ def test_agrees_with_captum(model, volume):
     assert ours.layer_shape == tuple(theirs.shape[2:])
     r = np.corrcoef(ours.layer_map.flatten().numpy(), theirs.flatten().numpy())[0, 1]
     assert r > 0.99
-    # Upsampled the same way, the un-normalised maps agree too.
+    # Upsampled the same way (M3d-CAM's placement), the un-normalised maps agree too.
     upsampled = LayerAttribution.interpolate(theirs, SHAPE, interpolate_mode="trilinear")[0, 0]
     assert torch.allclose(ours.map, upsampled, rtol=1e-4, atol=1e-6 * float(upsampled.abs().max()))
     with torch.no_grad():
@@ -125,7 +125,7 @@ def test_other_layer_and_frozen_weights(model, volume):
 
 def test_constant_map_becomes_zeros(monkeypatch, model, volume):
     monkeypatch.setattr(
-        gradcam, "_weighted_activation", lambda act, grad: torch.full(act.shape[2:], 2.5)
+        gradcam, "_layer_map", lambda method, act, grad: torch.full(act.shape[2:], 2.5)
     )
     assert torch.equal(grad_cam(model, volume).map, torch.zeros(SHAPE))
     assert torch.equal(grad_cam(model, volume, normalise=False).map, torch.full(SHAPE, 2.5))
@@ -214,7 +214,7 @@ def test_peak_lands_at_block_centre_in_world(participant, monkeypatch):
     path, stitched = participant
     peak = (5, 9, 20)
 
-    def fake_cam(model, volume, layer=None, *, normalise=True, **target):
+    def fake_cam(model, volume, layer=None, *, normalise=True, **options):
         cam = torch.zeros(volume.shape[2:])
         cam[peak] = 1.0
         return gradcam.CamResult(cam, 60.0, cam)

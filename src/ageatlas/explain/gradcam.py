@@ -1,21 +1,31 @@
-"""Grad-CAM importance maps of the age model, with M3d-CAM's semantics but the subject's geometry.
+"""Layer attribution maps of the age model (Grad-CAM and its relatives), on the subject's grid.
 
-As M3d-CAM (Gotkowski et al. 2020), which the paper used on layer3: the
-gradient of the predicted age (batch of one, eval mode) with respect to the
-layer's activations is averaged over space to weight each channel; the map is
-ReLU(sum_c weight_c * activation_c), min-max normalised per subject and
-upsampled trilinearly (align_corners=False) to the model's input grid.
+Methods (``method``), all from the gradient of the predicted age (batch of one,
+eval mode) with respect to one layer's activations A_c:
+
+- ``gradcam``: M3d-CAM's Grad-CAM, which the paper used on layer3: each
+  channel weighted by its spatially averaged gradient, ReLU(sum_c w_c A_c).
+  For a regression target it keeps only evidence that raises the age.
+- ``gradcam_signed``: the same without the ReLU.
+- ``hirescam`` (Draelos & Carin 2020): sum_c dy/dA_c * A_c per cell, signed.
+  Behind global average pooling and linear layers it is each cell's exact
+  contribution to the output; at layer2/layer3 its first-order estimate,
+  in years.
+
+Input-level methods with an explicit reference (integrated gradients,
+occlusion) are in :mod:`ageatlas.explain.reference_attribution`.
+
+Each layer cell is placed on the centre of its receptive field
+(:mod:`ageatlas.explain.cells`, derived from the model's graph); M3d-CAM's
+upsampling, half a stride off for strided convolutions, is
+``placement="m3dcam"``. Scaling: ``gradcam`` maps are min-max normalised per
+subject as M3d-CAM did; signed maps are divided by their largest magnitude
+(sign and zero kept); ``normalise=False`` keeps the raw values (years for
+hirescam), which is what population maps of magnitudes need.
 
 The target is the predicted age (``target="age"``, the paper). With
-``target="deviation"`` it is the predicted age's distance from a reference
-age (the training mean): |age - reference|, whose gradient is the age's
-gradient times the sign of the deviation. A model whose output bias holds
-the mean age (ageatlas.age.train_config's init_output_bias) encodes only deviations from
-it; Grad-CAM of the age then shows evidence for "older" in everyone and
-nothing of what makes a young participant look young. The deviation target
-shows, per participant, the evidence for the side of the mean they were
-predicted on (measured on the SYNTHETIC cohort: docs/measurements.md,
-"Interpretability stage of the demo").
+``target="deviation"`` it is |age - reference| (the training mean): evidence
+for the side of the mean a participant was predicted on.
 
 Unlike M3d-CAM, which writes uint8 maps with an identity affine and
 transposed axes, `cam_for_participant` resamples the map onto the
@@ -32,30 +42,32 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
 from ageatlas.age.model import load_trained
 from ageatlas.core.device import pick_device
 from ageatlas.core.files import load_npy, nifti_image, save_nifti
+from ageatlas.explain.cells import PLACEMENTS, CellGeometry, cell_geometry, place_cells
 
 log = logging.getLogger("ageatlas.explain.gradcam")
 
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 TARGETS = ("age", "deviation")
-_UPSAMPLING = {5: "trilinear", 4: "bilinear"}  # input ndim -> interpolation mode
+CAM_METHODS = ("gradcam", "gradcam_signed", "hirescam")
+SIGNED_METHODS = ("gradcam_signed", "hirescam", "integrated_gradients", "occlusion")
 
 
 @dataclass(frozen=True)
 class CamResult:
     """map: float32 on the CPU at the input's spatial size ((X, Y, Z), or (H, W) for
-    2D inputs); layer_map: the raw ReLU'd map at the layer's resolution (before
-    normalising and upsampling)."""
+    2D inputs); layer_map: the raw map at the layer's resolution (before scaling and
+    placement); geometry: where the layer's cells sit in the input."""
 
     map: torch.Tensor
     predicted_age: float
     layer_map: torch.Tensor
+    geometry: CellGeometry | None = None
 
     @property
     def layer_shape(self) -> tuple[int, ...]:
@@ -67,20 +79,25 @@ def grad_cam(
     volume: torch.Tensor,
     layer: nn.Module | None = None,
     *,
+    method: str = "gradcam",
     normalise: bool = True,
     target: str = "age",
     reference_age: float | None = None,
+    placement: str = "receptive_field",
 ) -> CamResult:
-    """Grad-CAM of the predicted age for one volume (1, C, X, Y, Z) or one image (1, C, H, W).
+    """A layer attribution map of the predicted age for one volume (1, C, X, Y, Z) or image
+    (1, C, H, W).
 
     The model runs in eval mode (its previous mode is restored afterwards).
     Gradients are taken with torch.autograd.grad, so no parameter's .grad is
     touched; the forward hook is removed even when the forward pass fails.
-    The map is upsampled trilinearly (3D) or bilinearly (2D, the 2.5D baseline).
-    ``target`` "deviation" differentiates |age - reference_age| instead of the age.
     """
+    if method not in CAM_METHODS:
+        raise ValueError(f"layer attribution method must be one of {CAM_METHODS}, not {method!r}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
     sign_of = _target_sign(target, reference_age)
-    if volume.ndim not in _UPSAMPLING or volume.shape[0] != 1:
+    if volume.ndim not in (4, 5) or volume.shape[0] != 1:
         raise ValueError(
             f"grad_cam needs one volume (1, C, X, Y, Z) or one image (1, C, H, W), "
             f"got shape {tuple(volume.shape)}"
@@ -98,15 +115,33 @@ def grad_cam(
     finally:
         model.train(was_training)
     predicted_age = float(age.detach().reshape(-1)[0])
-    layer_map = _weighted_activation(activation.detach(), gradient * sign_of(predicted_age))
-    cam = min_max(layer_map) if normalise else layer_map
-    cam = F.interpolate(
-        cam[None, None],
-        size=tuple(volume.shape[2:]),
-        mode=_UPSAMPLING[volume.ndim],
-        align_corners=False,
+    layer_map = _layer_map(method, activation.detach(), gradient * sign_of(predicted_age))
+    input_shape = tuple(volume.shape[2:])
+    geometry = (
+        cell_geometry(model, layer, len(input_shape))
+        if placement == "receptive_field"
+        else CellGeometry.m3dcam(layer_map.shape, input_shape)
     )
-    return CamResult(cam[0, 0].float().cpu(), predicted_age, layer_map.float().cpu())
+    scaled = scale_map(layer_map, method in SIGNED_METHODS) if normalise else layer_map
+    cam = place_cells(scaled.float(), geometry, input_shape)
+    return CamResult(cam.float().cpu(), predicted_age, layer_map.float().cpu(), geometry)
+
+
+def _layer_map(method: str, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """The method's map at the layer's cells, for a batch of one."""
+    if method == "hirescam":
+        return (gradient * activation).sum(dim=1)[0]
+    weights = gradient.mean(dim=tuple(range(2, gradient.ndim)), keepdim=True)
+    signed = (weights * activation).sum(dim=1)[0]
+    return torch.relu(signed) if method == "gradcam" else signed
+
+
+def scale_map(cam: torch.Tensor, signed: bool) -> torch.Tensor:
+    """Per-subject scaling: min-max for one-sided maps (M3d-CAM), largest magnitude for signed."""
+    if not signed:
+        return min_max(cam)
+    peak = cam.abs().max()
+    return cam / peak if peak > 0 else torch.zeros_like(cam)
 
 
 def _target_sign(target: str, reference_age: float | None):
@@ -149,12 +184,6 @@ def _forward_with_activation(
     return captured[0], age
 
 
-def _weighted_activation(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-    """ReLU(sum_c mean(grad_c) * act_c) for a batch of one; returns the layer's spatial shape."""
-    weights = gradient.mean(dim=tuple(range(2, gradient.ndim)), keepdim=True)
-    return torch.relu((weights * activation).sum(dim=1))[0]
-
-
 def min_max(cam: torch.Tensor) -> torch.Tensor:
     """Min-max to [0, 1]; a constant map (no information) becomes zeros rather than NaN."""
     low, high = cam.min(), cam.max()
@@ -170,24 +199,36 @@ def cam_for_participant(
     out_path,
     *,
     layer_name: str = "layer3",
+    method: str = "gradcam",
     normalise: bool = True,
+    placement: str = "receptive_field",
     device=None,
     downsample_factor: int | None = None,
     target: str = "age",
     reference_age: float | None = None,
+    reference_path=None,
+    steps: int = 32,
+    block: int = 4,
 ) -> dict:
-    """Grad-CAM of one participant's cached input, saved on the stitched grid with its true affine.
+    """One participant's attribution map of its cached input, saved on the stitched grid with its
+    true affine.
 
+    ``method`` is a layer method (:data:`CAM_METHODS`, read at ``layer_name``)
+    or an input-level one with a reference volume (``reference_path``, the
+    mean training volume on the cache grid; :mod:`reference_attribution`).
     The cache may be the stitched volume block-averaged by an integer factor
     (preprocess.downsample); the factor is inferred from the two shapes unless
-    given. Returns {"predicted_age", "seconds", "device"}.
+    given. Returns {"predicted_age", "seconds", "device", ...}.
     """
+    from ageatlas.explain import reference_attribution
+
     start = time.perf_counter()
     if layer_name not in LAYERS:
         raise ValueError(f"layer_name must be one of {LAYERS}, not {layer_name!r}")
-    stitched = nib.load(
-        str(water_nifti_path)
-    )  # header only: check the grids before the costly part
+    if method not in CAM_METHODS + reference_attribution.INPUT_METHODS:
+        raise ValueError(f"unknown attribution method {method!r}")
+    # Header only: check the grids before the costly part.
+    stitched = nib.load(str(water_nifti_path))
     grid_shape = tuple(int(s) for s in stitched.shape[:3])
     cached = load_npy(cache_path)
     factor = _check_or_infer_factor(grid_shape, cached.shape, downsample_factor)
@@ -201,21 +242,50 @@ def cam_for_participant(
             cached.shape,
             meta["input_shape"],
         )
-    volume = torch.from_numpy(np.asarray(cached, dtype=np.float32))[None, None]
-    result = grad_cam(
-        model,
-        volume,
-        getattr(model.backbone, layer_name),
-        normalise=normalise,
-        target=target,
-        reference_age=reference_age,
+    volume = torch.from_numpy(np.array(cached, dtype=np.float32))[None, None]
+    info = {}
+    if method in CAM_METHODS:
+        result = grad_cam(
+            model,
+            volume,
+            getattr(model.backbone, layer_name),
+            method=method,
+            normalise=normalise,
+            target=target,
+            reference_age=reference_age,
+            placement=placement,
+        )
+        cam, predicted_age = result.map.numpy(), result.predicted_age
+    else:
+        if reference_path is None:
+            raise ValueError(f"method {method!r} needs a reference volume (reference_path)")
+        if target != "age":
+            raise ValueError(f"method {method!r} attributes the predicted age; target must be age")
+        reference = load_npy(reference_path)
+        if reference.shape != cached.shape:
+            raise ValueError(
+                f"reference volume {reference_path} has shape {reference.shape}, "
+                f"the cache {cache_path} {cached.shape}"
+            )
+        reference = torch.from_numpy(np.array(reference, dtype=np.float32))[None, None]
+        attribution, predicted_age, above_reference = (
+            reference_attribution.attribute_against_reference(
+                model, volume.to(device), reference.to(device), method, steps=steps, block=block
+            )
+        )
+        cam = (scale_map(attribution, signed=True) if normalise else attribution).numpy()
+        info["above_reference"] = round(above_reference, 4)
+        info["attribution_sum"] = round(float(attribution.sum()), 4)
+    save_nifti(
+        out_path,
+        nifti_image(to_stitched_grid(cam, grid_shape, factor), stitched.affine, reference=stitched),
     )
-    cam = to_stitched_grid(result.map.numpy(), grid_shape, factor)
-    save_nifti(out_path, nifti_image(cam, stitched.affine, reference=stitched))
     return {
-        "predicted_age": result.predicted_age,
+        "predicted_age": predicted_age,
+        "method": method,
         "seconds": round(time.perf_counter() - start, 3),
         "device": str(device),
+        **info,
     }
 
 
