@@ -219,6 +219,7 @@ def explain_targets(wc):
                 "accelerated_vs_decelerated",
             ],
         )
+        targets.append(f"{EXPLAIN}/{group}/stats/age_band_lt60_vs_ge70.json")
     if SYNTHETIC:
         targets.append(f"{RESULTS}/{paths.TRUTH_CHECK}")
     return targets

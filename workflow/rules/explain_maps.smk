@@ -70,8 +70,34 @@ rule class_test:
     params:
         maps=config["maps"],
         seed=config["seed"],
+        contrast={
+            "column": "ageing_class",
+            "levels": ["accelerated", "decelerated"],
+            "confounds": config["maps"]["class_test_confounds"],
+        },
     script:
         "../scripts/explain/class_test.py"
+
+
+# The same test between the youngest and the oldest age band of a group.
+# Age is not a confound here: it defines the bands, so adjusting for it
+# would remove the very difference under test.
+use rule class_test as age_band_test with:
+    output:
+        t=f"{EXPLAIN}/{{group}}/stats/age_band_lt60_vs_ge70_t.nii.gz",
+        logp=f"{EXPLAIN}/{{group}}/stats/age_band_lt60_vs_ge70_logp_fwe.nii.gz",
+        significant=f"{EXPLAIN}/{{group}}/stats/age_band_lt60_vs_ge70_significant.nii.gz",
+        summary=f"{EXPLAIN}/{{group}}/stats/age_band_lt60_vs_ge70.json",
+    log:
+        f"{LOGS}/stats/{{group}}_age_band_lt60_vs_ge70.log",
+    params:
+        maps=config["maps"],
+        seed=config["seed"],
+        contrast={
+            "column": "age_band",
+            "levels": ["lt60", "ge70"],
+            "confounds": config["maps"]["age_band_test_confounds"],
+        },
 
 
 rule group_figures:
