@@ -14,6 +14,7 @@ from ageatlas.explain.register import (
     RegistrationSettings,
     folding_share,
     grid_from_nifti,
+    lncc_kernel_for,
     load_outcome,
     normalise_for_registration,
     qc_reasons,
@@ -21,6 +22,7 @@ from ageatlas.explain.register import (
     register_files,
     save_outcome,
     settings_from_config,
+    stride_for,
 )
 
 SHAPE = (32, 32, 48)
@@ -86,9 +88,70 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_defaults_match_method_notes():
     s = RegistrationSettings()
-    assert (s.affine_iterations, s.affine_lr, s.stride, s.levels) == (200, 0.01, (4, 4, 8), 3)
-    assert (s.lncc_kernel, s.bending_weight, s.deformable_lr, s.max_steps) == (7, 0.01, 1e-3, 1000)
+    assert (s.affine_iterations, s.affine_lr, s.levels, s.finest_level) == (200, 0.01, 3, 0)
+    assert (s.bending_weight, s.deformable_lr, s.max_steps) == (0.01, 1e-3, 1000)
     assert (s.scaling_squaring_steps, s.clip) == (5, 0.6)
+    # In millimetres, they are the authors' voxel choices at UK Biobank's full grid.
+    ukbb = (2.232, 2.232, 3.0)
+    assert s.stride_for(ukbb) == (4, 4, 8)
+    assert s.lncc_kernel_for(ukbb) == (7, 7, 7)
+
+
+def test_control_point_spacing_to_stride():
+    assert stride_for((8.928, 8.928, 24.0), (2.232, 2.232, 3.0)) == (4, 4, 8)
+    # The demo grid at half resolution (level 1): the old stride (4, 4, 8) was 71 x 71 x 192 mm.
+    assert stride_for((36.0, 36.0, 48.0), (17.86, 17.86, 24.0)) == (2, 2, 2)
+    assert stride_for((9.0, 9.0, 24.0), (17.86, 17.86, 24.0)) == (1, 1, 1)  # at least 1
+    assert stride_for((30.0, 30.0, 30.0), (8.0, 12.0, 20.0)) == (4, 2, 2)  # nearest
+
+
+def test_lncc_window_to_odd_kernel_per_level():
+    window = (15.624, 15.624, 21.0)
+    assert lncc_kernel_for(window, (2.232, 2.232, 3.0)) == (7, 7, 7)
+    assert lncc_kernel_for(window, (4.464, 4.464, 6.0)) == (3, 3, 3)  # 3.5 voxels -> 3
+    assert lncc_kernel_for(window, (8.928, 8.928, 12.0)) == (3, 3, 3)  # at least 3
+    assert lncc_kernel_for((40.0, 40.0, 40.0), (8.0, 6.0, 4.0)) == (5, 7, 11)
+    assert all(k % 2 == 1 for k in lncc_kernel_for((30.0,) * 3, (4.0, 5.0, 6.0)))
+    # never wider than the grid
+    assert RegistrationSettings(lncc_window_mm=(80.0,) * 3).lncc_kernel_for(
+        (2.0,) * 3, (9, 8, 50)
+    ) == (9, 7, 41)
+
+
+def test_level_plan_doubles_spacing_per_coarser_level(pair):
+    from ageatlas.explain.register import level_plan, to_image
+
+    settings = RegistrationSettings(
+        levels=3, finest_level=1, control_point_spacing_mm=(18.0, 18.0, 24.0)
+    )
+    levels = to_image(pair["fixed"], 0.6, "cpu").pyramid(3)
+    plan = level_plan(levels, settings)
+    assert set(plan) == {2, 1}
+    voxel = plan[1]["voxel_mm"]
+    assert plan[1]["stride"] == list(stride_for((18.0, 18.0, 24.0), voxel))
+    for a, b in zip(plan[2]["control_point_spacing_mm"], plan[1]["control_point_spacing_mm"]):
+        assert a == pytest.approx(2 * b, rel=0.1)
+
+
+def test_settings_validation_errors():
+    with pytest.raises(ValueError, match="finest_level must be in"):
+        RegistrationSettings(levels=2, finest_level=2)
+    with pytest.raises(ValueError, match="levels must be at least 1"):
+        RegistrationSettings(levels=0)
+    with pytest.raises(ValueError, match="control_point_spacing_mm must be 3 positive"):
+        RegistrationSettings(control_point_spacing_mm=(9.0, 0.0, 24.0))
+    with pytest.raises(ValueError, match="lncc_window_mm must be 3 positive"):
+        RegistrationSettings(lncc_window_mm=(15.0, 15.0))
+    with pytest.raises(ValueError, match="not both"):
+        settings_from_config({"stride": [4, 4, 8], "control_point_spacing_mm": [9, 9, 24]})
+    with pytest.raises(ValueError, match="not both"):
+        settings_from_config({"lncc_kernel": 3, "lncc_window_mm": [15, 15, 21]})
+
+
+def test_too_many_levels_is_a_clear_error(pair):
+    # 32 x 32 x 48 voxels: the 5th level would be 2-3 voxels wide.
+    with pytest.raises(ValueError, match="too many for the fixed image"):
+        register(pair["moving"], pair["fixed"], RegistrationSettings(levels=5, max_steps=1))
 
 
 def test_normalise_clips_and_rescales():
@@ -244,6 +307,73 @@ def test_outcome_round_trip(tmp_path, pair, result):
 
 def test_settings_from_config_ignores_other_keys():
     settings = settings_from_config(
-        {"stride": [2, 2, 4], "levels": 2, "max_folding_share": 0.1, "gpus": 1}
+        {
+            "control_point_spacing_mm": [18, 18, 24],
+            "lncc_window_mm": [20, 20, 20],
+            "levels": 2,
+            "max_folding_share": 0.1,
+            "gpus": 1,
+        }
     )
+    assert settings.control_point_spacing_mm == (18.0, 18.0, 24.0) and settings.levels == 2
+    assert settings.lncc_window_mm == (20.0, 20.0, 20.0) and settings.stride is None
+
+
+def test_voxel_settings_still_read_and_win():
+    settings = settings_from_config({"stride": [2, 2, 4], "lncc_kernel": 3, "levels": 2})
     assert settings.stride == (2, 2, 4) and settings.levels == 2
+    assert settings.stride_for((1.0, 1.0, 1.0)) == (2, 2, 4)
+    assert settings.lncc_kernel_for((1.0, 1.0, 1.0)) == (3, 3, 3)
+
+
+def test_coverage_marks_outside_the_field_of_view_nan(pair):
+    # The moving image covers only the upper half (z) of the fixed grid; identity transform.
+    fixed = pair["fixed"]
+    half = SHAPE[2] // 2
+    moving_affine = fixed.affine.copy()
+    moving_affine[:3, 3] = fixed.affine[:3, :3] @ np.array([0.0, 0.0, half]) + fixed.affine[:3, 3]
+    data = np.asanyarray(fixed.dataobj)[:, :, half:] + 1.0
+    grid_f, grid_m = (
+        grid_from_nifti(fixed.affine, SHAPE),
+        grid_from_nifti(moving_affine, data.shape),
+    )
+    identity = Registration(
+        grid_f, grid_m, spatial.AffineTransform(grid_f), None, RegistrationSettings()
+    )
+    warped = np.asanyarray(
+        identity.warp(nib.Nifti1Image(data, moving_affine), mark_outside=True).dataobj
+    )
+    inside = np.zeros(SHAPE, bool)
+    inside[:, :, half:] = True
+    np.testing.assert_array_equal(np.isnan(warped), ~inside)
+    np.testing.assert_allclose(warped[inside], data.ravel(), atol=1e-4)
+    np.testing.assert_array_equal(identity.coverage(), inside)
+    # without mark_outside, and for labels, outside stays 0
+    plain = np.asanyarray(identity.warp(nib.Nifti1Image(data, moving_affine)).dataobj)
+    assert not np.isnan(plain).any() and np.abs(plain[~inside]).max() < 1e-3
+    labels = nib.Nifti1Image((data > 1.5).astype(np.int16), moving_affine)
+    assert (np.asanyarray(identity.warp(labels, order=0).dataobj)[~inside] == 0).all()
+    with pytest.raises(ValueError, match="mark_outside"):
+        identity.warp(labels, order=0, mark_outside=True)
+
+
+def test_coverage_follows_the_transform(pair, result):
+    # A registered moving image (shifted, scaled) covers part of the fixed grid;
+    # NaN exactly where the transform maps outside it.
+    warped = np.asanyarray(result.warp(pair["moving"], mark_outside=True).dataobj)
+    covered = result.coverage()
+    np.testing.assert_array_equal(np.isnan(warped), ~covered)
+    assert 0 < covered.mean() < 1
+
+
+def test_old_transform_state_loads_with_voxel_settings(tmp_path, pair, result):
+    state = {
+        "fixed_grid": torch.from_numpy(result.fixed_grid.numpy()),
+        "moving_grid": torch.from_numpy(result.moving_grid.numpy()),
+        "affine": dict(result.affine.state_dict()),
+        "svffd": None,
+        "settings": {"stride": [4, 4, 8], "lncc_kernel": 7, "levels": 3, "finest_level": 0},
+        "metrics": {},
+    }
+    loaded = Registration.from_state(state)
+    assert loaded.settings.stride == (4, 4, 8) and loaded.settings.lncc_kernel == 7

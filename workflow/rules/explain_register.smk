@@ -1,6 +1,22 @@
 # The explain stage, 3/4: registration of each test participant to its
 # group's atlas, warping of its Grad-CAM map, and the registration QC table.
 
+# Settings the schema cannot check, checked when the DAG is built rather than in every job.
+_REG = config["registration"]
+if not 0 <= _REG["finest_level"] < _REG["levels"]:
+    raise WorkflowError(
+        f"registration: finest_level must be below levels (0 to {_REG['levels'] - 1}), "
+        f"got finest_level {_REG['finest_level']} with levels {_REG['levels']}"
+    )
+for _mm, _voxels in (
+    ("control_point_spacing_mm", "stride"),
+    ("lncc_window_mm", "lncc_kernel"),
+):
+    if _mm in _REG and _voxels in _REG:
+        raise WorkflowError(
+            f"registration: give {_mm} (millimetres) or {_voxels} (voxels, older), not both"
+        )
+
 
 rule register:
     input:

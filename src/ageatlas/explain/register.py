@@ -40,19 +40,37 @@ NCC_TOLERANCE = 0.01
 warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
 
 
+# The authors' choices at UK Biobank's full grid (2.232 x 2.232 x 3 mm, fitted at
+# full resolution): B-spline stride (4, 4, 8) voxels and a 7-voxel LNCC window.
+AUTHORS_CONTROL_POINT_SPACING_MM = (8.928, 8.928, 24.0)
+AUTHORS_LNCC_WINDOW_MM = (15.624, 15.624, 21.0)
+# A pyramid level coarser than this along any axis has nothing left to align.
+MIN_LEVEL_SIZE = 4
+
+
 @dataclass(frozen=True)
 class RegistrationSettings:
-    """Registration parameters; the defaults are the authors'."""
+    """Registration parameters; the defaults are the authors'.
+
+    Sizes are in millimetres, so that they mean the same on any voxel grid
+    and at any pyramid level: ``control_point_spacing_mm`` is the SVFFD's
+    control-point spacing at ``finest_level`` (each coarser level has twice
+    the spacing of the next finer one: control points are subdivided between
+    levels), ``lncc_window_mm`` the LNCC window at every level. Both are
+    (x, y, z) in the image's voxel axes. ``stride`` and ``lncc_kernel`` are
+    the older settings in voxels (of the finest level, of every level); when
+    given they are used instead of the millimetre ones.
+    """
 
     affine_iterations: int = 200
     affine_lr: float = 0.01
-    stride: tuple[int, int, int] = (4, 4, 8)
+    control_point_spacing_mm: tuple[float, float, float] = AUTHORS_CONTROL_POINT_SPACING_MM
+    lncc_window_mm: tuple[float, float, float] = AUTHORS_LNCC_WINDOW_MM
     levels: int = 3
     # Pyramid level the affine fit and the last deformable level run at:
     # 0 is full resolution, 1 half. Transforms live in cube coordinates, so
     # they still warp full-resolution images.
     finest_level: int = 0
-    lncc_kernel: int = 7
     bending_weight: float = 0.01
     deformable_lr: float = 1e-3
     max_steps: int = 1000
@@ -62,6 +80,56 @@ class RegistrationSettings:
     patience: int = 20
     scaling_squaring_steps: int = 5
     clip: float = 0.6
+    stride: tuple[int, int, int] | None = None
+    lncc_kernel: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.levels < 1:
+            raise ValueError(f"registration levels must be at least 1, got {self.levels}")
+        if not 0 <= self.finest_level < self.levels:
+            raise ValueError(
+                f"registration finest_level must be in [0, levels - 1] = "
+                f"[0, {self.levels - 1}] (levels {self.levels}), got {self.finest_level}"
+            )
+        for name in ("control_point_spacing_mm", "lncc_window_mm"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 3 or not all(v > 0 for v in value):
+                raise ValueError(f"registration {name} must be 3 positive numbers, got {value}")
+            object.__setattr__(self, name, value)
+        if self.stride is not None:
+            object.__setattr__(self, "stride", tuple(int(v) for v in self.stride))
+            if len(self.stride) != 3 or min(self.stride) < 1:
+                raise ValueError(f"registration stride must be 3 integers >= 1, got {self.stride}")
+        if self.lncc_kernel is not None and self.lncc_kernel < 1:
+            raise ValueError(f"registration lncc_kernel must be >= 1, got {self.lncc_kernel}")
+
+    def stride_for(self, voxel_mm) -> tuple[int, int, int]:
+        """SVFFD stride (voxels) on a grid of ``voxel_mm`` that fits at ``finest_level``."""
+        if self.stride is not None:
+            return self.stride
+        return stride_for(self.control_point_spacing_mm, voxel_mm)
+
+    def lncc_kernel_for(self, voxel_mm, size=None) -> tuple[int, int, int]:
+        """LNCC window (odd voxels, x y z) on a grid of ``voxel_mm`` (and ``size``)."""
+        if self.lncc_kernel is not None:
+            kernel = (self.lncc_kernel,) * 3
+        else:
+            kernel = lncc_kernel_for(self.lncc_window_mm, voxel_mm)
+        if size is not None:  # never wider than the grid
+            kernel = tuple(min(k, n if n % 2 else n - 1) for k, n in zip(kernel, size))
+        return kernel
+
+
+def stride_for(spacing_mm, voxel_mm) -> tuple[int, ...]:
+    """Control-point stride in voxels nearest ``spacing_mm``; at least 1."""
+    return tuple(max(1, int(round(s / v))) for s, v in zip(spacing_mm, voxel_mm))
+
+
+def lncc_kernel_for(window_mm, voxel_mm) -> tuple[int, ...]:
+    """The odd window in voxels nearest ``window_mm`` (ties to the wider); at least 3."""
+    return tuple(
+        max(3, 2 * int(np.floor(w / v / 2 + 1e-6)) + 1) for w, v in zip(window_mm, voxel_mm)
+    )
 
 
 def normalise_for_registration(image: np.ndarray, clip: float = 0.6) -> np.ndarray:
@@ -132,12 +200,17 @@ def _fit_affine(moving: Image, fixed: Image, settings: RegistrationSettings):
     return transform
 
 
+def _voxel_mm(image: Image) -> tuple[float, ...]:
+    return tuple(float(v) for v in image.grid().spacing())
+
+
 def _fit_level(svffd, affine, moving: Image, fixed: Image, settings: RegistrationSettings) -> int:
     """Optimise the SVFFD on one pyramid level; returns the number of steps."""
     transform = spatial.SequentialTransform(svffd, affine)
     transformer = spatial.ImageTransformer(transform, target=fixed.grid(), source=moving.grid())
     optimizer = torch.optim.Adam(svffd.parameters(), lr=settings.deformable_lr)
-    similarity = LNCC(kernel_size=settings.lncc_kernel)
+    kernel = settings.lncc_kernel_for(_voxel_mm(fixed), tuple(fixed.grid().size()))
+    similarity = LNCC(kernel_size=kernel[::-1])  # torch pools (z, y, x)
     bending = BSplineBending(stride=1)
     source, target = moving.batch().tensor(), fixed.batch().tensor()
     history: list[float] = []
@@ -160,6 +233,28 @@ def _stopped_falling(history: list[float], settings: RegistrationSettings) -> bo
     return before - now < settings.min_delta * max(abs(before), 1e-12)
 
 
+def level_plan(fixed_levels: dict, settings: RegistrationSettings) -> dict:
+    """What each fitted pyramid level uses: voxel size, control-point spacing, LNCC window.
+
+    The stride is chosen once, at ``finest_level``, from
+    ``control_point_spacing_mm``; the SVFFD keeps it while its control points
+    are subdivided, so each coarser level has twice the spacing.
+    """
+    stride = settings.stride_for(_voxel_mm(fixed_levels[settings.finest_level]))
+    plan = {}
+    for level in range(max(fixed_levels), settings.finest_level - 1, -1):
+        voxel = _voxel_mm(fixed_levels[level])
+        plan[level] = {
+            "voxel_mm": [round(v, 3) for v in voxel],
+            "stride": list(stride),
+            "control_point_spacing_mm": [round(s * v, 2) for s, v in zip(stride, voxel)],
+            "lncc_kernel": list(
+                settings.lncc_kernel_for(voxel, tuple(fixed_levels[level].grid().size()))
+            ),
+        }
+    return plan
+
+
 def _fit_deformable(
     moving_levels: dict, fixed_levels: dict, affine, settings: RegistrationSettings
 ):
@@ -167,7 +262,7 @@ def _fit_deformable(
     coarsest = max(fixed_levels)
     svffd = spatial.StationaryVelocityFreeFormDeformation(
         fixed_levels[coarsest].grid(),
-        stride=settings.stride,
+        stride=settings.stride_for(_voxel_mm(fixed_levels[settings.finest_level])),
         steps=settings.scaling_squaring_steps,
     ).to(fixed_levels[coarsest].device)
     steps = {}
@@ -182,11 +277,16 @@ def _fit_deformable(
 
 
 def _pyramids(moving: Image, fixed: Image, settings: RegistrationSettings):
-    if not 0 <= settings.finest_level < settings.levels:
-        raise ValueError(
-            f"finest_level must be in [0, {settings.levels - 1}], got {settings.finest_level}"
-        )
-    return moving.pyramid(settings.levels), fixed.pyramid(settings.levels)
+    moving_levels, fixed_levels = moving.pyramid(settings.levels), fixed.pyramid(settings.levels)
+    for name, levels in (("fixed", fixed_levels), ("moving", moving_levels)):
+        size = tuple(int(n) for n in levels[max(levels)].grid().size())
+        if min(size) < MIN_LEVEL_SIZE:
+            raise ValueError(
+                f"registration levels {settings.levels} is too many for the {name} image: its "
+                f"coarsest level has {size} voxels (x y z), fewer than {MIN_LEVEL_SIZE} along "
+                f"an axis; use fewer levels"
+            )
+    return moving_levels, fixed_levels
 
 
 def folding_share(svffd) -> float:
@@ -238,11 +338,28 @@ class Registration:
         with torch.no_grad():
             return transformer(batch)[0].cpu()
 
-    def warp(self, image: nib.Nifti1Image, *, order: int = 1) -> nib.Nifti1Image:
+    def coverage(self) -> np.ndarray:
+        """Voxels of the fixed grid (NIfTI order) that map into the moving image's field of view.
+
+        A ones image on the moving grid, warped with zero fill: a fixed voxel
+        is covered where that is at least 0.5, i.e. within half a voxel of the
+        moving grid's outermost voxel centres.
+        """
+        ones = torch.ones((1, *self.moving_grid.shape), dtype=torch.float32)
+        return _from_tensor(self.warp_tensor(ones, order=1)) >= 0.5
+
+    def warp(
+        self, image: nib.Nifti1Image, *, order: int = 1, mark_outside: bool = False
+    ) -> nib.Nifti1Image:
         """Resample an image in the moving space into the fixed space.
 
         ``order=0`` (nearest) keeps label values; ``order=1`` is trilinear.
+        Outside the moving image's field of view the result is 0, or NaN with
+        ``mark_outside`` (maps whose population statistics must leave those
+        voxels out: :meth:`coverage`); labels (``order=0``) keep 0.
         """
+        if mark_outside and order == 0:
+            raise ValueError("mark_outside needs order=1: a label map cannot hold NaN")
         same_shape = tuple(image.shape[:3]) == tuple(self.moving_grid.shape[::-1])
         # 1e-3 mm tolerance: grids round-trip through float32 on save/load.
         if not (
@@ -252,6 +369,8 @@ class Registration:
         data = np.asanyarray(image.dataobj)
         out = _from_tensor(self.warp_tensor(_to_tensor(data), order=order))
         out = out.astype(data.dtype) if order == 0 else out.astype(np.float32)
+        if mark_outside:
+            out[~self.coverage()] = np.nan
         return nib.Nifti1Image(out, _nifti_affine(self.fixed_grid))
 
     def displacement_mm(self) -> np.ndarray:
@@ -291,9 +410,7 @@ class Registration:
         """A registration from the dict :meth:`save` writes."""
         fixed_grid = Grid.from_numpy(state["fixed_grid"].numpy(), align_corners=True)
         moving_grid = Grid.from_numpy(state["moving_grid"].numpy(), align_corners=True)
-        settings = RegistrationSettings(
-            **{**state["settings"], "stride": tuple(state["settings"]["stride"])}
-        )
+        settings = _settings_from_state(state["settings"])
         affine = spatial.AffineTransform(fixed_grid)
         affine.load_state_dict(state["affine"])
         svffd = None if state["svffd"] is None else _svffd_from_state(state["svffd"])
@@ -331,9 +448,15 @@ def _svffd_from_state(state: dict):
 
 
 def _settings_state(settings: RegistrationSettings) -> dict:
-    state = asdict(settings)
-    state["stride"] = list(settings.stride)
-    return state
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+
+
+def _settings_from_state(state: dict) -> RegistrationSettings:
+    """Settings as saved; a transform saved before the millimetre settings keeps its voxel ones."""
+    names = RegistrationSettings.__dataclass_fields__
+    return RegistrationSettings(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in state.items() if k in names}
+    )
 
 
 def register(
@@ -374,19 +497,33 @@ def register(
     result.svffd = svffd
     metrics["deformable"] = _similarity(result.warp_tensor(moving_img.tensor()), target)
     metrics["deformable_steps"] = steps
+    metrics["levels"] = level_plan(fixed_levels, settings)
     metrics["folding_share"] = folding_share(svffd)
     metrics["seconds"] = time.perf_counter() - start
     result.metrics = metrics
     return result
 
 
+# Config keys in millimetres and the older ones in voxels that they replace.
+_VOXEL_KEYS = {"control_point_spacing_mm": "stride", "lncc_window_mm": "lncc_kernel"}
+
+
 def settings_from_config(section: dict) -> RegistrationSettings:
-    """RegistrationSettings from the config's ``registration`` section (other keys ignored)."""
+    """RegistrationSettings from the config's ``registration`` section (other keys ignored).
+
+    Raises ValueError for a section that gives a size both in millimetres and
+    in voxels, or whose levels and finest_level do not fit together.
+    """
+    for mm, voxels in _VOXEL_KEYS.items():
+        if section.get(mm) is not None and section.get(voxels) is not None:
+            raise ValueError(
+                f"registration: give {mm} (millimetres) or {voxels} (voxels, older), not both"
+            )
     names = RegistrationSettings.__dataclass_fields__
-    values = {k: v for k, v in section.items() if k in names}
-    if "stride" in values:
-        values["stride"] = tuple(values["stride"])
-    return RegistrationSettings(**values)
+    values = {k: v for k, v in section.items() if k in names and v is not None}
+    return RegistrationSettings(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    )
 
 
 def qc_reasons(metrics: dict, max_folding_share: float) -> list[str]:
