@@ -34,7 +34,8 @@ def stack(tmp_path):
 
 def test_mean_and_sd_match_numpy(stack):
     paths, data = stack
-    mean, sd, n = mean_map(paths)
+    maps = mean_map(paths)
+    mean, sd, n = maps.mean, maps.sd, maps.n
     assert n == 7
     np.testing.assert_allclose(mean.get_fdata(), data.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(sd.get_fdata(), data.std(axis=0, ddof=1), rtol=1e-5)
@@ -45,7 +46,8 @@ def test_mean_and_sd_match_numpy(stack):
 
 def test_single_map_sd_is_nan(stack):
     paths, data = stack
-    mean, sd, n = mean_map(paths[:1])
+    maps = mean_map(paths[:1])
+    mean, sd, n = maps.mean, maps.sd, maps.n
     assert n == 1
     np.testing.assert_allclose(mean.get_fdata(), data[0], rtol=1e-6)
     assert np.isnan(sd.get_fdata()).all()
@@ -65,6 +67,24 @@ def test_affine_mismatch_names_file(stack, tmp_path):
     bad = _write(tmp_path / "wrong_affine.nii.gz", np.zeros(SHAPE), shifted)
     with pytest.raises(ValueError, match="wrong_affine.nii.gz.*affine"):
         mean_map(paths[:2] + [bad] + paths[2:])
+
+
+def test_signed_maps_with_coverage(tmp_path):
+    """NaN (outside a participant's field of view) is left out; signed parts averaged apart."""
+    maps = np.array(
+        [[[[2.0, -1.0, np.nan]]], [[[-4.0, -3.0, 5.0]]], [[[np.nan, 1.0, np.nan]]]]
+    )  # three maps of 1 x 1 x 3 voxels
+    paths = [_write(tmp_path / f"s{i}.nii.gz", m) for i, m in enumerate(maps)]
+    out = mean_map(paths)
+    assert out.n == 3
+    np.testing.assert_allclose(out.count.get_fdata().ravel(), [2, 3, 1])
+    np.testing.assert_allclose(out.mean.get_fdata().ravel(), [3.0, 5.0 / 3, 5.0])
+    np.testing.assert_allclose(out.positive.get_fdata().ravel(), [1.0, 1.0 / 3, 5.0])
+    np.testing.assert_allclose(out.negative.get_fdata().ravel(), [-2.0, -4.0 / 3, 0.0])
+    sd = out.sd.get_fdata().ravel()
+    assert sd[0] == pytest.approx(np.std([2.0, 4.0], ddof=1)) and np.isnan(sd[2])
+    uncovered = _write(tmp_path / "none.nii.gz", np.full((1, 1, 3), np.nan))
+    assert np.isnan(mean_map([uncovered]).mean.get_fdata()).all()
 
 
 def test_empty_path_list_rejected():
@@ -123,15 +143,15 @@ def test_subset_maps_as_the_workflow_builds_them(stack):
     def subset_map(subset):
         return mean_map([by_eid[e] for e in subset_eids(table, "F_healthy", subset)])
 
-    assert subset_map("all")[2] == 7
+    assert subset_map("all").n == 7
     assert len(subset_eids(table, "F_healthy", "age_band-lt60")) == 3
     assert subset_eids(table, "F_healthy", "ageing_class-decelerated") == []
-    mean, _, n = subset_map("age_band-60to70")
-    assert n == 4
-    np.testing.assert_allclose(mean.get_fdata(), data[3:].mean(axis=0), rtol=1e-6)
-    _, sd, n = subset_map("ageing_class-accelerated")
-    assert n == 2
-    np.testing.assert_allclose(sd.get_fdata(), data[:2].std(axis=0, ddof=1), rtol=1e-5)
+    band = subset_map("age_band-60to70")
+    assert band.n == 4
+    np.testing.assert_allclose(band.mean.get_fdata(), data[3:].mean(axis=0), rtol=1e-6)
+    accelerated = subset_map("ageing_class-accelerated")
+    assert accelerated.n == 2
+    np.testing.assert_allclose(accelerated.sd.get_fdata(), data[:2].std(axis=0, ddof=1), rtol=1e-5)
 
 
 # ---- workflow helpers: ageing table, subsets, usable maps ------------------

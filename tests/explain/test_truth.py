@@ -55,3 +55,28 @@ def test_labels_on_resamples_by_world_position():
     hits = np.argwhere(np.asarray(out.dataobj) == 3)
     # the 2 mm voxel centred at 10 mm covers the 1 mm voxels at 9-11 mm
     assert out.shape == (20, 20, 20) and len(hits) > 0 and (np.abs(hits - 10) <= 1).all()
+
+
+def test_enrichment_counts_signed_maps_by_magnitude_and_skips_nan():
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[1:9, 1:9, 1:9] = 1
+    labels[4:6, 4:6, 4:6] = 7
+    signed = np.where(labels == 7, -1.0, 0.1)
+    assert enrichment(signed, labels, [7]) == pytest.approx(enrichment(np.abs(signed), labels, [7]))
+    uncovered = np.where(labels == 7, 1.0, np.nan)
+    assert np.isfinite(enrichment(uncovered, labels, [7]))
+
+
+def test_resolution_ceiling_is_the_mask_at_input_resolution_and_lower_for_coarse_cells():
+    from ageatlas.explain.cells import CellGeometry
+    from ageatlas.explain.truth import resolution_ceiling
+
+    labels = np.zeros((32, 32, 32), np.uint8)
+    labels[2:30, 2:30, 2:30] = 1
+    labels[12:16, 12:16, 12:16] = 7
+    mask = (labels == 7).astype(np.float32)
+    identity = resolution_ceiling(mask, 1, CellGeometry.identity(3), mask.shape)
+    assert np.array_equal(identity, mask)
+    coarse = resolution_ceiling(mask, 2, CellGeometry((4.0, 4.0, 4.0), (0.0,) * 3), (4, 4, 4))
+    exact, blurred = enrichment(mask, labels, [7]), enrichment(coarse, labels, [7])
+    assert coarse.shape == mask.shape and 1 < blurred < exact

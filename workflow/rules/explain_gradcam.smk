@@ -1,5 +1,29 @@
-# The explain stage, 1/4: a Grad-CAM map per test participant, in its own
-# (stitched) space.
+# The explain stage, 1/4: an attribution map per test participant (gradcam.method),
+# in its own (stitched) space.
+
+
+def gradcam_reference(wildcards):
+    """The mean training volume, for the methods that attribute against a reference."""
+    if config["gradcam"]["method"] in ("integrated_gradients", "occlusion"):
+        return rules.reference_volume.output[0]
+    return []
+
+
+rule reference_volume:
+    input:
+        lambda wc: cache_paths("train"),
+    output:
+        f"{EXPLAIN}/reference_volume.npy",
+    log:
+        f"{LOGS}/reference_volume.log",
+    conda:
+        "../../envs/ageatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory(4000),
+        runtime=grows(15),
+    script:
+        "../scripts/explain/reference_volume.py"
 
 
 rule gradcam:
@@ -8,6 +32,7 @@ rule gradcam:
         cache=CACHE,
         stitched=STITCHED,
         cohort=COHORT_TABLE,
+        reference=gradcam_reference,
     output:
         GRADCAM,
     log:

@@ -36,6 +36,9 @@ rule population_map:
     output:
         mean=f"{EXPLAIN}/{{group}}/maps/{{subset}}_mean.nii.gz",
         sd=f"{EXPLAIN}/{{group}}/maps/{{subset}}_sd.nii.gz",
+        positive=f"{EXPLAIN}/{{group}}/maps/{{subset}}_positive.nii.gz",
+        negative=f"{EXPLAIN}/{{group}}/maps/{{subset}}_negative.nii.gz",
+        coverage=f"{EXPLAIN}/{{group}}/maps/{{subset}}_count.nii.gz",
         members=f"{EXPLAIN}/{{group}}/maps/{{subset}}.json",
     log:
         f"{LOGS}/maps/{{group}}/{{subset}}.log",
@@ -231,6 +234,9 @@ if SYNTHETIC:
         resources:
             mem_mb=memory(8000),
             runtime=grows(30),
+        params:
+            gradcam=config["gradcam"],
+            downsample=config["preprocess"]["downsample"],
         script:
             "../scripts/explain/truth_check.py"
 

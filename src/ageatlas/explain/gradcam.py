@@ -46,6 +46,7 @@ from scipy import ndimage
 from torch import nn
 
 from ageatlas.age.model import load_trained
+from ageatlas.age.preprocess import model_input
 from ageatlas.core.device import pick_device
 from ageatlas.core.files import load_npy, nifti_image, save_nifti
 from ageatlas.explain.cells import PLACEMENTS, CellGeometry, cell_geometry, place_cells
@@ -242,7 +243,9 @@ def cam_for_participant(
             cached.shape,
             meta["input_shape"],
         )
-    volume = torch.from_numpy(np.array(cached, dtype=np.float32))[None, None]
+    # The evaluation read: background noise drawn as prediction draws it (ageatlas.age.preprocess).
+    seed = int(meta.get("config", {}).get("seed", 0))
+    volume = torch.from_numpy(model_input(cached, cache_path, seed))[None, None]
     info = {}
     if method in CAM_METHODS:
         result = grad_cam(
@@ -287,6 +290,36 @@ def cam_for_participant(
         "device": str(device),
         **info,
     }
+
+
+def map_grid(
+    method: str, layer_name: str, placement: str, input_shape
+) -> tuple[CellGeometry, tuple[int, ...]]:
+    """Where a method's map values sit in the model input: (cell geometry, cells shape).
+
+    Layer methods read the age model's layer (architecture only; no weights
+    needed); input-level methods have one value per input voxel.
+    """
+    from ageatlas.age.model import AgeRegressor
+
+    input_shape = tuple(int(n) for n in input_shape)
+    if method not in CAM_METHODS:
+        return CellGeometry.identity(len(input_shape)), input_shape
+    model = AgeRegressor(hidden=1).eval()
+    layer = getattr(model.backbone, layer_name)
+    shapes = []
+    handle = layer.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[2:])))
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, 1) + input_shape))
+    finally:
+        handle.remove()
+    geometry = (
+        cell_geometry(model, layer, len(input_shape))
+        if placement == "receptive_field"
+        else CellGeometry.m3dcam(shapes[0], input_shape)
+    )
+    return geometry, shapes[0]
 
 
 def _check_or_infer_factor(grid_shape, cache_shape, factor: int | None) -> int:

@@ -1,4 +1,4 @@
-"""Population importance maps: voxel-wise mean and SD of warped Grad-CAM maps.
+"""Population importance maps: voxel-wise mean and SD of warped attribution maps.
 
 Each participant's Grad-CAM map has already been warped into its sex x BMI
 group atlas, so within a group all maps share one grid. The paper averages
@@ -15,6 +15,8 @@ a group.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
@@ -56,27 +58,67 @@ def load_on_grid(path: str, ref_shape=None, ref_affine=None) -> tuple[np.ndarray
     return np.asarray(img.get_fdata(dtype=np.float64)), img.affine
 
 
-def mean_map(paths: list[str]) -> tuple[nib.Nifti1Image, nib.Nifti1Image, int]:
-    """Voxel-wise mean and sample SD (ddof=1) of maps on one grid.
+@dataclass(frozen=True)
+class PopulationMaps:
+    """A subset's population maps on the atlas grid (see :func:`mean_map`)."""
 
-    Streams with Welford's update so only one map is held at a time (a group
-    has ~200 whole-body volumes). The first map fixes the reference shape and
-    affine; any other map that differs raises, naming the file. With a single
-    map the SD is undefined and filled with NaN.
+    mean: nib.Nifti1Image
+    sd: nib.Nifti1Image
+    positive: nib.Nifti1Image
+    negative: nib.Nifti1Image
+    count: nib.Nifti1Image
+    n: int
+
+
+def mean_map(paths: list[str]) -> PopulationMaps:
+    """Voxel-wise population maps of warped maps on one grid, over the maps that cover each voxel.
+
+    ``mean`` and ``sd`` (ddof=1) are of the importance |map| (for one-sided
+    maps such as Grad-CAM, the map itself); ``positive`` and ``negative`` are
+    the means of the signed map's parts (max(m, 0), min(m, 0); they sum to the
+    signed mean); ``count`` is how many maps cover each voxel. A warped map
+    marks voxels outside the participant's field of view NaN: they are left
+    out, not averaged in as zeros. A voxel no map covers is NaN, and SD needs
+    two. Streams with Welford's update so only one map is held at a time (a
+    group has ~200 whole-body volumes). The first map fixes the reference
+    shape and affine; any other map that differs raises, naming the file.
     """
     if not paths:
         raise ValueError("mean_map needs at least one map")
-    mean, affine = load_on_grid(paths[0])
-    m2 = np.zeros_like(mean)
-    for n, path in enumerate(paths[1:], start=2):
-        data, _ = load_on_grid(path, mean.shape, affine)
-        delta = data - mean
-        mean += delta / n
-        m2 += delta * (data - mean)
+    first, affine = load_on_grid(paths[0])
+    count = np.zeros(first.shape, dtype=np.int64)
+    mean, m2, positive, negative = (np.zeros(first.shape) for _ in range(4))
+    for path in paths:
+        data, _ = load_on_grid(path, first.shape, affine) if path != paths[0] else (first, affine)
+        covered = np.isfinite(data)
+        signed = np.where(covered, data, 0.0)
+        count += covered
+        n_here = np.maximum(count, 1)
+        magnitude = np.abs(signed)
+        delta = np.where(covered, magnitude - mean, 0.0)
+        mean += delta / n_here
+        m2 += delta * np.where(covered, magnitude - mean, 0.0)
+        positive += np.maximum(signed, 0.0)
+        negative += np.minimum(signed, 0.0)
     n = len(paths)
-    sd = np.sqrt(m2 / (n - 1)) if n > 1 else np.full_like(mean, np.nan)
-    mean_img = nifti_image(mean, affine, f"ageatlas mean n={n}")
-    return mean_img, nifti_image(sd, affine, f"ageatlas sd n={n}"), n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        uncovered = count == 0
+        mean[uncovered] = np.nan
+        sd = np.where(count > 1, np.sqrt(m2 / np.maximum(count - 1, 1)), np.nan)
+        positive = np.where(uncovered, np.nan, positive / np.maximum(count, 1))
+        negative = np.where(uncovered, np.nan, negative / np.maximum(count, 1))
+
+    def image(data, what):
+        return nifti_image(data, affine, f"ageatlas {what} n={n}")
+
+    return PopulationMaps(
+        image(mean, "mean"),
+        image(sd, "sd"),
+        image(positive, "positive"),
+        image(negative, "negative"),
+        image(count.astype(np.float32), "count"),
+        n,
+    )
 
 
 def ageing_table(

@@ -8,8 +8,14 @@ The synthetic phantom (:mod:`ageatlas.synthetic.phantom`) knows where age was pl
   affine + deformable), and compared by Dice with the consensus of the other
   participants of the group (leave-one-out majority vote).
 - Does the population importance map look where age is? The share of
-  importance inside the age regions divided by their share of the body
-  volume: 1 means no preference, above 1 means enrichment.
+  importance (|map|: signed maps count by magnitude) inside the age regions
+  divided by their share of the body volume: 1 means no preference, above 1
+  means enrichment.
+- How far could it go? The ceiling: the planted age mask brought to the
+  model's input grid, pooled to the layer's cells and placed back exactly as
+  the maps are (:func:`resolution_ceiling`), then scored the same way. The
+  gap between a map's enrichment and its ceiling is the method's; the gap
+  between the ceiling and the mask's own enrichment is the layer's resolution.
 """
 
 from __future__ import annotations
@@ -83,9 +89,11 @@ def majority_labels(maps: list[np.ndarray], n_labels: int) -> np.ndarray:
 def enrichment(importance: np.ndarray, labels: np.ndarray, age_labels) -> float:
     """(Importance share in the age regions) / (their share of the body volume).
 
-    Body = every non-background voxel; importance outside the body is
-    ignored, so a map that is flat over the body gives 1.
+    Importance is the magnitude |map| (NaN voxels, outside a field of view,
+    left out). Body = every non-background voxel; importance outside the
+    body is ignored, so a map that is flat over the body gives 1.
     """
+    importance = np.abs(np.asarray(importance, dtype=np.float64))
     body = labels > 0
     age = np.isin(labels, list(age_labels)) & body
     total = float(np.nansum(importance[body]))
@@ -94,36 +102,73 @@ def enrichment(importance: np.ndarray, labels: np.ndarray, age_labels) -> float:
     return (float(np.nansum(importance[age])) / total) / (age.sum() / body.sum())
 
 
+def resolution_ceiling(mask: np.ndarray, factor: int, geometry, cells_shape) -> np.ndarray:
+    """The best map a layer can draw of ``mask`` (on the stitched grid), back on the stitched grid.
+
+    The mask is block-averaged to the model input by ``factor`` (as the cache
+    is), pooled to the layer's cells (:func:`cells.pool_to_cells`) and placed
+    back with the maps' own placement and resampling.
+    """
+    import torch
+
+    from ageatlas.age.preprocess import downsample
+    from ageatlas.explain.cells import place_cells, pool_to_cells
+    from ageatlas.explain.gradcam import to_stitched_grid
+
+    model_input = downsample(np.asarray(mask, dtype=np.float32), factor)
+    pooled = pool_to_cells(model_input, geometry, cells_shape)
+    placed = place_cells(torch.from_numpy(pooled), geometry, model_input.shape).numpy()
+    return to_stitched_grid(placed, mask.shape, factor)
+
+
+def _is_empty(importance: np.ndarray) -> bool:
+    finite = importance[np.isfinite(importance)]
+    return finite.size == 0 or not np.any(finite != 0)
+
+
 def group_check(
     participants,
     atlas: nib.Nifti1Image,
     population_mean: nib.Nifti1Image,
     age_labels,
     n_labels: int,
+    ceiling=None,
 ) -> dict:
-    """Registration Dice per stage and importance enrichment for one group.
+    """Registration Dice per stage, importance enrichment and its ceiling for one group.
 
     ``participants`` yields (eid, registration or None, native labels on the
-    stitched grid, Grad-CAM map on the stitched grid). Failed registrations
-    are counted, not used.
+    stitched grid, attribution map on the stitched grid). ``ceiling`` maps an
+    age mask on the stitched grid to the best map the method's resolution
+    allows (:func:`resolution_ceiling`); without it no ceiling is reported.
+    Failed registrations are counted, not used.
     """
     stages = {stage: [] for stage in STAGES}
-    native_enrichment, failed = [], []
+    native, native_ceiling, warped_ceilings, failed, empty = [], [], [], [], []
     for eid, registration, labels, gradcam in participants:
-        native_enrichment.append(
-            enrichment(np.asarray(gradcam.dataobj), np.asarray(labels.dataobj), age_labels)
-        )
+        label_data = np.asarray(labels.dataobj)
+        importance = np.asarray(gradcam.dataobj, dtype=np.float64)
+        native.append(enrichment(importance, label_data, age_labels))
+        if _is_empty(importance):
+            empty.append(str(eid))
+        best = None
+        if ceiling is not None:
+            best = ceiling(np.isin(label_data, list(age_labels)).astype(np.float32))
+            native_ceiling.append(enrichment(best, label_data, age_labels))
         if registration is None:
             failed.append(str(eid))
             continue
         for stage, warped in labels_in_atlas(registration, labels, atlas).items():
             stages[stage].append(warped)
+        if best is not None:
+            image = nib.Nifti1Image(best.astype(np.float32), labels.affine)
+            warped_ceilings.append(np.asarray(registration.warp(image, order=1).dataobj))
     result = {
-        "n": len(native_enrichment),
+        "n": len(native),
         "failed_registrations": failed,
-        "native_enrichment_mean": float(np.nanmean(native_enrichment))
-        if native_enrichment
-        else None,
+        "empty_maps": empty,
+        "native_enrichment_mean": _mean(native),
+        "native_enrichment_median": float(np.nanmedian(native)) if native else None,
+        "native_ceiling_mean": _mean(native_ceiling),
     }
     if len(stages["deformable"]) < 2:
         return result
@@ -139,4 +184,13 @@ def group_check(
     result["atlas_enrichment"] = enrichment(
         np.asarray(population_mean.get_fdata()), consensus, age_labels
     )
+    if warped_ceilings:
+        result["atlas_ceiling"] = enrichment(
+            np.mean(warped_ceilings, axis=0), consensus, age_labels
+        )
+        result["atlas_share_of_ceiling"] = result["atlas_enrichment"] / result["atlas_ceiling"]
     return result
+
+
+def _mean(values) -> float | None:
+    return float(np.nanmean(values)) if values else None

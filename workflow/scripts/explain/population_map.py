@@ -1,5 +1,5 @@
-"""Mean and SD of one group's warped Grad-CAM maps over one subset (all, an age band, an ageing
-class)."""
+"""Population maps of one group's warped attribution maps over one subset (all, an age band, an
+ageing class): mean and SD of the importance |map|, means of the signed parts, coverage count."""
 
 import json
 import logging
@@ -15,14 +15,18 @@ group, subset = snakemake.wildcards.group, snakemake.wildcards.subset
 classes = pd.read_csv(snakemake.input.classes, sep="\t", dtype={"eid": str})
 eids = subset_eids(classes, group, subset)
 paths, excluded = usable_maps(eids, snakemake.input.warped, snakemake.input.records)
+names = ("mean", "sd", "positive", "negative", "count")
 if paths:
-    mean, sd, n = mean_map(paths)
+    maps = mean_map(paths)
+    images, n = {name: getattr(maps, name) for name in names}, maps.n
 else:
     # An empty subset still gets its files (targets must exist): NaN, n=0 in the record.
-    mean = sd = nan_map(nib.load(snakemake.input.warped[0]), f"ageatlas {subset} n=0")
-    n = 0
-nib.save(mean, snakemake.output.mean)
-nib.save(sd, snakemake.output.sd)
+    empty = nan_map(nib.load(snakemake.input.warped[0]), f"ageatlas {subset} n=0")
+    images, n = dict.fromkeys(names, empty), 0
+# "count" is a reserved name in Snakemake: the rule calls that output "coverage".
+outputs = {**{name: name for name in names}, "count": "coverage"}
+for name, image in images.items():
+    nib.save(image, getattr(snakemake.output, outputs[name]))
 record = {
     "group": group,
     "subset": subset,

@@ -1,5 +1,5 @@
-"""SYNTHETIC cohort: registration Dice and importance enrichment in the planted age regions, one
-group."""
+"""SYNTHETIC cohort: registration Dice, importance enrichment in the planted age regions and its
+resolution ceiling, one group."""
 
 import json
 import logging
@@ -9,12 +9,14 @@ import nibabel as nib
 
 from ageatlas.core import logs
 from ageatlas.core.paths import stitched_path
+from ageatlas.explain.gradcam import map_grid
 from ageatlas.explain.register import RegistrationFailed, load_outcome
-from ageatlas.explain.truth import group_check, labels_on
+from ageatlas.explain.truth import group_check, labels_on, resolution_ceiling
 from ageatlas.synthetic.phantom import AGE_REGIONS, REGION_LABELS
 
 logs.to_file(snakemake.log[0])
 age_labels = [v for v, name in REGION_LABELS.items() if name in AGE_REGIONS]
+settings, factor = snakemake.params.gradcam, snakemake.params.downsample
 
 
 def participants():
@@ -32,14 +34,24 @@ def participants():
         yield eid, registration, labels, nib.load(gradcam)
 
 
+def ceiling(mask):
+    input_shape = tuple(n // factor for n in mask.shape)
+    geometry, cells = map_grid(
+        settings["method"], settings["layer"], settings["placement"], input_shape
+    )
+    return resolution_ceiling(mask, factor, geometry, cells)
+
+
 result = group_check(
     participants(),
     nib.load(snakemake.input.atlas),
     nib.load(snakemake.input.mean),
     age_labels,
     n_labels=max(REGION_LABELS) + 1,
+    ceiling=ceiling,
 )
-result = {"group": snakemake.wildcards.group, **result}
+method = {k: settings[k] for k in ("method", "layer", "placement", "target")}
+result = {"group": snakemake.wildcards.group, **method, **result}
 with open(snakemake.output[0], "w") as out:
     json.dump(result, out, indent=2)
 logging.info("%s", result)
