@@ -94,20 +94,22 @@ def importance_panels(
     *,
     title: str = "",
     threshold: float = 0.2,
-    colorbar_label: str = "mean Grad-CAM importance",
+    colorbar_label: str = "mean importance |map|",
 ) -> None:
     """One row per map over its atlas (rows may have different atlases).
 
     ``maps`` entries may be None (an empty subset): the row shows the atlas
-    and says "no data". The colour scale runs from ``threshold`` to the
-    largest value in any map.
+    and says "no data". The colour scale runs from ``threshold`` times the
+    largest value in any map (maps may be min-max scaled or in years) to that
+    value.
     """
     if not (len(atlases) == len(maps) == len(labels)):
         raise ValueError("atlases, maps and labels must have the same length")
     atlas_data = [_ras(a) for a in atlases]
     map_data = [None if m is None else _ras(m)[0] for m in maps]
     present = [m for m in map_data if m is not None and np.isfinite(m).any()]
-    vmax = max([float(np.nanmax(m)) for m in present] + [threshold + 1e-6])
+    vmax = max([float(np.nanmax(m)) for m in present] + [1e-12])
+    threshold = threshold * vmax
     body = _body(atlas_data[0][0])
     cut = _cuts(present, body) if present else tuple(s // 2 for s in atlas_data[0][0].shape)
     fig, axes = plt.subplots(
@@ -183,12 +185,16 @@ def examples_panels(
     """Individual warped maps, coronal slices: one row per class, one column per participant.
 
     ``rows`` maps a row label (e.g. "accelerated") to (caption, map) pairs.
+    Importance is drawn as |map| from ``threshold`` times the largest shown.
     """
     atlas_data, zooms = _ras(atlas)
     maps = {
-        label: [(caption, _ras(img)[0]) for caption, img in items] for label, items in rows.items()
+        label: [(caption, np.abs(_ras(img)[0])) for caption, img in items]
+        for label, items in rows.items()
     }
     everything = [m for items in maps.values() for _, m in items]
+    finite = [float(np.nanmax(m)) for m in everything if np.isfinite(m).any()]
+    vmax = max(finite + [1e-12])
     cut = (
         _cuts(everything, _body(atlas_data))
         if everything
@@ -209,7 +215,7 @@ def examples_panels(
             ax.set_yticks([])
             if col < len(items):
                 caption, overlay = items[col]
-                _draw(ax, atlas_data, overlay, "coronal", cut, zooms, 1.0, threshold)
+                _draw(ax, atlas_data, overlay, "coronal", cut, zooms, vmax, threshold * vmax)
                 ax.set_title(caption, fontsize=7)
             else:
                 ax.axis("off")
