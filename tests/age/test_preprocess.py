@@ -113,13 +113,21 @@ def test_prepare_reads_scaled_int16_and_writes_a_float16_cache(tmp_path):
     cached = load_npy(out)
     assert isinstance(cached, np.memmap) and cached.dtype == np.float16
     read = preprocess.downsample(nib.load(str(water)).get_fdata(dtype=np.float32), 2)
+    background = read <= 0
+    # The cache leaves the background to be drawn at every read: NaN marks it.
+    assert background.any() and np.isnan(cached[background]).all()
     expected = preprocess.normalise(read, rng=np.random.default_rng([11, 1000042]))
-    np.testing.assert_array_equal(cached, expected.astype(np.float16))
+    np.testing.assert_array_equal(cached[~background], expected[~background].astype(np.float16))
+    # The evaluation input is the volume the cache used to hold: noise seeded by seed and eid.
+    model_input = preprocess.model_input(cached, out, seed=11)
+    assert model_input.dtype == np.float32 and np.isfinite(model_input).all()
+    np.testing.assert_array_equal(model_input[background], expected[background])
+    np.testing.assert_array_equal(model_input[~background], cached[~background])
     assert sorted(p.name for p in out.parent.iterdir()) == ["1000042.npy"]  # no temp file left
 
 
-def test_prepare_noise_differs_between_participants_and_seeds(tmp_path):
-    volume = body()
+def test_the_cache_holds_no_noise_and_the_reads_draw_it(tmp_path):
+    volume = body((20, 20, 20))
     for eid in ("1000001", "1000002"):
         write_scaled_int16(tmp_path / f"{eid}_W.nii.gz", volume)
     caches = {}
@@ -127,14 +135,45 @@ def test_prepare_noise_differs_between_participants_and_seeds(tmp_path):
         out = tmp_path / f"{eid}_{seed}.npy"
         preprocess.prepare(tmp_path / f"{eid}_W.nii.gz", out, seed=seed)
         caches[eid, seed] = np.load(out)
-    background = volume <= 0
-    assert not np.array_equal(caches["1000001", 0][background], caches["1000002", 0][background])
-    assert not np.array_equal(caches["1000001", 0][background], caches["1000001", 1][background])
-    np.testing.assert_array_equal(
-        caches["1000001", 0][~background], caches["1000002", 0][~background]
-    )
-    preprocess.prepare(tmp_path / "1000001_W.nii.gz", tmp_path / "again.npy", seed=0)
+    # The same volume makes the same cache whatever the eid and seed: no noise in it.
+    np.testing.assert_array_equal(caches["1000001", 0], caches["1000002", 0])
+    np.testing.assert_array_equal(caches["1000001", 0], caches["1000001", 1])
+    preprocess.prepare(tmp_path / "1000001_W.nii.gz", tmp_path / "again.npy", seed=5)
     np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), caches["1000001", 0])
+
+    cached, background = caches["1000001", 0], volume <= 0
+    reads = {
+        (eid, seed, epoch): preprocess.model_input(cached, eid, seed, epoch)
+        for eid in ("1000001", "1000002")
+        for seed in (0, 1)
+        for epoch in (None, 1, 2)
+    }
+    for key, read in reads.items():
+        np.testing.assert_array_equal(read[~background], cached[~background])  # foreground kept
+        np.testing.assert_array_equal(read, preprocess.model_input(cached, *key))  # reproducible
+        noise = read[background]
+        assert abs(noise.mean()) < 0.05 and noise.std() == pytest.approx(1.0, abs=0.05)
+    keys = list(reads)
+    for i, a in enumerate(keys):  # every participant, seed and epoch its own noise
+        for b in keys[i + 1 :]:
+            assert not np.array_equal(reads[a][background], reads[b][background]), (a, b)
+
+
+def test_model_input_of_a_zero_background_cache_is_the_cache(tmp_path):
+    volume = body()
+    water = tmp_path / "1000007_W.nii.gz"
+    write_scaled_int16(water, volume)
+    out = tmp_path / "1000007.npy"
+    preprocess.prepare(water, out, background="zero")
+    cached = np.load(out)
+    assert (cached[volume <= 0] == 0).all() and np.isfinite(cached).all()
+    for epoch in (None, 3):
+        np.testing.assert_array_equal(preprocess.model_input(cached, out, 0, epoch), cached)
+
+
+def test_model_input_refuses_an_epoch_below_one():
+    with pytest.raises(ValueError, match="epoch"):
+        preprocess.model_input(np.zeros((2, 2, 2), np.float16), "1000001", 0, 0)
 
 
 def test_prepare_names_the_file_with_nan(tmp_path):

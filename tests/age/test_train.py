@@ -12,19 +12,23 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from ageatlas.age import preprocess
 from ageatlas.age.predict import predict
-from ageatlas.age.train import METRIC_COLUMNS, _finished, train
+from ageatlas.age.train import METRIC_COLUMNS, _finished, _train_loader, train
 from ageatlas.age.train_config import TrainConfig
 from ageatlas.age.train_data import CacheDataset
 from ageatlas.age.train_state import STALE_STATE, Progress
 
 SHAPE = (16, 16, 32)  # the smallest grid whose layer4 map has > 1 voxel (BatchNorm with batch 1)
+BACKGROUND = np.ones(SHAPE, bool)
+BACKGROUND[2:-2, 2:-2, 2:-2] = False
 
 # lr large enough and plateau patience 0 so that weights, Adam state and the
 # scheduler all change from epoch to epoch; accumulate 4 over 6 samples
@@ -46,9 +50,17 @@ print(json.dumps(summary))
 """
 
 
-def write_volumes(folder: Path, n: int, seed: int = 0, shape=SHAPE, signal_of_age: bool = False):
-    """(path, age) items of random float16 volumes; with signal_of_age a block brightens with
-    age."""
+def write_volumes(
+    folder: Path,
+    n: int,
+    seed: int = 0,
+    shape=SHAPE,
+    signal_of_age: bool = False,
+    background: bool = True,
+):
+    """(path, age) items of random float16 volumes as the cache holds them: the outer 2 voxels
+    of each axis are background (NaN, drawn at every read); with signal_of_age a block brightens
+    with age."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     items = []
@@ -57,7 +69,9 @@ def write_volumes(folder: Path, n: int, seed: int = 0, shape=SHAPE, signal_of_ag
         volume = rng.normal(0, 1, shape).astype(np.float32)
         if signal_of_age:
             volume[4:12, 4:12, 8:24] += 3 * (age - 46) / 35
-        path = folder / f"{seed}_{i}.npy"
+        if background:
+            volume[BACKGROUND] = np.nan
+        path = folder / f"{1000000 + 100 * seed + i}.npy"  # named by eid, as the cache is
         np.save(path, volume.astype(np.float16))
         items.append((str(path), age))
     return items
@@ -114,10 +128,59 @@ def assert_same_weights(a: dict, b: dict):
 
 
 def test_dataset_reads_a_cache(tiny):
-    volume, age = CacheDataset(tiny[0])[2]
+    path, true_age = tiny[0][2]
+    volume, age = CacheDataset(tiny[0], seed=42)[2]
     assert volume.shape == (1, *SHAPE) and volume.dtype == torch.float32
-    assert torch.equal(volume[0], torch.from_numpy(np.load(tiny[0][2][0]).astype(np.float32)))
-    assert age.item() == pytest.approx(tiny[0][2][1])
+    expected = preprocess.model_input(np.load(path), path, 42)  # evaluation: fixed noise
+    assert torch.equal(volume[0], torch.from_numpy(expected))
+    assert age.item() == pytest.approx(true_age)
+    # Without a seed the input is read as stored (the 2.5D projections have no background).
+    np.testing.assert_array_equal(CacheDataset(tiny[0])[2][0][0].numpy(), np.load(path))
+
+
+def test_training_reads_draw_fresh_background_noise_every_epoch(tiny):
+    """The authors drew the N(0, 1) background at every read: each epoch its own noise, from
+    (seed, eid, epoch) alone, so a resumed run reads what an uninterrupted one reads."""
+    dataset = CacheDataset(tiny[0], seed=42)
+    path = tiny[0][3][0]
+    foreground = torch.from_numpy(np.load(path).astype(np.float32))[~torch.from_numpy(BACKGROUND)]
+    reads = {epoch: dataset[(epoch, 3)][0][0] for epoch in (1, 2, 3)}
+    reads["eval"] = dataset[3][0][0]
+    background = torch.from_numpy(BACKGROUND)
+    for read in reads.values():
+        assert torch.isfinite(read).all() and torch.equal(read[~background], foreground)
+    names = list(reads)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not torch.equal(reads[a][background], reads[b][background]), (a, b)
+    assert torch.equal(dataset[(2, 3)][0][0], reads[2])  # the same epoch reads the same noise
+    assert torch.equal(CacheDataset(tiny[0], seed=42)[(2, 3)][0][0], reads[2])
+    assert not torch.equal(CacheDataset(tiny[0], seed=7)[(2, 3)][0][0], reads[2])
+
+
+def test_the_training_loader_tells_the_dataset_its_epoch(tiny):
+    """Through the trainer's loader (workers too): every epoch other noise, the same per epoch."""
+    config = TrainConfig(batch_size=2, num_workers=1)
+    job = SimpleNamespace(config=config, world=1, rank=0, device=torch.device("cpu"))
+    job.generator = torch.Generator().manual_seed(0)
+    loader, sampler = _train_loader(job, tiny[0])
+    assert len(loader.sampler) == len(tiny[0])
+
+    def epoch(e):
+        sampler.set_epoch(e)
+        batches = list(loader)
+        order = [i for _, i in sampler]
+        return torch.cat([x for x, _ in batches]), order
+
+    one, order = epoch(1)
+    two, order_two = epoch(2)
+    again, _ = epoch(1)
+    assert torch.equal(one, again)
+    dataset = CacheDataset(tiny[0], seed=config.seed)
+    for row, index in enumerate(order):
+        assert torch.equal(one[row], dataset[(1, index)][0])
+    for row, index in enumerate(order_two):
+        assert torch.equal(two[row], dataset[(2, index)][0])
 
 
 def test_sigkill_and_resume_ends_with_the_same_weights(tmp_path, tiny, script):

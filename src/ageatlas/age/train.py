@@ -8,9 +8,11 @@ processes in `distributed`.
 
 Every epoch ends with ``out_dir/state.pt``, so a killed job restarts at the
 next epoch (`train_state`). The data order of epoch e is a function of
-(seed, e) alone (DistributedSampler.set_epoch), which is what makes resuming
-exact. When done, ``checkpoint.pt`` holds the weights of the epoch with the
-best validation MAE; ``metrics.tsv`` has a row per epoch.
+(seed, e) alone (DistributedSampler.set_epoch), and so is its background
+noise (`ageatlas.age.preprocess.model_input`, drawn from (seed, eid, e) at
+every training read), which is what makes resuming exact. When done,
+``checkpoint.pt`` holds the weights of the epoch with the best validation
+MAE; ``metrics.tsv`` has a row per epoch.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from ageatlas.age.distributed import all_reduce, spawn
 from ageatlas.age.model import load_trained
 from ageatlas.age.train_config import TrainConfig, config_key, data_key
-from ageatlas.age.train_data import Shard, seed_worker
+from ageatlas.age.train_data import EpochSampler, Shard, seed_worker
 from ageatlas.age.train_state import STATE, Job, Progress, check_state, load_state, save_state
 from ageatlas.core.device import pick_device
 from ageatlas.core.files import atomic_write, load_npy
@@ -222,16 +224,20 @@ def _log_start(job: Job, n_train: int, progress: Progress) -> None:
         )
 
 
-def _train_loader(job: Job, items) -> tuple[DataLoader, DistributedSampler]:
-    # The order of epoch e depends on (seed, e) only: a resumed run sees the same order.
-    sampler = DistributedSampler(
-        job.config.dataset(items),
-        num_replicas=job.world,
-        rank=job.rank,
-        shuffle=True,
-        seed=job.config.seed,
+def _train_loader(job: Job, items) -> tuple[DataLoader, EpochSampler]:
+    # The order of epoch e depends on (seed, e) only, and so does its background noise (the
+    # sampler hands the epoch to the dataset): a resumed run sees the same order and inputs.
+    dataset = job.config.dataset(items)
+    sampler = EpochSampler(
+        DistributedSampler(
+            dataset,
+            num_replicas=job.world,
+            rank=job.rank,
+            shuffle=True,
+            seed=job.config.seed,
+        )
     )
-    return _loader(job, sampler.dataset, sampler, job.config.batch_size), sampler
+    return _loader(job, dataset, sampler, job.config.batch_size), sampler
 
 
 def _loader(job: Job, dataset: Dataset, sampler: Sampler, batch_size: int) -> DataLoader:

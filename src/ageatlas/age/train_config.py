@@ -64,7 +64,8 @@ class TrainConfig:
         return build_model(self.pretrained if pretrained else None, self.hidden)
 
     def dataset(self, items: Sequence[tuple[str, float]]) -> Dataset:
-        return CacheDataset(items)
+        """The inputs: caches whose background noise is drawn from this run's seed."""
+        return CacheDataset(items, seed=self.seed)
 
     def memory_format(self, device: torch.device) -> torch.memory_format:
         cuda = device.type == "cuda"

@@ -13,6 +13,5 @@ info = preprocess.prepare(
     snakemake.output[0],
     downsample_factor=cfg["downsample"],
     background=cfg["background"],
-    seed=snakemake.params.seed,
 )
 logging.info("participant %s: %s", snakemake.wildcards.eid, info)
