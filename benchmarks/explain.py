@@ -6,6 +6,10 @@ part runs in a fresh process so its peak memory is its own:
 
   gradcam       one Grad-CAM map (ageatlas.explain.gradcam.grad_cam, layer3) of the
                 age model on the full-size input, after one warm-up call
+  --methods     the other attribution methods the same way (method:layer, e.g.
+                hirescam:layer2); integrated_gradients:input runs --ig-steps
+                steps one volume at a time and reports seconds per step and
+                for the workflow's 32
   registration  participant B to participant A (the atlas stand-in) with the
                 authors' settings (ageatlas.explain.register: affine 200 iterations,
                 SVFFD on 3 levels, LNCC 7, up to 1000 steps a level, stop when
@@ -54,6 +58,8 @@ def main() -> None:
         results = {
             part: run_part(part, device, waters, args) for part in ("gradcam", "registration")
         }
+        for spec in args.methods:
+            results[spec] = run_part("attribution", device, waters, args, spec)
     print_table(device, results, args)
     if args.save:
         import cluster_sizing as sizing
@@ -80,7 +86,14 @@ def parse_args():
     parser.add_argument(
         "--save", help="write the figures here as JSON (a record for benchmarks/sizing.py)"
     )
-    parser.add_argument("--part", choices=["gradcam", "registration"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--methods", nargs="*", default=[], help="more attribution methods, as method:layer"
+    )
+    parser.add_argument("--ig-steps", type=int, default=32, help="integrated gradients' steps")
+    parser.add_argument(
+        "--part", choices=["gradcam", "registration", "attribution"], help=argparse.SUPPRESS
+    )
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--moving", help=argparse.SUPPRESS)
     parser.add_argument("--fixed", help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -111,7 +124,7 @@ def make_participants(tmp: Path) -> list[str]:
     return waters
 
 
-def run_part(part: str, device: str, waters: list[str], args) -> dict:
+def run_part(part: str, device: str, waters: list[str], args, spec: str = "") -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -127,6 +140,10 @@ def run_part(part: str, device: str, waters: list[str], args) -> dict:
         str(args.cpu_affine),
         "--cpu-steps",
         str(args.cpu_steps),
+        "--ig-steps",
+        str(args.ig_steps),
+        "--spec",
+        spec,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -136,11 +153,11 @@ def measure(args) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = (
-        measure_gradcam(args, device)
-        if args.part == "gradcam"
-        else measure_registration(args, device)
-    )
+    result = {
+        "gradcam": measure_gradcam,
+        "attribution": measure_attribution,
+        "registration": measure_registration,
+    }[args.part](args, device)
     result["peak_mib"] = peak_mib(device)
     return result
 
@@ -172,6 +189,44 @@ def measure_gradcam(args, device) -> dict:
     grad_cam(model, volume, model.backbone.layer3)
     _sync(device)
     return {"seconds": time.perf_counter() - start, "shape": list(water.shape)}
+
+
+def measure_attribution(args, device) -> dict:
+    """One map of another method (--spec method:layer) on the full-size input, after a warm-up."""
+    import nibabel as nib
+
+    from ageatlas.age.model import build_model
+    from ageatlas.age.preprocess import normalise
+    from ageatlas.explain.gradcam import grad_cam
+    from ageatlas.explain.reference_attribution import attribute_against_reference
+
+    method, layer = args.spec.split(":")
+    water = np.asarray(nib.load(args.moving).dataobj, dtype=np.float32)
+    volume = torch.from_numpy(normalise(water, "zero"))[None, None].to(device)
+    model = build_model().to(device).eval()
+    if method == "integrated_gradients":
+        reference = torch.zeros_like(volume)  # the mean training volume's stand-in: same cost
+
+        def run():
+            attribute_against_reference(
+                model, volume, reference, method, steps=args.ig_steps, batch=1
+            )
+    else:
+
+        def run():
+            grad_cam(model, volume, getattr(model.backbone, layer), method=method)
+
+    run()  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    run()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    result = {"seconds": seconds, "shape": list(water.shape)}
+    if method == "integrated_gradients":
+        result["seconds_per_step"] = seconds / args.ig_steps
+        result["seconds_32_steps"] = 32 * seconds / args.ig_steps
+    return result
 
 
 def measure_registration(args, device) -> dict:
@@ -262,6 +317,11 @@ def print_table(device: str, results: dict, args) -> None:
         f"{'Grad-CAM (layer3), one participant':<52} {gradcam['seconds']:>9.2f} s "
         f"{gradcam['peak_mib']:>8.0f} MiB"
     )
+    for spec in args.methods:
+        timing = results[spec]
+        seconds = timing.get("seconds_32_steps", timing["seconds"])
+        label = f"{spec}, one participant" + (" (32 steps)" if "seconds_32_steps" in timing else "")
+        print(f"{label:<52} {seconds:>9.2f} s {timing['peak_mib']:>8.0f} MiB")
     registration = results["registration"]
     if device == "cuda":
         total = gradcam["seconds"] + registration["seconds"] + registration["warp_seconds"]
