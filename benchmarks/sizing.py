@@ -190,7 +190,9 @@ def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[
     settings = reg.settings_from_config(config["registration"])
     image = reg.to_image(water, settings.clip, "cpu")
     svffd = spatial.StationaryVelocityFreeFormDeformation(
-        image.grid(), stride=settings.stride, steps=settings.scaling_squaring_steps
+        image.grid(),
+        stride=settings.stride_for(tuple(float(v) for v in image.grid().spacing())),
+        steps=settings.scaling_squaring_steps,
     )
     svffd.data_(0.01 * torch.randn_like(svffd.data()))
     affine_only = reg.Registration(
