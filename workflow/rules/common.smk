@@ -228,6 +228,16 @@ def explain_targets(wc):
 # ---- the 2.5D baseline (workflow/rules/baseline.smk) ----
 
 
+REFERENCE_VOLUME = f"{EXPLAIN}/reference_volume.npy"
+
+
+def gradcam_reference(wildcards):
+    """The mean training volume, for the methods that attribute against a reference."""
+    if config["gradcam"]["method"] in ("integrated_gradients", "occlusion"):
+        return REFERENCE_VOLUME
+    return []
+
+
 def projection_paths(*splits):
     return expand(f"{BASELINE}/projections/{{eid}}.npy", eid=cohort_members(*splits))
 

@@ -2,18 +2,11 @@
 # in its own (stitched) space.
 
 
-def gradcam_reference(wildcards):
-    """The mean training volume, for the methods that attribute against a reference."""
-    if config["gradcam"]["method"] in ("integrated_gradients", "occlusion"):
-        return rules.reference_volume.output[0]
-    return []
-
-
 rule reference_volume:
     input:
         lambda wc: cache_paths("train"),
     output:
-        f"{EXPLAIN}/reference_volume.npy",
+        REFERENCE_VOLUME,
     log:
         f"{LOGS}/reference_volume.log",
     conda:
