@@ -270,13 +270,14 @@ def test_whole_pipeline_trains_predicts_and_writes_table1(pipeline_run):
     assert (results / "age" / "figures" / "predicted_vs_age_by_group.png").stat().st_size > 5000
     log = (tmp_path / "logs" / "train_age_model.log").read_text()
     assert "CPU" in log  # no GPU here: the log says so
-    # One Grad-CAM map per test participant, on its stitched grid with its affine.
+    # One attribution map per test participant, on its stitched grid with its affine: the
+    # default HiResCAM, signed and unscaled (years of predicted age), finite and not empty.
     for eid in cohort.loc[cohort["split"] == "test", "eid"]:
         cam = nib.load(results / "explain" / "gradcam" / f"{eid}.nii.gz")
         water = nib.load(results / "ingest" / str(eid) / f"{eid}_W.nii.gz")
         assert cam.shape == water.shape and np.allclose(cam.affine, water.affine)
         values = cam.get_fdata()
-        assert 0.0 <= values.min() and values.max() <= 1.0
+        assert np.isfinite(values).all() and np.abs(values).max() > 0
 
     check_explain_outputs(results, cohort)
 
@@ -313,6 +314,21 @@ def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
             )
         summary = json.loads((results / "explain" / group / "maps" / "all.json").read_text())
         assert summary["n"] == len(ok) and sorted(summary["eids"]) == sorted(ok["eid"])
+        maps = results / "explain" / group / "maps"
+        count = nib.load(maps / "all_count.nii.gz").get_fdata()
+        assert count.max() <= summary["n"]  # per-voxel coverage, at most everyone used
+        if summary["n"]:
+            mean = nib.load(maps / "all_mean.nii.gz").get_fdata()
+            parts = [
+                nib.load(maps / f"all_{p}.nii.gz").get_fdata() for p in ("positive", "negative")
+            ]
+            covered = count > 0
+            assert np.all(np.isnan(mean[~covered])) and np.all(mean[covered] >= 0)
+            assert np.all(parts[0][covered] >= 0) and np.all(parts[1][covered] <= 0)
+        band = json.loads(
+            (results / "explain" / group / "stats" / "age_band_lt60_vs_ge70.json").read_text()
+        )
+        assert band["group"] == group
         for name in (
             "importance_by_age_band",
             "importance_by_ageing_class",
