@@ -93,8 +93,15 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=4)
     parser.add_argument("--steps", type=int, default=32, help="integrated gradients' steps")
     parser.add_argument("--checkpoint", type=Path, help="another model (default: the run's own)")
+    parser.add_argument(
+        "--methods", nargs="*", help="a subset of the methods, as method:layer:placement"
+    )
     parser.add_argument("--save", type=Path)
     args = parser.parse_args()
+    methods = [tuple(m.split(":")) for m in args.methods] if args.methods else METHODS
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; known: {METHODS}")
     config = yaml.safe_load(args.config.read_text())
     factor = int(config.get("preprocess", {}).get("downsample", 1))
     results = args.results
@@ -111,11 +118,11 @@ def main() -> None:
     reference = torch.from_numpy(reference)[None, None]
     test = cohort[cohort["split"] == "test"].sort_values(["group", "eid"])
 
-    rows, seconds, rho = [], {m: [] for m in METHODS}, {m: [] for m in METHODS}
+    rows, seconds, rho = [], {m: [] for m in methods}, {m: [] for m in methods}
     for group, members in test.groupby("group"):
         atlas = nib.load(results / paths.ATLAS / f"{group}.nii.gz")
         per_method = {
-            m: {"native": [], "ceiling": [], "empty": 0, "warped": [], "best": []} for m in METHODS
+            m: {"native": [], "ceiling": [], "empty": 0, "warped": [], "best": []} for m in methods
         }
         warped_labels = []
         for eid in members["eid"]:
@@ -134,11 +141,11 @@ def main() -> None:
             cached = load_npy(str(cache).format(eid=eid))
             volume = torch.from_numpy(model_input(cached, eid, seed))[None, None]
             occlusion = None
-            if len(rho[METHODS[0]]) < args.occlusion:
+            if len(rho[methods[0]]) < args.occlusion:
                 occlusion = attribute_against_reference(
                     model, volume, reference, "occlusion", block=args.block, batch=16
                 )[0].numpy()
-            for m in METHODS:
+            for m in methods:
                 start = time.perf_counter()
                 on_input = method_map(model, volume, reference, *m, args.steps).numpy()
                 seconds[m].append(time.perf_counter() - start)
@@ -192,8 +199,8 @@ def main() -> None:
         )
         .reset_index()
     )
-    summary["seconds"] = [np.mean(seconds[m]) for m in METHODS]
-    summary["occlusion_rho"] = [np.mean(rho[m]) if rho[m] else np.nan for m in METHODS]
+    summary["seconds"] = [np.mean(seconds[m]) for m in methods]
+    summary["occlusion_rho"] = [np.mean(rho[m]) if rho[m] else np.nan for m in methods]
     pd.set_option("display.width", 200)
     print(table.to_string(index=False, float_format="%.2f"))
     print(summary.to_markdown(index=False, floatfmt=".2f"))
