@@ -27,7 +27,7 @@ def panels(paths, output, what):
         labels,
         output,
         threshold=threshold,
-        title=f"{group}: mean Grad-CAM importance by {what}",
+        title=f"{group}: mean importance by {what}",
     )
 
 

@@ -15,5 +15,5 @@ importance_panels(
     [f"{p.split('/')[-3]} (n={n})" for p, n in zip(snakemake.input.maps, counts)],
     snakemake.output[0],
     threshold=snakemake.params.threshold,
-    title="Population-wide Grad-CAM importance per sex x BMI group",
+    title="Population-wide importance |map| per sex x BMI group",
 )
