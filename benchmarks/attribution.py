@@ -39,7 +39,7 @@ from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.core import paths
 from ageatlas.core.files import load_npy
 from ageatlas.explain.gradcam import grad_cam, map_grid, to_stitched_grid
-from ageatlas.explain.reference_attribution import attribute_against_reference, mean_volume
+from ageatlas.explain.reference_attribution import attribute_against_reference, reference_volume
 from ageatlas.explain.register import RegistrationFailed, load_outcome
 from ageatlas.explain.truth import (
     enrichment,
@@ -111,9 +111,8 @@ def main() -> None:
     model, meta = load_trained(checkpoint, "cpu")
     seed = int(meta["config"].get("seed", 0))
     cache = results / paths.CACHE
-    reference = mean_volume(
-        np.nan_to_num(load_npy(str(cache).format(eid=e)), nan=0.0)
-        for e in cohort.loc[cohort["split"] == "train", "eid"]
+    reference = reference_volume(
+        str(cache).format(eid=e) for e in cohort.loc[cohort["split"] == "train", "eid"]
     )
     reference = torch.from_numpy(reference)[None, None]
     test = cohort[cohort["split"] == "test"].sort_values(["group", "eid"])

@@ -96,3 +96,11 @@ def test_participant_map_needs_and_uses_the_reference(tmp_path):
     saved = nib.load(tmp_path / "m.nii.gz").get_fdata()
     assert saved.shape == SHAPE and (saved < 0).any() and (saved > 0).any()  # signed, in years
     assert float(saved.sum()) == pytest.approx(info["attribution_sum"], abs=1e-3)
+
+
+def test_reference_volume_counts_the_drawn_background_as_zero(tmp_path):
+    from ageatlas.explain.reference_attribution import reference_volume
+
+    np.save(tmp_path / "a.npy", np.array([[np.nan, 2.0]], dtype=np.float16))
+    np.save(tmp_path / "b.npy", np.array([[4.0, 4.0]], dtype=np.float16))
+    assert np.allclose(reference_volume([tmp_path / "a.npy", tmp_path / "b.npy"]), [[2.0, 3.0]])

@@ -132,8 +132,8 @@ def _propagate(root: nn.Module, ndim: int, stop: nn.Module | None) -> CellGeomet
     (or at the graph's output when `stop` is None)."""
     graph = _Tracer(stop).trace(root)
     geometry: dict[fx.Node, CellGeometry] = {}
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    geometry[placeholders[0]] = CellGeometry.identity(ndim)
+    first_input = next(n for n in graph.nodes if n.op == "placeholder")  # fx's name for inputs
+    geometry[first_input] = CellGeometry.identity(ndim)
     for node in graph.nodes:
         inputs = {geometry[n] for n in node.all_input_nodes if n in geometry}
         if node.op == "output":

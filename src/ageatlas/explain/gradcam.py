@@ -35,6 +35,7 @@ registration step can warp it like the water image.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -292,13 +293,15 @@ def cam_for_participant(
     }
 
 
+@functools.lru_cache(maxsize=32)
 def map_grid(
     method: str, layer_name: str, placement: str, input_shape
 ) -> tuple[CellGeometry, tuple[int, ...]]:
     """Where a method's map values sit in the model input: (cell geometry, cells shape).
 
     Layer methods read the age model's layer (architecture only; no weights
-    needed); input-level methods have one value per input voxel.
+    needed); input-level methods have one value per input voxel. Cached: it
+    builds and runs a model, and every participant of a run shares the answer.
     """
     from ageatlas.age.model import AgeRegressor
 

@@ -75,6 +75,14 @@ def attribute_against_reference(
     return attribution.detach().sum(dim=1)[0].float().cpu(), predicted, predicted - at_reference
 
 
+def reference_volume(cache_paths) -> np.ndarray:
+    """The mean training input from cached volumes: their NaN background counts as 0, the mean of
+    the N(0, 1) noise drawn there at every read (ageatlas.age.preprocess.model_input)."""
+    from ageatlas.core.files import load_npy
+
+    return mean_volume(np.nan_to_num(load_npy(p), nan=0.0) for p in cache_paths)
+
+
 def mean_volume(volumes) -> np.ndarray:
     """Voxel-wise mean of equally shaped volumes (streamed; float32), e.g. the training inputs."""
     total, n, shape = None, 0, None

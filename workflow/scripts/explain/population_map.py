@@ -23,10 +23,9 @@ else:
     # An empty subset still gets its files (targets must exist): NaN, n=0 in the record.
     empty = nan_map(nib.load(snakemake.input.warped[0]), f"ageatlas {subset} n=0")
     images, n = dict.fromkeys(names, empty), 0
-# "count" is a reserved name in Snakemake: the rule calls that output "coverage".
-outputs = {**{name: name for name in names}, "count": "coverage"}
 for name, image in images.items():
-    nib.save(image, getattr(snakemake.output, outputs[name]))
+    # "count" is reserved in Snakemake: the rule calls that output "coverage".
+    nib.save(image, getattr(snakemake.output, "coverage" if name == "count" else name))
 record = {
     "group": group,
     "subset": subset,
