@@ -233,9 +233,10 @@ def measure_registration(args, device) -> dict:
     import nibabel as nib
 
     from ageatlas.explain import register as reg
+    from ageatlas.explain import registration_settings
 
     moving, fixed = nib.load(args.moving), nib.load(args.fixed)
-    full = reg.RegistrationSettings()
+    full = registration_settings.RegistrationSettings()
     if device.type == "cuda":
         result = reg.register(moving, fixed, full, device=device)
         start = time.perf_counter()
@@ -255,10 +256,11 @@ def cpu_rates(moving, fixed, full, args, device) -> dict:
     import nibabel as nib
 
     from ageatlas.explain import register as reg
+    from ageatlas.explain import registration_settings
 
     timed = {}
     for affine_iterations, steps in ((0, 1), (args.cpu_affine, 1 + args.cpu_steps)):
-        settings = reg.RegistrationSettings(
+        settings = registration_settings.RegistrationSettings(
             affine_iterations=affine_iterations, max_steps=steps, min_delta=0.0, patience=10**6
         )
         start = time.perf_counter()
@@ -289,10 +291,11 @@ def cpu_rates(moving, fixed, full, args, device) -> dict:
 
 def _per_affine(moving, fixed, args, device) -> float:
     from ageatlas.explain import register as reg
+    from ageatlas.explain import registration_settings
 
     times = []
     for iterations in (1, 1 + args.cpu_affine):
-        settings = reg.RegistrationSettings(affine_iterations=iterations)
+        settings = registration_settings.RegistrationSettings(affine_iterations=iterations)
         moving_img = reg.to_image(moving, settings.clip, device)
         fixed_img = reg.to_image(fixed, settings.clip, device)
         start = time.perf_counter()

@@ -191,11 +191,12 @@ def register_member(item) -> dict:
     import torch
 
     from ageatlas.explain import register as reg
+    from ageatlas.explain import registration_settings
     from ageatlas.explain.atlas import warped_member
 
     torch.set_num_threads(1)
     job, section = item
-    settings = reg.settings_from_config(section)
+    settings = registration_settings.settings_from_config(section)
     cpu = time.process_time()
     registration, record = reg.register_files(
         job["water"],
@@ -222,11 +223,12 @@ def register_one(item) -> dict:
     import torch
 
     from ageatlas.explain import register as reg
+    from ageatlas.explain import registration_settings
     from ageatlas.explain.truth import labels_in_atlas, labels_on
 
     torch.set_num_threads(1)
     job, section = item
-    settings = reg.settings_from_config(section)
+    settings = registration_settings.settings_from_config(section)
     water, atlas = nib.load(job["water"]), nib.load(job["atlas"])
     start, cpu = time.perf_counter(), time.process_time()
     registration = reg.register(water, atlas, settings, fixed_normalised=job["built_atlas"])

@@ -136,6 +136,7 @@ def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[
     from ageatlas.core.files import nifti_image, save_nifti
     from ageatlas.core.paths import stitched_path
     from ageatlas.explain import register as reg
+    from ageatlas.explain import registration_settings
     from ageatlas.explain.atlas import warped_member
     from ageatlas.explain.gradcam import min_max
     from ageatlas.ingest.participant import ingest_participant, settings_from_config
@@ -187,7 +188,7 @@ def write_outputs(tmp: Path, config: dict) -> tuple[dict[str, list[Path]], dict[
     sidecar(gradcam, "gradcam", [cache, stitched])
 
     # Registration to an atlas on the stitched grid (this participant stands in for it).
-    settings = reg.settings_from_config(config["registration"])
+    settings = registration_settings.settings_from_config(config["registration"])
     image = reg.to_image(water, settings.clip, "cpu")
     svffd = spatial.StationaryVelocityFreeFormDeformation(
         image.grid(),

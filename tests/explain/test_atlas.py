@@ -9,7 +9,8 @@ import pytest
 
 from ageatlas.cohort.selection import choose_members, choose_reference
 from ageatlas.explain.atlas import initial_template, update_template, warped_member
-from ageatlas.explain.register import RegistrationSettings, register
+from ageatlas.explain.register import register
+from ageatlas.explain.registration_settings import RegistrationSettings
 
 SHAPE = (24, 24, 32)
 SPACING = (4.0, 4.0, 4.0)

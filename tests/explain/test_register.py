@@ -11,16 +11,18 @@ from deepali import spatial
 from ageatlas.explain.register import (
     Registration,
     RegistrationFailed,
-    RegistrationSettings,
     folding_share,
     grid_from_nifti,
-    lncc_kernel_for,
     load_outcome,
     normalise_for_registration,
     qc_reasons,
     register,
     register_files,
     save_outcome,
+)
+from ageatlas.explain.registration_settings import (
+    RegistrationSettings,
+    lncc_kernel_for,
     settings_from_config,
     stride_for,
 )

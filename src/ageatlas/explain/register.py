@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nib
@@ -31,6 +31,8 @@ from deepali.core import Grid
 from deepali.data import Image
 from deepali.losses import LNCC, MSE, BSplineBending
 
+from ageatlas.explain.registration_settings import MIN_LEVEL_SIZE, RegistrationSettings
+
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Registering an image to itself can lose a little similarity to optimiser
 # noise; only a loss beyond this NCC is "made it worse".
@@ -38,98 +40,6 @@ NCC_TOLERANCE = 0.01
 # deepali 0.6 indexes with lists, which torch deprecates; it says so at every
 # B-spline evaluation, drowning the job logs.
 warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
-
-
-# The authors' choices at UK Biobank's full grid (2.232 x 2.232 x 3 mm, fitted at
-# full resolution): B-spline stride (4, 4, 8) voxels and a 7-voxel LNCC window.
-AUTHORS_CONTROL_POINT_SPACING_MM = (8.928, 8.928, 24.0)
-AUTHORS_LNCC_WINDOW_MM = (15.624, 15.624, 21.0)
-# A pyramid level coarser than this along any axis has nothing left to align.
-MIN_LEVEL_SIZE = 4
-
-
-@dataclass(frozen=True)
-class RegistrationSettings:
-    """Registration parameters; the defaults are the authors'.
-
-    Sizes are in millimetres, so that they mean the same on any voxel grid
-    and at any pyramid level: ``control_point_spacing_mm`` is the SVFFD's
-    control-point spacing at ``finest_level`` (each coarser level has twice
-    the spacing of the next finer one: control points are subdivided between
-    levels), ``lncc_window_mm`` the LNCC window at every level. Both are
-    (x, y, z) in the image's voxel axes. ``stride`` and ``lncc_kernel`` are
-    the older settings in voxels (of the finest level, of every level); when
-    given they are used instead of the millimetre ones.
-    """
-
-    affine_iterations: int = 200
-    affine_lr: float = 0.01
-    control_point_spacing_mm: tuple[float, float, float] = AUTHORS_CONTROL_POINT_SPACING_MM
-    lncc_window_mm: tuple[float, float, float] = AUTHORS_LNCC_WINDOW_MM
-    levels: int = 3
-    # Pyramid level the affine fit and the last deformable level run at:
-    # 0 is full resolution, 1 half. Transforms live in cube coordinates, so
-    # they still warp full-resolution images.
-    finest_level: int = 0
-    bending_weight: float = 0.01
-    deformable_lr: float = 1e-3
-    max_steps: int = 1000
-    # Stop a pyramid level once the loss fell by less than min_delta
-    # (relative) over the last `patience` steps: "stops falling".
-    min_delta: float = 1e-4
-    patience: int = 20
-    scaling_squaring_steps: int = 5
-    clip: float = 0.6
-    stride: tuple[int, int, int] | None = None
-    lncc_kernel: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.levels < 1:
-            raise ValueError(f"registration levels must be at least 1, got {self.levels}")
-        if not 0 <= self.finest_level < self.levels:
-            raise ValueError(
-                f"registration finest_level must be in [0, levels - 1] = "
-                f"[0, {self.levels - 1}] (levels {self.levels}), got {self.finest_level}"
-            )
-        for name in ("control_point_spacing_mm", "lncc_window_mm"):
-            value = tuple(float(v) for v in getattr(self, name))
-            if len(value) != 3 or not all(v > 0 for v in value):
-                raise ValueError(f"registration {name} must be 3 positive numbers, got {value}")
-            object.__setattr__(self, name, value)
-        if self.stride is not None:
-            object.__setattr__(self, "stride", tuple(int(v) for v in self.stride))
-            if len(self.stride) != 3 or min(self.stride) < 1:
-                raise ValueError(f"registration stride must be 3 integers >= 1, got {self.stride}")
-        if self.lncc_kernel is not None and self.lncc_kernel < 1:
-            raise ValueError(f"registration lncc_kernel must be >= 1, got {self.lncc_kernel}")
-
-    def stride_for(self, voxel_mm) -> tuple[int, int, int]:
-        """SVFFD stride (voxels) on a grid of ``voxel_mm`` that fits at ``finest_level``."""
-        if self.stride is not None:
-            return self.stride
-        return stride_for(self.control_point_spacing_mm, voxel_mm)
-
-    def lncc_kernel_for(self, voxel_mm, size=None) -> tuple[int, int, int]:
-        """LNCC window (odd voxels, x y z) on a grid of ``voxel_mm`` (and ``size``)."""
-        if self.lncc_kernel is not None:
-            kernel = (self.lncc_kernel,) * 3
-        else:
-            kernel = lncc_kernel_for(self.lncc_window_mm, voxel_mm)
-        if size is not None:  # never wider than the grid
-            kernel = tuple(min(k, n if n % 2 else n - 1) for k, n in zip(kernel, size))
-        return kernel
-
-
-def stride_for(spacing_mm, voxel_mm) -> tuple[int, ...]:
-    """Control-point stride in voxels nearest ``spacing_mm``; at least 1."""
-    return tuple(max(1, int(round(s / v))) for s, v in zip(spacing_mm, voxel_mm))
-
-
-def lncc_kernel_for(window_mm, voxel_mm) -> tuple[int, ...]:
-    """The odd window in voxels nearest ``window_mm`` (ties to the wider); at least 3."""
-    return tuple(
-        max(3, 2 * int(np.floor(w / v / 2 + 1e-6)) + 1) for w, v in zip(window_mm, voxel_mm)
-    )
 
 
 def normalise_for_registration(image: np.ndarray, clip: float = 0.6) -> np.ndarray:
@@ -453,10 +363,7 @@ def _settings_state(settings: RegistrationSettings) -> dict:
 
 def _settings_from_state(state: dict) -> RegistrationSettings:
     """Settings as saved; a transform saved before the millimetre settings keeps its voxel ones."""
-    names = RegistrationSettings.__dataclass_fields__
-    return RegistrationSettings(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in state.items() if k in names}
-    )
+    return RegistrationSettings.from_dict(state)
 
 
 def register(
@@ -502,28 +409,6 @@ def register(
     metrics["seconds"] = time.perf_counter() - start
     result.metrics = metrics
     return result
-
-
-# Config keys in millimetres and the older ones in voxels that they replace.
-_VOXEL_KEYS = {"control_point_spacing_mm": "stride", "lncc_window_mm": "lncc_kernel"}
-
-
-def settings_from_config(section: dict) -> RegistrationSettings:
-    """RegistrationSettings from the config's ``registration`` section (other keys ignored).
-
-    Raises ValueError for a section that gives a size both in millimetres and
-    in voxels, or whose levels and finest_level do not fit together.
-    """
-    for mm, voxels in _VOXEL_KEYS.items():
-        if section.get(mm) is not None and section.get(voxels) is not None:
-            raise ValueError(
-                f"registration: give {mm} (millimetres) or {voxels} (voxels, older), not both"
-            )
-    names = RegistrationSettings.__dataclass_fields__
-    values = {k: v for k, v in section.items() if k in names and v is not None}
-    return RegistrationSettings(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    )
 
 
 def qc_reasons(metrics: dict, max_folding_share: float) -> list[str]:

@@ -9,6 +9,7 @@ from ageatlas.core import logs, provenance
 from ageatlas.core.device import pick_device
 from ageatlas.core.paths import stitched_path
 from ageatlas.explain import register as reg
+from ageatlas.explain import registration_settings
 from ageatlas.explain.atlas import warped_member
 from ageatlas.explain.maps import nan_map
 
@@ -16,7 +17,7 @@ logs.to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 log = logging.getLogger("atlas_register")
 section = snakemake.params.registration
-settings = reg.settings_from_config(section)
+settings = registration_settings.settings_from_config(section)
 water = stitched_path(snakemake.input.stitched, snakemake.wildcards.eid, "W")
 registration, record = reg.register_files(
     water,

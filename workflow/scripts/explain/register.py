@@ -9,6 +9,7 @@ from ageatlas.core import logs
 from ageatlas.core.device import pick_device
 from ageatlas.core.paths import stitched_path
 from ageatlas.explain import register as reg
+from ageatlas.explain import registration_settings
 
 logs.to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -21,7 +22,7 @@ section = snakemake.params.registration
 registration, record = reg.register_files(
     stitched_path(snakemake.input.stitched, eid, "W"),
     snakemake.input.atlas,
-    reg.settings_from_config(section),
+    registration_settings.settings_from_config(section),
     max_folding_share=section["max_folding_share"],
     fixed_normalised=snakemake.params.built_atlas,
     device=pick_device(None, "registration"),
