@@ -30,10 +30,34 @@ include: "workflow/rules/explain_register.smk"
 include: "workflow/rules/explain_maps.smk"
 
 
+# Small cohort-level rules run in the main Snakemake process, not as cluster
+# jobs: each takes seconds to a minute and little memory, far less than a
+# SLURM job's queueing and start-up (docs/design.md, "Batches").
+localrules:
+    all,
+    phenotype_qc,
+    qc_table,
+    cohort_table,
+    participant_failures,
+    correct_bias,
+    correct_bias_baseline,
+    table1,
+    age_figures,
+    ageing_classes,
+    registration_qc,
+    atlas_init,
+    atlas,
+    group_figures,
+    importance_figure,
+    examples_figure,
+    truth_summary,
+
+
 rule all:
     default_target: True
     input:
         qc_table=PARTICIPANT_QC,
+        failures=PARTICIPANT_FAILURES,
         table1=f"{AGE}/table1.md",
         figures=f"{AGE}/figures/predicted_vs_age_by_group.png",
         baseline_figure=f"{BASELINE}/figures/gradcam_projections.png",

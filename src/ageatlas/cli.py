@@ -1,6 +1,7 @@
 """Command line.
 
-`ageatlas where` says where a run's results are and how QC went;
+`ageatlas where` says where a run's results are and how QC went (with
+``--eid``: which batch jobs handled that participant, and how);
 `ageatlas install-profile` installs the SLURM profile (profiles/slurm) with
 your partition and account, so that `snakemake --profile slurm` finds it.
 """
@@ -75,6 +76,22 @@ def where(configfile: str) -> str:
         lines.append(f"  SYNTHETIC cohort (zips, phenotypes, truth)  {synthetic}/")
     logs = Path(config.get("logs_dir", "logs"))
     lines.append(f"  logs          {logs.resolve()}/")
+    return "\n".join(lines)
+
+
+def participant_batches(configfile: str, eid: str) -> str:
+    """The batch manifests that list ``eid``, with its status in each: the files to give
+    ``--forcerun`` to redo that participant (README, "Partial reruns")."""
+    from ageatlas.core.batch_run import read_manifests
+
+    config = yaml.safe_load(Path(configfile).read_text())
+    results = Path(config["results_dir"])
+    manifests = sorted(results.glob("**/batches/*/*.tsv"))
+    rows = [r for r in read_manifests(manifests) if r["eid"] == str(eid)]
+    if not rows:
+        return f"participant {eid}: in none of the {len(manifests)} batch manifests under {results}"
+    lines = [f"participant {eid}:"]
+    lines += [f"  {r['manifest']}  {r['status']}  {r['error']}".rstrip() for r in rows]
     return "\n".join(lines)
 
 
@@ -160,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_where = sub.add_parser("where", help="where a run's results are")
     p_where.add_argument("--configfile", default="config/demo.yaml")
+    p_where.add_argument("--eid", help="list the batch jobs that handled this participant")
     p_install = sub.add_parser(
         "install-profile",
         help=(
@@ -182,7 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     p_install.add_argument("--force", action="store_true", help="overwrite an existing profile")
     args = parser.parse_args(argv)
     if args.command == "where":
-        print(where(args.configfile))
+        print(
+            participant_batches(args.configfile, args.eid) if args.eid else where(args.configfile)
+        )
     elif args.command == "install-profile":
         try:
             target = install_profile(

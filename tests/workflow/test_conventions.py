@@ -27,6 +27,20 @@ def test_snakemake_lint_is_clean():
     assert result.returncode == 0 and "Congratulations" in output, output[-4000:]
 
 
+def test_the_workflow_has_one_checkpoint():
+    """Chained checkpoints: when the first reruns and leaves the second up to date,
+    Snakemake 9.27.1 runs a job that depends on the second with unresolved (<TBD>) inputs
+    (reproduced with checkpoint a -> checkpoint b -> rule c whose input function calls
+    checkpoints.b.get()). One checkpoint avoids it."""
+    checkpoints = [
+        (path.name, line.split()[1].rstrip(":"))
+        for path in RULE_FILES
+        for line in path.read_text().splitlines()
+        if line.startswith("checkpoint ")
+    ]
+    assert checkpoints == [("cohort.smk", "cohort_table")], checkpoints
+
+
 def test_python_is_ruff_formatted_and_clean():
     """ruff format and ruff check (pyproject.toml [tool.ruff]) over the whole tree."""
     for args in (["format", "--check", "."], ["check", "."]):

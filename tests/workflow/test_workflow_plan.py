@@ -19,11 +19,13 @@ import pytest
 import yaml
 
 from ageatlas.cohort import table as cohort_lib
+from ageatlas.core import batches
 from ageatlas.synthetic.participants import make_cohort
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 SPLIT = {"train": 0.5, "val": 0.25, "test": 0.25}
+BATCH_SIZE = 8  # participants per batch job: several batches even in these small cohorts
 
 pytestmark = pytest.mark.workflow
 
@@ -56,6 +58,7 @@ def write_config(workdir: Path, n_participants: int) -> dict:
         "synthetic": {"n_participants": n_participants, "scale": 0.2},
         "split": {"sizes": SPLIT},
         "atlas": {"n_members": 2, "iterations": 1},
+        "batch": {"size": BATCH_SIZE, "threads": 1},
     }
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return config
@@ -126,10 +129,6 @@ def finished(tmp_path_factory):
     return workdir, config, table
 
 
-def group_of(table: pd.DataFrame) -> dict[str, str]:
-    return dict(zip(table["eid"].astype(str), table["group"]))
-
-
 def test_dag_rulegraph_and_summary_work_before_anything_ran(tmp_path):
     write_config(tmp_path, 12)
     for flag in ("--dag", "--rulegraph"):
@@ -141,7 +140,11 @@ def test_dag_rulegraph_and_summary_work_before_anything_ran(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[0].split("\t")[:3] == ["output_file", "date", "rule"]
     plan = planned_jobs(snakemake(tmp_path, "-n"))
-    assert sum(rule == "stitch" for rule, _ in plan) == 12
+    # 12 participants in batches of about 8: two stitch jobs, dealt by eid.
+    eids = [str(p.eid) for p in make_cohort(12, seed=3)]
+    expected = batches.plan(eids, batches.batch_count(12, BATCH_SIZE))
+    assert sorted(w["batch"] for rule, w in plan if rule == "stitch") == sorted(expected)
+    assert len(expected) == 2
     assert not (tmp_path / "results").exists()  # nothing was computed
 
 
@@ -165,17 +168,21 @@ def test_rerunning_one_group_schedules_only_that_groups_jobs(finished):
     test_eids = set(
         table.loc[(table["split"] == "test") & (table["group"] == group), "eid"].astype(str)
     )
-    groups = group_of(table)
     for rule, wildcards in jobs:
         assert wildcards.get("group", group) == group, (rule, wildcards)
-        if "eid" in wildcards:
-            assert groups[wildcards["eid"]] == group, (rule, wildcards)
     by_rule = {}
     for rule, wildcards in jobs:
         by_rule.setdefault(rule, []).append(wildcards)
-    assert {w["eid"] for w in by_rule["gradcam"]} == test_eids
-    assert {w["eid"] for w in by_rule["register"]} == test_eids
-    assert {w["eid"] for w in by_rule["warp_gradcam"]} == test_eids
+    # Grad-CAM batches are the cohort's (eid mod the cohort's count): only those holding this
+    # group's test participants. Registration and warp batches are the group's own.
+    count = batches.batch_count(len(table), BATCH_SIZE)
+    assert count > 1
+    assert {w["batch"] for w in by_rule["gradcam"]} == {
+        batches.batch_name(eid, count) for eid in test_eids
+    }
+    own = batches.plan(sorted(test_eids), batches.batch_count(len(test_eids), BATCH_SIZE))
+    assert sorted(w["batch"] for w in by_rule["register"]) == sorted(own)
+    assert sorted(w["batch"] for w in by_rule["warp_gradcam"]) == sorted(own)
     assert sorted(w["subset"] for w in by_rule["population_map"]) == sorted(
         [
             "all",
@@ -210,20 +217,25 @@ def test_forcerun_of_one_groups_registration_leaves_other_groups_untouched(finis
     test_eids = sorted(
         table.loc[(table["split"] == "test") & (table["group"] == group), "eid"].astype(str)
     )
-    transforms = [
-        f"{config['results_dir']}/explain/{group}/registration/{eid}.pt" for eid in test_eids
+    own = batches.plan(test_eids, batches.batch_count(len(test_eids), BATCH_SIZE))
+    manifests = [
+        f"{config['results_dir']}/explain/{group}/batches/register/{name}.tsv" for name in own
     ]
-    jobs = planned_jobs(snakemake(workdir, "all", "-n", "--forcerun", *transforms))
-    groups = group_of(table)
+    jobs = planned_jobs(snakemake(workdir, "all", "-n", "--forcerun", *manifests))
     for rule, wildcards in jobs:
         assert wildcards.get("group", group) == group, (rule, wildcards)
-        if "eid" in wildcards:
-            assert groups[wildcards["eid"]] == group, (rule, wildcards)
     rules = [rule for rule, _ in jobs]
-    assert sorted(w["eid"] for r, w in jobs if r == "register") == test_eids
+    assert sorted(w["batch"] for r, w in jobs if r == "register") == sorted(own)
     assert rules.count("population_map") == 7 and rules.count("group_figures") == 1
     # Besides the group's own jobs, only the tables and figures that gather all groups rerun.
-    gathering = {"registration_qc", "importance_figure", "examples_figure", "truth_summary", "all"}
+    gathering = {
+        "registration_qc",
+        "importance_figure",
+        "examples_figure",
+        "truth_summary",
+        "participant_failures",
+        "all",
+    }
     assert {r for r, w in jobs if "group" not in w} <= gathering
     assert "gradcam" not in rules and "atlas_register" not in rules
 

@@ -4,22 +4,29 @@
 
 rule preprocess:
     input:
-        STITCHED,
+        cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
+        stitch=lambda wc: manifests_for(
+            STITCH_MANIFEST, plan_members(PARTICIPANT_SPLITS)(wc), BATCH_COUNT
+        ),
     output:
-        CACHE,
+        PREPROCESS_MANIFEST,
     log:
-        f"{LOGS}/preprocess/{{eid}}.log",
+        f"{LOGS}/preprocess/batch_{{batch}}.log",
     benchmark:
-        f"{BENCHMARKS}/preprocess/{{eid}}.tsv"
+        f"{BENCHMARKS}/preprocess/batch_{{batch}}.tsv"
     conda:
         "../../envs/ageatlas.yaml"
-    threads: 1
+    threads: BATCH["threads"]
     resources:
-        mem_mb=memory(2000),
-        runtime=grows(10),
+        **batch_resources("preprocess", 2000),
     params:
         # no seed: the cache leaves the background noise to the reads (ageatlas.age.preprocess)
         preprocess=config["preprocess"],
+        eids=plan_members(PARTICIPANT_SPLITS),
+        stitched=literal(STITCHED),
+        cache=literal(CACHE),
+        records=batch_records(f"{RESULTS}/{paths.AGE}", "preprocess"),
+        logs=f"{LOGS}/preprocess",
     script:
         "../scripts/age/preprocess.py"
 
@@ -27,8 +34,7 @@ rule preprocess:
 rule train_age_model:
     input:
         cohort=COHORT_TABLE,
-        train=lambda wc: cache_paths("train"),
-        val=lambda wc: cache_paths("val"),
+        caches=lambda wc: stage_manifests(PREPROCESS_MANIFEST, PARTICIPANT_SPLITS),
     output:
         checkpoint=f"{AGE_MODEL}/checkpoint.pt",
         metrics=report(
@@ -51,6 +57,8 @@ rule train_age_model:
         train=config["train"],
         model=config["model"],
         seed=config["seed"],
+        train_caches=lambda wc: cache_paths("train"),
+        val_caches=lambda wc: cache_paths("val"),
     script:
         "../scripts/age/train_age_model.py"
 
@@ -59,7 +67,7 @@ rule predict_age:
     input:
         checkpoint=rules.train_age_model.output.checkpoint,
         cohort=COHORT_TABLE,
-        caches=lambda wc: cache_paths("val", "test"),
+        caches=lambda wc: stage_manifests(PREPROCESS_MANIFEST, PARTICIPANT_SPLITS),
     output:
         predictions=f"{AGE}/predictions.tsv",
         timing=f"{AGE}/inference_timing.json",
@@ -76,6 +84,7 @@ rule predict_age:
         runtime=grows(120),
     params:
         batch_size=config["predict"]["batch_size"],
+        caches=lambda wc: cache_paths("val", "test"),
     script:
         "../scripts/age/predict_age.py"
 

@@ -6,22 +6,28 @@
 
 rule projection:
     input:
-        STITCHED,
+        cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
+        stitch=lambda wc: manifests_for(
+            STITCH_MANIFEST, plan_members(PROJECTION_SPLITS)(wc), BATCH_COUNT
+        ),
     output:
-        projection=f"{BASELINE}/projections/{{eid}}.npy",
-        preview=f"{BASELINE}/projections/{{eid}}.png",
+        PROJECTION_MANIFEST,
     log:
-        f"{LOGS}/projection/{{eid}}.log",
+        f"{LOGS}/projection/batch_{{batch}}.log",
     benchmark:
-        f"{BENCHMARKS}/projection/{{eid}}.tsv"
+        f"{BENCHMARKS}/projection/batch_{{batch}}.tsv"
     conda:
         "../../envs/ageatlas.yaml"
-    threads: 1
+    threads: BATCH["threads"]
     resources:
-        mem_mb=memory(2000),
-        runtime=grows(10),
+        **batch_resources("projection", 2000),
     params:
         projection=config["projection"],
+        eids=plan_members(PROJECTION_SPLITS),
+        stitched=literal(STITCHED),
+        out=literal(PROJECTION),
+        records=batch_records(BASELINE, "projection"),
+        logs=f"{LOGS}/projection",
     script:
         "../scripts/baseline/projection.py"
 
@@ -29,8 +35,7 @@ rule projection:
 use rule train_age_model as train_baseline with:
     input:
         cohort=COHORT_TABLE,
-        train=lambda wc: projection_paths(*config["baseline"]["train_splits"]),
-        val=lambda wc: projection_paths("val"),
+        caches=lambda wc: stage_manifests(PROJECTION_MANIFEST, PROJECTION_SPLITS),
     output:
         checkpoint=f"{BASELINE}/model/checkpoint.pt",
         metrics=report(
@@ -51,13 +56,15 @@ use rule train_age_model as train_baseline with:
         train=config["baseline"],
         model={},  # the baseline section holds the model's settings too
         family="2.5d",
+        train_caches=lambda wc: projection_paths(*config["baseline"]["train_splits"]),
+        val_caches=lambda wc: projection_paths("val"),
 
 
 use rule predict_age as predict_baseline with:
     input:
         checkpoint=rules.train_baseline.output.checkpoint,
         cohort=COHORT_TABLE,
-        caches=lambda wc: projection_paths("val", "test"),
+        caches=lambda wc: stage_manifests(PROJECTION_MANIFEST, PROJECTION_SPLITS),
     output:
         predictions=f"{BASELINE}/predictions.tsv",
         timing=f"{BASELINE}/inference_timing.json",
@@ -72,6 +79,7 @@ use rule predict_age as predict_baseline with:
     params:
         batch_size=config["baseline"]["batch_size"],
         family="2.5d",
+        caches=lambda wc: projection_paths("val", "test"),
 
 
 use rule correct_bias as correct_bias_baseline with:
@@ -93,9 +101,7 @@ rule baseline_gradcam_figure:
     input:
         checkpoint=rules.train_baseline.output.checkpoint,
         cohort=COHORT_TABLE,
-        projections=lambda wc: expand(
-            f"{BASELINE}/projections/{{eid}}.npy", eid=figure9_participants()
-        ),
+        projections=lambda wc: stage_manifests(PROJECTION_MANIFEST, PROJECTION_SPLITS),
     output:
         figure=report(
             f"{BASELINE}/figures/gradcam_projections.png",
@@ -112,5 +118,7 @@ rule baseline_gradcam_figure:
         gpu=min(1, config["baseline"]["gpus"]),
         mem_mb=memory(4000),
         runtime=grows(30),
+    params:
+        projections=lambda wc: expand(PROJECTION, eid=figure9_participants()),
     script:
         "../scripts/baseline/baseline_gradcam_figure.py"

@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 from ageatlas.cohort import phenotypes as phenotypes_lib
 from ageatlas.cohort import selection
 from ageatlas.cohort import table as cohort_lib
-from ageatlas.core import paths
+from ageatlas.core import batches, paths
 from ageatlas.core.field20201 import zip_name
 from ageatlas.core.jobenv import export_source_path
 from ageatlas.core.vocabulary import SUBSETS, group_names
@@ -41,6 +41,7 @@ EXPLAIN = f"{RESULTS}/{paths.EXPLAIN}"
 GRADCAM = f"{RESULTS}/{paths.GRADCAM}"
 ATLAS_DIR = f"{RESULTS}/{paths.ATLAS}"
 REGISTRATION_QC = f"{RESULTS}/{paths.REGISTRATION_QC}"
+PARTICIPANT_FAILURES = f"{RESULTS}/{paths.PARTICIPANT_FAILURES}"
 
 
 def grows(base):
@@ -88,6 +89,7 @@ REG_GPUS = config["registration"]["gpus"]
 
 wildcard_constraints:
     eid=r"\d+",
+    batch=batches.NAME_PATTERN,
     group="|".join(GROUPS),
     subset="|".join(SUBSETS),
     iteration=r"\d+",
@@ -97,8 +99,81 @@ def participant_zip(eid):
     return f"{ZIP_DIR}/{zip_name(eid, INSTANCE)}"
 
 
-def stitched_dirs():
-    return expand(STITCHED, eid=EIDS)
+def stitched_dirs(eids=None):
+    return expand(STITCHED, eid=EIDS if eids is None else eids)
+
+
+# ---- batches: per-participant work, one job per batch of participants ------
+# (ageatlas.core.batches; docs/design.md, "Batches"). A participant's batch is
+# its eid mod BATCH_COUNT, the same in every per-participant rule, so the
+# batch that stitched it also preprocesses it; registration counts per group.
+
+BATCH = config["batch"]
+BATCH_COUNT = batches.batch_count(len(EIDS), BATCH["size"])
+STITCH_BATCHES = batches.plan(EIDS, BATCH_COUNT)
+
+# Per-participant minutes at full UK Biobank size, about 5x the measured cost
+# (docs/measurements.md, "Stages, model and maps"); a batch asks for its share
+# plus start-up, and more on each retry.
+MINUTES_PER_PARTICIPANT = {
+    "stitch": 0.25,
+    "preprocess": 0.1,
+    "projection": 0.1,
+    "gradcam": 0.5 if config["train"]["gpus"] else 3,  # CPU: 89 s at full size
+    "register": 5 if REG_GPUS else 15,
+    "warp_gradcam": 0.2,
+    "atlas_register": 5 if REG_GPUS else 15,
+}
+
+
+def manifest(stage_dir, rule):
+    """A batch's manifest: one row per participant (status, seconds, error)."""
+    return f"{stage_dir}/batches/{rule}/{{batch}}.tsv"
+
+
+def batch_records(stage_dir, rule):
+    """Where a batch rule keeps each participant's record (ageatlas.core.batch_run)."""
+    return f"{stage_dir}/batches/{rule}/done"
+
+
+STITCH_MANIFEST = manifest(f"{RESULTS}/{paths.INGEST}", "stitch")
+PREPROCESS_MANIFEST = manifest(f"{RESULTS}/{paths.AGE}", "preprocess")
+PROJECTION_MANIFEST = manifest(BASELINE, "projection")
+GRADCAM_MANIFEST = manifest(EXPLAIN, "gradcam")
+REGISTER_MANIFEST = manifest(f"{EXPLAIN}/{{group}}", "register")
+WARP_MANIFEST = manifest(f"{EXPLAIN}/{{group}}", "warp_gradcam")
+
+
+def literal(template):
+    """A params path template with {eid} in it (params strings are expanded with wildcards)."""
+    return lambda wildcards: template
+
+
+# A batch holds about batch.size participants (eid mod a power of two: rarely
+# more than a quarter above it): requests are sized for that, known before any
+# checkpoint, the same for every batch of a rule.
+BATCH_MEMBERS = max(1, int(BATCH["size"] * 1.25))
+
+
+def batch_resources(rule, mem_per_process, pooled=True, members=BATCH_MEMBERS):
+    """runtime and mem_mb of a batch job of about ``members`` participants, growing with
+    each retry.
+
+    pooled: batch.threads processes, each with its participant in memory;
+    otherwise one process does them in turn (a model or atlas on a GPU).
+    """
+    processes = min(BATCH["threads"], members) if pooled else 1
+    rounds = -(-members // processes)
+    minutes = 10 + rounds * MINUTES_PER_PARTICIPANT[rule]
+    mem = max(100, int(mem_per_process * config["resources"]["mem_scale"] * processes))
+    return {
+        "runtime": lambda wildcards, attempt: int(minutes * attempt + 0.5),
+        "mem_mb": lambda wildcards, attempt: mem * attempt,
+    }
+
+
+def stitch_members(wildcards):
+    return STITCH_BATCHES[wildcards.batch]
 
 
 # ---- after the cohort checkpoint: who is in which split and group ----------
@@ -123,6 +198,58 @@ def cohort_members(*splits):
 
 def cache_paths(*splits):
     return expand(CACHE, eid=cohort_members(*splits))
+
+
+@lru_cache(maxsize=64)
+def _cohort_plan(path, mtime, splits, group, own_count):
+    table = cohort_lib.read_participant_tsv(path)
+    rows = table[table["split"].isin(splits)]
+    if group is not None:
+        rows = rows[rows["group"] == group]
+    eids = rows["eid"].tolist()
+    count = batches.batch_count(len(eids), BATCH["size"]) if own_count else BATCH_COUNT
+    return count, batches.plan(eids, count)
+
+
+def cohort_plan(splits, group=None):
+    """(count, batch -> eids) for cohort members of ``splits`` (and ``group``).
+
+    The whole cohort shares BATCH_COUNT; a group's registration batches count
+    its own test members.
+    """
+    path = checkpoints.cohort_table.get().output.table
+    return _cohort_plan(
+        path, os.path.getmtime(path), tuple(splits), group, group is not None
+    )
+
+
+def manifests_for(template, eids, count, **wildcards):
+    """The manifests of the batches that hold ``eids``."""
+    names = sorted({batches.batch_name(eid, count) for eid in eids})
+    return [template.format(batch=name, **wildcards) for name in names]
+
+
+def stage_manifests(template, splits, group=None):
+    """Every manifest of a batch rule over cohort members of ``splits`` (and ``group``)."""
+    count, plan = cohort_plan(splits, group)
+    extra = {} if group is None else {"group": group}
+    return [template.format(batch=name, **extra) for name in plan]
+
+
+def plan_members(splits, per_group=False):
+    """The members of a wildcard's batch (and group)."""
+
+    def members(wildcards):
+        group = wildcards.group if per_group else None
+        return cohort_plan(splits, group)[1][wildcards.batch]
+
+    return members
+
+
+PARTICIPANT_SPLITS = ("train", "val", "test")
+register_members = plan_members(["test"], per_group=True)
+WARPED = f"{EXPLAIN}/{{group}}/warped/{{eid}}.nii.gz"
+REGISTRATION_RECORD = f"{EXPLAIN}/{{group}}/registration/{{eid}}.json"
 
 
 def test_members(group):
@@ -186,16 +313,16 @@ def all_test_files(pattern):
     ]
 
 
-def atlas_update_inputs(wc):
-    previous = int(wc.iteration) - 1
-    members = f"{ATLAS_DIR}/{wc.group}/iter{previous}/members/{{eid}}"
-    eids = atlas_members(wc.group)
-    return {
-        "template": template(wc.group, previous),
-        "transforms": expand(f"{members}.pt", eid=eids),
-        "records": expand(f"{members}.json", eid=eids),
-        "warped": expand(f"{members}.nii.gz", eid=eids),
-    }
+def all_batch_manifests(wildcards):
+    """Every per-participant batch's manifest: the failure table reads them all."""
+    manifests = expand(STITCH_MANIFEST, batch=list(STITCH_BATCHES))
+    manifests += stage_manifests(PREPROCESS_MANIFEST, PARTICIPANT_SPLITS)
+    manifests += stage_manifests(PROJECTION_MANIFEST, PROJECTION_SPLITS)
+    manifests += stage_manifests(GRADCAM_MANIFEST, ["test"])
+    for group in active_groups():
+        manifests += stage_manifests(REGISTER_MANIFEST, ["test"], group)
+        manifests += stage_manifests(WARP_MANIFEST, ["test"], group)
+    return manifests
 
 
 def group_map(subset, kind="mean"):
@@ -238,8 +365,12 @@ def gradcam_reference(wildcards):
     return []
 
 
+PROJECTION = f"{BASELINE}/projections/{{eid}}.npy"  # and {eid}.png, its preview
+PROJECTION_SPLITS = tuple(sorted({*config["baseline"]["train_splits"], "val", "test"}))
+
+
 def projection_paths(*splits):
-    return expand(f"{BASELINE}/projections/{{eid}}.npy", eid=cohort_members(*splits))
+    return expand(PROJECTION, eid=cohort_members(*splits))
 
 
 def figure9_participants():

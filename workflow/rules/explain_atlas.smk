@@ -4,7 +4,10 @@
 
 rule atlas_init:
     input:
-        stitched=lambda wc: STITCHED.format(eid=atlas_reference(wc.group)),
+        cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
+        stitch=lambda wc: manifests_for(
+            STITCH_MANIFEST, [atlas_reference(wc.group)], BATCH_COUNT
+        ),
     output:
         template(r"{group}", 0),
     log:
@@ -16,39 +19,54 @@ rule atlas_init:
         mem_mb=memory(2000),
         runtime=grows(10),
     params:
+        stitched=lambda wc: STITCHED.format(eid=atlas_reference(wc.group)),
         clip=config["registration"]["clip"],
     script:
         "../scripts/explain/atlas_init.py"
 
 
+# All members of one group and iteration in one job (a process per thread on
+# the CPU, in turn on a GPU), each with its own outputs, record and log.
 rule atlas_register:
     input:
+        cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
         template=f"{ATLAS_DIR}/{{group}}/iter{{iteration}}/template.nii.gz",
-        stitched=STITCHED,
+        stitch=lambda wc: manifests_for(
+            STITCH_MANIFEST, atlas_members(wc.group), BATCH_COUNT
+        ),
     output:
-        transform=f"{ATLAS_DIR}/{{group}}/iter{{iteration}}/members/{{eid}}.pt",
-        record=f"{ATLAS_DIR}/{{group}}/iter{{iteration}}/members/{{eid}}.json",
-        warped=f"{ATLAS_DIR}/{{group}}/iter{{iteration}}/members/{{eid}}.nii.gz",
+        f"{ATLAS_DIR}/{{group}}/iter{{iteration}}/members.tsv",
     log:
-        f"{LOGS}/atlas/{{group}}/iter{{iteration}}/{{eid}}.log",
+        f"{LOGS}/atlas/{{group}}/iter{{iteration}}/members.log",
     benchmark:
-        f"{BENCHMARKS}/atlas/{{group}}/iter{{iteration}}/{{eid}}.tsv"
+        f"{BENCHMARKS}/atlas/{{group}}/iter{{iteration}}/members.tsv"
     conda:
         "../../envs/ageatlas.yaml"
-    threads: 1
+    threads: 2 if REG_GPUS else BATCH["threads"]
     resources:
+        **batch_resources(
+            "atlas_register",
+            16000,
+            pooled=not REG_GPUS,
+            members=config["atlas"]["n_members"] or 1000,
+        ),
         gpu=REG_GPUS,
-        mem_mb=memory(16000),
-        runtime=grows(60),
     params:
         registration=config["registration"],
+        eids=lambda wc: atlas_members(wc.group),
+        stitched=literal(STITCHED),
+        out=literal(f"{ATLAS_DIR}/{{group}}/iter{{iteration}}/members/{{eid}}"),
+        records=f"{ATLAS_DIR}/{{group}}/iter{{iteration}}/batches/done",
+        logs=f"{LOGS}/atlas/{{group}}/iter{{iteration}}",
     script:
         "../scripts/explain/atlas_register.py"
 
 
 rule atlas_update:
     input:
-        unpack(atlas_update_inputs),
+        cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
+        template=lambda wc: template(wc.group, int(wc.iteration) - 1),
+        members=lambda wc: f"{ATLAS_DIR}/{wc.group}/iter{int(wc.iteration) - 1}/members.tsv",
     output:
         template=f"{ATLAS_DIR}/{{group}}/iter{{iteration,[1-9][0-9]*}}/template.nii.gz",
         record=f"{ATLAS_DIR}/{{group}}/iter{{iteration,[1-9][0-9]*}}/template.json",
@@ -60,6 +78,9 @@ rule atlas_update:
     resources:
         mem_mb=memory(16000),
         runtime=grows(60),
+    params:
+        members=lambda wc: f"{ATLAS_DIR}/{wc.group}/iter{int(wc.iteration) - 1}/members",
+        eids=lambda wc: atlas_members(wc.group),
     script:
         "../scripts/explain/atlas_update.py"
 

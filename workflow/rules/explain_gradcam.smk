@@ -4,7 +4,8 @@
 
 rule reference_volume:
     input:
-        lambda wc: cache_paths("train"),
+        cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
+        caches=lambda wc: stage_manifests(PREPROCESS_MANIFEST, PARTICIPANT_SPLITS),
     output:
         REFERENCE_VOLUME,
     log:
@@ -15,6 +16,8 @@ rule reference_volume:
     resources:
         mem_mb=memory(4000),
         runtime=grows(15),
+    params:
+        caches=lambda wc: cache_paths("train"),
     script:
         "../scripts/explain/reference_volume.py"
 
@@ -22,25 +25,31 @@ rule reference_volume:
 rule gradcam:
     input:
         checkpoint=rules.train_age_model.output.checkpoint,
-        cache=CACHE,
-        stitched=STITCHED,
+        caches=lambda wc: manifests_for(
+            PREPROCESS_MANIFEST, plan_members(["test"])(wc), BATCH_COUNT
+        ),
         cohort=COHORT_TABLE,
         reference=gradcam_reference,
     output:
-        GRADCAM,
+        GRADCAM_MANIFEST,
     log:
-        f"{LOGS}/gradcam/{{eid}}.log",
+        f"{LOGS}/gradcam/batch_{{batch}}.log",
     benchmark:
-        f"{BENCHMARKS}/gradcam/{{eid}}.tsv"
+        f"{BENCHMARKS}/gradcam/batch_{{batch}}.tsv"
     conda:
         "../../envs/ageatlas.yaml"
     threads: 2
     resources:
+        **batch_resources("gradcam", 16000, pooled=False),
         gpu=min(1, config["train"]["gpus"]),
-        mem_mb=memory(16000),
-        runtime=grows(30),
     params:
         gradcam=config["gradcam"],
         downsample=config["preprocess"]["downsample"],
+        eids=plan_members(["test"]),
+        stitched=literal(STITCHED),
+        cache=literal(CACHE),
+        out=literal(GRADCAM),
+        records=batch_records(EXPLAIN, "gradcam"),
+        logs=f"{LOGS}/gradcam",
     script:
         "../scripts/explain/gradcam.py"

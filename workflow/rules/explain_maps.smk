@@ -30,9 +30,11 @@ rule ageing_classes:
 
 rule population_map:
     input:
+        cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
         classes=rules.ageing_classes.output[0],
-        warped=group_files(f"{EXPLAIN}/{{group}}/warped/{{eid}}.nii.gz"),
-        records=group_files(f"{EXPLAIN}/{{group}}/registration/{{eid}}.json"),
+        atlas=lambda wc: atlas_path(wc.group),
+        warp=lambda wc: stage_manifests(WARP_MANIFEST, ["test"], wc.group),
+        registration=lambda wc: stage_manifests(REGISTER_MANIFEST, ["test"], wc.group),
     output:
         mean=f"{EXPLAIN}/{{group}}/maps/{{subset}}_mean.nii.gz",
         sd=f"{EXPLAIN}/{{group}}/maps/{{subset}}_sd.nii.gz",
@@ -48,15 +50,20 @@ rule population_map:
     resources:
         mem_mb=memory(8000),
         runtime=grows(30),
+    params:
+        warped=group_files(WARPED),
+        records=group_files(REGISTRATION_RECORD),
     script:
         "../scripts/explain/population_map.py"
 
 
 rule class_test:
     input:
+        cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
         classes=rules.ageing_classes.output[0],
-        warped=group_files(f"{EXPLAIN}/{{group}}/warped/{{eid}}.nii.gz"),
-        records=group_files(f"{EXPLAIN}/{{group}}/registration/{{eid}}.json"),
+        atlas=lambda wc: atlas_path(wc.group),
+        warp=lambda wc: stage_manifests(WARP_MANIFEST, ["test"], wc.group),
+        registration=lambda wc: stage_manifests(REGISTER_MANIFEST, ["test"], wc.group),
     output:
         t=f"{EXPLAIN}/{{group}}/stats/accelerated_vs_decelerated_t.nii.gz",
         logp=f"{EXPLAIN}/{{group}}/stats/accelerated_vs_decelerated_logp_fwe.nii.gz",
@@ -71,6 +78,8 @@ rule class_test:
         mem_mb=memory(32000),
         runtime=grows(120),
     params:
+        warped=group_files(WARPED),
+        records=group_files(REGISTRATION_RECORD),
         maps=config["maps"],
         seed=config["seed"],
         contrast={
@@ -94,6 +103,8 @@ use rule class_test as age_band_test with:
     log:
         f"{LOGS}/stats/{{group}}_age_band_lt60_vs_ge70.log",
     params:
+        warped=group_files(WARPED),
+        records=group_files(REGISTRATION_RECORD),
         maps=config["maps"],
         seed=config["seed"],
         contrast={
@@ -177,17 +188,14 @@ rule importance_figure:
 
 rule examples_figure:
     input:
+        cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
         atlas=atlas_path(config["maps"]["example_group"]),
         classes=rules.ageing_classes.output[0],
-        warped=lambda wc: expand(
-            f"{EXPLAIN}/{{group}}/warped/{{eid}}.nii.gz",
-            group=config["maps"]["example_group"],
-            eid=test_members(config["maps"]["example_group"]),
+        warp=lambda wc: stage_manifests(
+            WARP_MANIFEST, ["test"], config["maps"]["example_group"]
         ),
-        records=lambda wc: expand(
-            f"{EXPLAIN}/{{group}}/registration/{{eid}}.json",
-            group=config["maps"]["example_group"],
-            eid=test_members(config["maps"]["example_group"]),
+        registration=lambda wc: stage_manifests(
+            REGISTER_MANIFEST, ["test"], config["maps"]["example_group"]
         ),
     output:
         report(
@@ -205,6 +213,16 @@ rule examples_figure:
         mem_mb=memory(4000),
         runtime=grows(10),
     params:
+        warped=lambda wc: expand(
+            WARPED,
+            group=config["maps"]["example_group"],
+            eid=test_members(config["maps"]["example_group"]),
+        ),
+        records=lambda wc: expand(
+            REGISTRATION_RECORD,
+            group=config["maps"]["example_group"],
+            eid=test_members(config["maps"]["example_group"]),
+        ),
         group=config["maps"]["example_group"],
         per_class=config["maps"]["examples_per_class"],
         threshold=config["maps"]["threshold"],
@@ -218,12 +236,14 @@ if SYNTHETIC:
 
     rule truth_check:
         input:
+            cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
             atlas=lambda wc: atlas_path(wc.group),
             labels=f"{ZIP_DIR}/truth",
             mean=f"{EXPLAIN}/{{group}}/maps/all_mean.nii.gz",
-            transforms=group_files(f"{EXPLAIN}/{{group}}/registration/{{eid}}.pt"),
-            gradcam=group_files(GRADCAM),
-            stitched=group_files(STITCHED),
+            warp=lambda wc: stage_manifests(WARP_MANIFEST, ["test"], wc.group),
+            registration=lambda wc: stage_manifests(
+                REGISTER_MANIFEST, ["test"], wc.group
+            ),
         output:
             f"{EXPLAIN}/{{group}}/truth_check.json",
         log:
@@ -235,6 +255,9 @@ if SYNTHETIC:
             mem_mb=memory(8000),
             runtime=grows(30),
         params:
+            transforms=group_files(f"{EXPLAIN}/{{group}}/registration/{{eid}}.pt"),
+            gradcam_maps=group_files(GRADCAM),
+            stitched=group_files(STITCHED),
             gradcam=config["gradcam"],
             downsample=config["preprocess"]["downsample"],
         script:

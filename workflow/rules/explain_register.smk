@@ -1,5 +1,6 @@
 # The explain stage, 3/4: registration of each test participant to its
-# group's atlas, warping of its Grad-CAM map, and the registration QC table.
+# group's atlas, warping of its attribution map, and the registration QC
+# table. One job per batch of a group's test participants (config batch).
 
 # Settings the schema cannot check, checked when the DAG is built rather than in every job.
 _REG = config["registration"]
@@ -20,52 +21,73 @@ for _mm, _voxels in (
 
 rule register:
     input:
+        cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
         atlas=lambda wc: atlas_path(wc.group),
-        stitched=STITCHED,
-        cohort=COHORT_TABLE,
+        stitch=lambda wc: manifests_for(
+            STITCH_MANIFEST, register_members(wc), BATCH_COUNT
+        ),
     output:
-        transform=f"{EXPLAIN}/{{group}}/registration/{{eid}}.pt",
-        record=f"{EXPLAIN}/{{group}}/registration/{{eid}}.json",
+        REGISTER_MANIFEST,
     log:
-        f"{LOGS}/register/{{group}}/{{eid}}.log",
+        f"{LOGS}/register/{{group}}/batch_{{batch}}.log",
     benchmark:
-        f"{BENCHMARKS}/register/{{group}}/{{eid}}.tsv"
+        f"{BENCHMARKS}/register/{{group}}/batch_{{batch}}.tsv"
     conda:
         "../../envs/ageatlas.yaml"
-    threads: 1
+    threads: 2 if REG_GPUS else BATCH["threads"]
     resources:
+        **batch_resources("register", 16000, pooled=not REG_GPUS),
         gpu=REG_GPUS,
-        mem_mb=memory(16000),
-        runtime=grows(60),
     params:
         registration=config["registration"],
         built_atlas=lambda wc: wc.group not in config["atlas"]["given"],
+        eids=register_members,
+        stitched=literal(STITCHED),
+        out=literal(f"{EXPLAIN}/{{group}}/registration/{{eid}}"),
+        records=batch_records(f"{EXPLAIN}/{{group}}", "register"),
+        logs=f"{LOGS}/register/{{group}}",
     script:
         "../scripts/explain/register.py"
 
 
 rule warp_gradcam:
     input:
-        transform=rules.register.output.transform,
-        gradcam=GRADCAM,
+        cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
+        registration=REGISTER_MANIFEST,
+        gradcam=lambda wc: manifests_for(
+            GRADCAM_MANIFEST, register_members(wc), BATCH_COUNT
+        ),
         atlas=lambda wc: atlas_path(wc.group),
     output:
-        f"{EXPLAIN}/{{group}}/warped/{{eid}}.nii.gz",
+        WARP_MANIFEST,
     log:
-        f"{LOGS}/warp/{{group}}/{{eid}}.log",
+        f"{LOGS}/warp/{{group}}/batch_{{batch}}.log",
+    benchmark:
+        f"{BENCHMARKS}/warp/{{group}}/batch_{{batch}}.tsv"
     conda:
         "../../envs/ageatlas.yaml"
-    threads: 1
+    threads: BATCH["threads"]
     resources:
-        mem_mb=memory(8000),
-        runtime=grows(15),
+        **batch_resources("warp_gradcam", 8000),
+    params:
+        eids=register_members,
+        gradcam=literal(GRADCAM),
+        registration=literal(f"{EXPLAIN}/{{group}}/registration/{{eid}}.pt"),
+        out=literal(WARPED),
+        records=batch_records(f"{EXPLAIN}/{{group}}", "warp_gradcam"),
+        logs=f"{LOGS}/warp/{{group}}",
     script:
         "../scripts/explain/warp_gradcam.py"
 
 
 rule registration_qc:
     input:
-        all_test_files(f"{EXPLAIN}/{{group}}/registration/{{eid}}.json"),
+        registration=lambda wc: [
+            path
+            for group in active_groups()
+            for path in stage_manifests(REGISTER_MANIFEST, ["test"], group)
+        ],
+        cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
     output:
         report(
             REGISTRATION_QC,
@@ -80,5 +102,7 @@ rule registration_qc:
     resources:
         mem_mb=memory(2000),
         runtime=grows(10),
+    params:
+        records=all_test_files(f"{EXPLAIN}/{{group}}/registration/{{eid}}.json"),
     script:
         "../scripts/explain/registration_qc.py"

@@ -1,24 +1,28 @@
-# One job per participant: field-20201 zip -> stitched water/fat NIfTI.
-# The output folder always holds qc.json; the images only when the
-# participant passed (see docs/design.md, "Broken participants").
+# One job per batch of participants (config batch.size): field-20201 zips ->
+# stitched water/fat NIfTI, each participant in its own folder. The folder
+# always holds qc.json; the images only when the participant passed (see
+# docs/design.md, "Broken participants" and "Batches").
 
 
 rule stitch:
     input:
-        zip=participant_zip("{eid}"),
+        zips=lambda wc: [participant_zip(eid) for eid in stitch_members(wc)],
     output:
-        directory(STITCHED),
+        STITCH_MANIFEST,
     log:
-        f"{LOGS}/stitch/{{eid}}.log",
+        f"{LOGS}/stitch/batch_{{batch}}.log",
     benchmark:
-        f"{BENCHMARKS}/stitch/{{eid}}.tsv"
+        f"{BENCHMARKS}/stitch/batch_{{batch}}.tsv"
     conda:
         "../../envs/ageatlas.yaml"
-    threads: 1
+    threads: BATCH["threads"]
     resources:
-        mem_mb=memory(2000),
-        runtime=grows(10),
+        **batch_resources("stitch", 2000),
     params:
         stitch=config["stitch"],
+        eids=stitch_members,
+        stitched=literal(STITCHED),
+        records=batch_records(f"{RESULTS}/{paths.INGEST}", "stitch"),
+        logs=f"{LOGS}/stitch",
     script:
         "../scripts/ingest/stitch.py"

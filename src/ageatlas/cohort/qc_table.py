@@ -44,3 +44,32 @@ def check_excluded_fraction(records: list[QCRecord], stage: str, limit: float) -
             f"(limit qc.max_excluded_fraction = {limit}). That many failures usually means "
             f"a wrong config or a bug, not bad data. First ones: {examples}"
         )
+
+
+def ingest_records(stitched_dirs, manifests, stage: str, qc_file: str) -> list[QCRecord]:
+    """Each participant's ingest QC record; one whose stitch failed in its batch is excluded.
+
+    ``manifests`` are the stitch batches' (ageatlas.core.batch_run): a
+    participant the batch could not finish (a crash outside the reader's
+    own checks, a killed worker) has no trustworthy qc.json, so its row
+    says what failed and where its log is, instead of stopping the table.
+    """
+    from pathlib import Path
+
+    from ageatlas.core.batch_run import FAILED, read_manifests
+    from ageatlas.core.paths import eid_of_path
+
+    status = {row["eid"]: row for row in read_manifests(manifests)}
+    records = []
+    for folder in stitched_dirs:
+        eid = eid_of_path(str(folder).rstrip("/"))
+        row = status.get(eid)
+        if row is None:
+            raise ValueError(f"participant {eid} ({folder}) is in no stitch batch manifest given")
+        if row["status"] == FAILED:
+            record = QCRecord(eid, stage)
+            record.exclude(f"stitch failed: {row['error']} (log {row['log']})")
+            records.append(record)
+        else:
+            records.append(QCRecord.read_json(Path(folder) / qc_file))
+    return records

@@ -22,7 +22,10 @@ STITCHED = f"{INGEST}/{{eid}}"  # {eid}_W.nii.gz, {eid}_F.nii.gz, {eid}_preview.
 PHENOTYPE_QC = f"{COHORT}/phenotype_qc.tsv"
 PARTICIPANT_QC = f"{COHORT}/participant_qc.tsv"
 COHORT_TABLE = f"{COHORT}/cohort.tsv"
+PARTICIPANT_FAILURES = f"{COHORT}/participant_failures.tsv"  # what batch jobs could not finish
 CACHE = f"{AGE}/cache/{{eid}}.npy"
+# Per-participant rules run in batches: <stage>/batches/<rule>/<batch>.tsv lists each member's
+# status; <stage>/batches/<rule>/done/<eid>.json is its record (ageatlas.core.batch_run).
 AGE_MODEL = f"{AGE}/model"  # checkpoint.pt, metrics.tsv, state.pt
 TABLE1 = f"{AGE}/table1.md"
 GRADCAM = f"{EXPLAIN}/gradcam/{{eid}}.nii.gz"  # test participants, stitched space

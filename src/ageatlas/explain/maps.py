@@ -180,18 +180,23 @@ def nan_map(reference: nib.Nifti1Image, description: str = "") -> nib.Nifti1Imag
     return nifti_image(np.full(reference.shape[:3], np.nan), reference.affine, description)
 
 
-def usable_maps(eids, warped_paths, record_paths) -> tuple[list[str], dict[str, str]]:
+def usable_maps(eids, warped_paths, record_paths, failed=None) -> tuple[list[str], dict[str, str]]:
     """Warped maps of ``eids`` whose registration passed QC, and why the others are out.
 
-    Paths are matched to eids by file name ({eid}.nii.gz, {eid}.json); a
-    participant with no record is an error, not a silent drop.
+    Paths are matched to eids by file name ({eid}.nii.gz, {eid}.json).
+    ``failed``: eid -> why its batch could not finish it (ageatlas.core.batch_run.failures);
+    any other participant with no record is an error, not a silent drop.
     """
     import json
 
+    failed = failed or {}
     warped = {eid_of_path(p): str(p) for p in warped_paths}
     records = {eid_of_path(p): str(p) for p in record_paths}
     used, excluded = [], {}
     for eid in map(str, eids):
+        if eid in failed:
+            excluded[eid] = failed[eid]
+            continue
         if eid not in warped or eid not in records:
             raise ValueError(
                 f"participant {eid}: no warped map or registration record among the inputs"

@@ -254,13 +254,15 @@ def group_contrast(
     records: list[str],
     *,
     confounds: list[str] = (),
+    failed: dict[str, str] | None = None,
     **test_options,
 ) -> tuple[dict | None, dict]:
     """Test one group's maps of ``column == levels[0]`` against ``column == levels[1]``.
 
     ``table`` is the ageing-classes table (eid, age, bmi, group, age_band,
-    ageing_class, ...); participants whose registration failed are left out
-    (`usable_maps`) and listed. ``confounds`` are columns of ``table``;
+    ageing_class, ...); participants whose registration failed, or whose batch
+    could not finish them (``failed``), are left out (`usable_maps`) and
+    listed. ``confounds`` are columns of ``table``;
     ``test_options`` go to `compare_classes`. Returns the test's result
     (None when it cannot be run) and the summary for the JSON, which says
     why when ``tested`` is false.
@@ -269,7 +271,7 @@ def group_contrast(
     sets, excluded = {}, {}
     for level in levels:
         eids = subset_eids(table, group, f"{column}-{level}")
-        sets[level], left_out = usable_maps(eids, warped, records)
+        sets[level], left_out = usable_maps(eids, warped, records, failed)
         excluded.update(left_out)
     summary = {
         "group": group,

@@ -1,17 +1,22 @@
-"""Stitched water -> normalised float16 training cache for one participant."""
+"""Stitched water -> normalised float16 training cache, for one batch of participants."""
 
-import logging
-
-from ageatlas.age import preprocess
-from ageatlas.core import logs
+from ageatlas.age.preprocess import prepare
+from ageatlas.core.batch_run import Task, run_for_rule
 from ageatlas.core.paths import stitched_path
 
-logs.to_file(snakemake.log[0])
-cfg = snakemake.params.preprocess
-info = preprocess.prepare(
-    stitched_path(snakemake.input[0], snakemake.wildcards.eid, "W"),
-    snakemake.output[0],
-    downsample_factor=cfg["downsample"],
-    background=cfg["background"],
-)
-logging.info("participant %s: %s", snakemake.wildcards.eid, info)
+params = snakemake.params
+cfg = params.preprocess
+tasks = []
+for eid in params.eids:
+    water, cache = (
+        str(stitched_path(params.stitched.format(eid=eid), eid, "W")),
+        params.cache.format(eid=eid),
+    )
+    kwargs = dict(
+        water_path=water,
+        out_path=cache,
+        downsample_factor=cfg["downsample"],
+        background=cfg["background"],
+    )
+    tasks.append(Task(eid, (water,), (cache,), kwargs))
+run_for_rule(snakemake, prepare, tasks, cfg)

@@ -6,6 +6,7 @@ from ageatlas.age.train import train
 from ageatlas.baseline import model as baseline
 from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.core import logs, provenance
+from ageatlas.core.batch_run import finished
 
 logs.to_file(snakemake.log[0])
 ages = read_participant_tsv(snakemake.input.cohort).set_index("eid")["age"]
@@ -23,8 +24,9 @@ config = config_type.from_dict(
 )  # gpus, runtime and other rule settings are not the trainer's
 gpus = int(snakemake.resources.get("gpu", 0))
 train(
-    items(snakemake.input.train),
-    items(snakemake.input.val),
+    # Inputs are batch manifests: participants whose batch could not finish them are left out.
+    items(finished(snakemake.params.train_caches, snakemake.input.caches)),
+    items(finished(snakemake.params.val_caches, snakemake.input.caches)),
     Path(snakemake.output.checkpoint).parent,
     config,
     world_size=gpus if gpus > 1 else None,

@@ -7,11 +7,13 @@ from pathlib import Path
 from ageatlas.baseline.model import gradcam_figure
 from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.core import logs
+from ageatlas.core.batch_run import finished
 
 logs.to_file(snakemake.log[0])
 cohort = read_participant_tsv(snakemake.input.cohort)
 ages = dict(zip(cohort["eid"], cohort["age"].astype(float)))
-items = [(Path(path).stem, str(path)) for path in snakemake.input.projections]
+projections = finished(snakemake.params.projections, snakemake.input.projections)
+items = [(Path(path).stem, str(path)) for path in projections]
 rows = gradcam_figure(snakemake.input.checkpoint, items, snakemake.output.figure, ages=ages)
 for row in rows:
     logging.info(

@@ -9,7 +9,7 @@ from ageatlas.core.paths import stitched_path
 from ageatlas.explain.atlas import initial_template
 
 logs.to_file(snakemake.log[0])
-stitched = snakemake.input.stitched
+stitched = snakemake.params.stitched
 water = stitched_path(stitched, stitched.rstrip("/").split("/")[-1], "W")
 nib.save(initial_template(nib.load(water), snakemake.params.clip), snakemake.output[0])
 logging.info("group %s: reference %s", snakemake.wildcards.group, water)

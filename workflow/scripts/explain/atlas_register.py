@@ -1,41 +1,27 @@
-"""Register one atlas member to its group's current template; keep the warped image."""
+"""Register one group's atlas members to its current template (one iteration); keep each warped
+image."""
 
-import logging
-
-import nibabel as nib
-import torch
-
-from ageatlas.core import logs, provenance
-from ageatlas.core.device import pick_device
+from ageatlas.core.batch_run import Task, run_for_rule
 from ageatlas.core.paths import stitched_path
-from ageatlas.explain import register as reg
-from ageatlas.explain import registration_settings
-from ageatlas.explain.atlas import warped_member
-from ageatlas.explain.maps import nan_map
+from ageatlas.explain.registration_jobs import register_atlas_member
 
-logs.to_file(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
-log = logging.getLogger("atlas_register")
-section = snakemake.params.registration
-settings = registration_settings.settings_from_config(section)
-water = stitched_path(snakemake.input.stitched, snakemake.wildcards.eid, "W")
-registration, record = reg.register_files(
-    water,
-    snakemake.input.template,
-    settings,
-    max_folding_share=section["max_folding_share"],
-    fixed_normalised=True,
-    device=pick_device(None, "registration"),
-)
-reg.save_outcome(registration, record, snakemake.output.transform, snakemake.output.record)
-template = nib.load(snakemake.input.template)
-if registration is None:
-    # Left out of the template (atlas_update reads the record); NaN so it can never be averaged by
-    # mistake.
-    warped = nan_map(template, "registration failed: not an image")
-    log.warning("participant %s failed: %s", snakemake.wildcards.eid, "; ".join(record["reasons"]))
-else:
-    warped = warped_member(registration, nib.load(water), settings.clip)
-    log.info("participant %s: %s", snakemake.wildcards.eid, record)
-nib.save(warped, snakemake.output.warped)
-provenance.record(snakemake)
+params, wildcards = snakemake.params, snakemake.wildcards
+template = snakemake.input.template
+pooled = not snakemake.resources.get("gpu", 0)  # on a GPU: one process, in turn
+tasks = []
+for eid in params.eids:
+    water = str(stitched_path(params.stitched.format(eid=eid), eid, "W"))
+    out = params.out.format(group=wildcards.group, iteration=wildcards.iteration, eid=eid)
+    outputs = (f"{out}.pt", f"{out}.json", f"{out}.nii.gz")
+    kwargs = dict(
+        eid=eid,
+        water=water,
+        template=template,
+        transform_out=outputs[0],
+        record_out=outputs[1],
+        warped_out=outputs[2],
+        section=params.registration,
+        torch_threads=1 if pooled else snakemake.threads,
+    )
+    tasks.append(Task(eid, (water, template), outputs, kwargs))
+run_for_rule(snakemake, register_atlas_member, tasks, params.registration, pooled=pooled)

@@ -6,21 +6,24 @@ import logging
 import nibabel as nib
 
 from ageatlas.core import logs, provenance
+from ageatlas.core.batch_run import failures
 from ageatlas.explain.atlas import update_template
-from ageatlas.explain.maps import eid_of_path
 from ageatlas.explain.register import load_outcome
 
 logs.to_file(snakemake.log[0])
 members, excluded = {}, {}
-for transform, record_path, warped in zip(
-    snakemake.input.transforms, snakemake.input.records, snakemake.input.warped
-):
-    eid = int(eid_of_path(record_path))
-    record = json.loads(open(record_path).read())
-    if record["status"] != "ok":
-        excluded[eid] = "; ".join(record["reasons"])
+failed = failures([snakemake.input.members])  # members their batch could not register at all
+for eid in snakemake.params.eids:
+    if eid in failed:
+        excluded[int(eid)] = failed[eid]
         continue
-    members[eid] = (load_outcome(transform), nib.load(warped))
+    base = f"{snakemake.params.members}/{eid}"
+    transform, warped = f"{base}.pt", f"{base}.nii.gz"
+    record = json.loads(open(f"{base}.json").read())
+    if record["status"] != "ok":
+        excluded[int(eid)] = "; ".join(record["reasons"])
+        continue
+    members[int(eid)] = (load_outcome(transform), nib.load(warped))
 group, iteration = snakemake.wildcards.group, snakemake.wildcards.iteration
 update = update_template(
     nib.load(snakemake.input.template),

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ageatlas.core import logs, provenance
+from ageatlas.core.batch_run import failures
 from ageatlas.explain.maps import nan_map
 from ageatlas.explain.stats import group_contrast
 
@@ -24,9 +25,10 @@ result, summary = group_contrast(
     snakemake.wildcards.group,
     contrast["column"],
     tuple(contrast["levels"]),
-    snakemake.input.warped,
-    snakemake.input.records,
+    snakemake.params.warped,
+    snakemake.params.records,
     confounds=contrast["confounds"],
+    failed=failures([snakemake.input.warp, snakemake.input.registration]),
     n_perm=maps["n_perm"],
     seed=snakemake.params.seed,
     tfce=maps["tfce"],
@@ -37,7 +39,7 @@ if result is not None:
     images = {"t": result["t"], "logp": result["logp_fwe"], "significant": result["significant"]}
 else:
     # Not tested: the summary says why; the maps are NaN (t, logp) and empty (significant).
-    reference = nib.load(snakemake.input.warped[0])
+    reference = nib.load(snakemake.input.atlas)
     images = {
         "t": nan_map(reference, "not tested"),
         "logp": nan_map(reference, "not tested"),

@@ -4,6 +4,7 @@ import nibabel as nib
 import pandas as pd
 
 from ageatlas.core import logs
+from ageatlas.core.batch_run import failures
 from ageatlas.explain.figures import examples_panels
 from ageatlas.explain.maps import eid_of_path, usable_maps
 
@@ -11,7 +12,8 @@ logs.to_file(snakemake.log[0])
 group, k = snakemake.params.group, snakemake.params.per_class
 table = pd.read_csv(snakemake.input.classes, sep="\t", dtype={"eid": str})
 table = table[table["group"] == group]
-used, _ = usable_maps(table["eid"], snakemake.input.warped, snakemake.input.records)
+failed = failures([snakemake.input.warp, snakemake.input.registration])
+used, _ = usable_maps(table["eid"], snakemake.params.warped, snakemake.params.records, failed)
 path_of = {eid_of_path(p): p for p in used}
 table = table[table["eid"].isin(path_of)]
 picks = {

@@ -8,20 +8,23 @@ import nibabel as nib
 import pandas as pd
 
 from ageatlas.core import logs, provenance
+from ageatlas.core.batch_run import failures
 from ageatlas.explain.maps import eid_of_path, mean_map, nan_map, subset_eids, usable_maps
 
 logs.to_file(snakemake.log[0])
 group, subset = snakemake.wildcards.group, snakemake.wildcards.subset
 classes = pd.read_csv(snakemake.input.classes, sep="\t", dtype={"eid": str})
 eids = subset_eids(classes, group, subset)
-paths, excluded = usable_maps(eids, snakemake.input.warped, snakemake.input.records)
+# Inputs are the batch manifests; the per-participant files come as params.
+failed = failures([snakemake.input.warp, snakemake.input.registration])
+paths, excluded = usable_maps(eids, snakemake.params.warped, snakemake.params.records, failed)
 names = ("mean", "sd", "positive", "negative", "count")
 if paths:
     maps = mean_map(paths)
     images, n = {name: getattr(maps, name) for name in names}, maps.n
 else:
     # An empty subset still gets its files (targets must exist): NaN, n=0 in the record.
-    empty = nan_map(nib.load(snakemake.input.warped[0]), f"ageatlas {subset} n=0")
+    empty = nan_map(nib.load(snakemake.input.atlas), f"ageatlas {subset} n=0")
     images, n = dict.fromkeys(names, empty), 0
 for name, image in images.items():
     # "count" is reserved in Snakemake: the rule calls that output "coverage".

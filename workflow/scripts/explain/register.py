@@ -1,36 +1,26 @@
-"""Register one test participant to its group's atlas (affine, then SVFFD) and judge it."""
+"""Register one batch of a group's test participants to its atlas (affine, then SVFFD) and judge
+each."""
 
-import logging
-
-import torch
-
-from ageatlas.cohort.table import read_participant_tsv
-from ageatlas.core import logs
-from ageatlas.core.device import pick_device
+from ageatlas.core.batch_run import Task, run_for_rule
 from ageatlas.core.paths import stitched_path
-from ageatlas.explain import register as reg
-from ageatlas.explain import registration_settings
+from ageatlas.explain.registration_jobs import register_to_atlas
 
-logs.to_file(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
-log = logging.getLogger("register")
-eid, group = snakemake.wildcards.eid, snakemake.wildcards.group
-cohort = read_participant_tsv(snakemake.input.cohort).set_index("eid")
-if eid not in cohort.index or cohort.loc[eid, "group"] != group:
-    raise ValueError(f"participant {eid} is not in group {group} of {snakemake.input.cohort}")
-section = snakemake.params.registration
-registration, record = reg.register_files(
-    stitched_path(snakemake.input.stitched, eid, "W"),
-    snakemake.input.atlas,
-    registration_settings.settings_from_config(section),
-    max_folding_share=section["max_folding_share"],
-    fixed_normalised=snakemake.params.built_atlas,
-    device=pick_device(None, "registration"),
-)
-reg.save_outcome(
-    registration,
-    {"eid": eid, "group": group, **record},
-    snakemake.output.transform,
-    snakemake.output.record,
-)
-log.info("participant %s to atlas %s: %s", eid, group, record)
+params, group = snakemake.params, snakemake.wildcards.group
+pooled = not snakemake.resources.get("gpu", 0)  # on a GPU: one process, in turn
+tasks = []
+for eid in params.eids:
+    water = str(stitched_path(params.stitched.format(eid=eid), eid, "W"))
+    out = params.out.format(group=group, eid=eid)
+    kwargs = dict(
+        eid=eid,
+        group=group,
+        water=water,
+        atlas=snakemake.input.atlas,
+        transform_out=f"{out}.pt",
+        record_out=f"{out}.json",
+        section=params.registration,
+        built_atlas=params.built_atlas,
+        torch_threads=1 if pooled else snakemake.threads,
+    )
+    tasks.append(Task(eid, (water, snakemake.input.atlas), (f"{out}.pt", f"{out}.json"), kwargs))
+run_for_rule(snakemake, register_to_atlas, tasks, params.registration, pooled=pooled)

@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 
 from ageatlas.core import logs
+from ageatlas.core.batch_run import failures
 from ageatlas.core.paths import stitched_path
 from ageatlas.explain.gradcam import map_grid
 from ageatlas.explain.register import RegistrationFailed, load_outcome
@@ -19,17 +20,25 @@ age_labels = [v for v, name in REGION_LABELS.items() if name in AGE_REGIONS]
 settings, factor = snakemake.params.gradcam, snakemake.params.downsample
 
 
+# Participants their batches could not finish have no map to check.
+unfinished = failures([snakemake.input.warp, snakemake.input.registration])
+
+
 def participants():
+    params = snakemake.params
     for transform, gradcam, stitched in zip(
-        snakemake.input.transforms, snakemake.input.gradcam, snakemake.input.stitched
+        params.transforms, params.gradcam_maps, params.stitched
     ):
         eid = Path(stitched).name
+        if eid in unfinished:
+            logging.warning("participant %s left out: %s", eid, unfinished[eid])
+            continue
         water = nib.load(stitched_path(stitched, eid, "W"))
         labels = labels_on(water, nib.load(Path(snakemake.input.labels) / f"{eid}_regions.nii.gz"))
         try:
             registration = load_outcome(transform)
-        except RegistrationFailed as failed:
-            logging.warning("%s", failed)
+        except RegistrationFailed as not_registered:
+            logging.warning("%s", not_registered)
             registration = None
         yield eid, registration, labels, nib.load(gradcam)
 

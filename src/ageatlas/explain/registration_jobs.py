@@ -1,0 +1,116 @@
+"""One participant's registration work, as the batch rules run it (ageatlas.core.batch_run).
+
+Module-level functions of keyword arguments: a batch's process pool
+receives them by reference. Each writes its outputs atomically and returns
+what its log and record keep. A participant that does not register is a
+failed record (registration QC), not an exception; an exception here is a
+broken input, which the batch records as that participant's failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from ageatlas.core.device import pick_device
+from ageatlas.core.files import save_nifti
+from ageatlas.explain import register as reg
+from ageatlas.explain import registration_settings
+from ageatlas.explain.maps import nan_map
+
+log = logging.getLogger(__name__)
+
+
+def _threads(torch_threads: int | None) -> None:
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+
+
+def register_to_atlas(
+    *,
+    eid: str,
+    group: str,
+    water: str,
+    atlas: str,
+    transform_out: str,
+    record_out: str,
+    section: Mapping,
+    built_atlas: bool,
+    torch_threads: int | None = None,
+) -> dict:
+    """Register a test participant's water image to its group's atlas (affine, then SVFFD)."""
+    _threads(torch_threads)
+    registration, record = reg.register_files(
+        water,
+        atlas,
+        registration_settings.settings_from_config(section),
+        max_folding_share=section["max_folding_share"],
+        fixed_normalised=built_atlas,
+        device=pick_device(None, "registration"),
+    )
+    record = {"eid": eid, "group": group, **record}
+    reg.save_outcome(registration, record, transform_out, record_out)
+    log.info("participant %s to atlas %s: %s", eid, group, record)
+    return {"status": record["status"]}
+
+
+def register_atlas_member(
+    *,
+    eid: str,
+    water: str,
+    template: str,
+    transform_out: str,
+    record_out: str,
+    warped_out: str,
+    section: Mapping,
+    torch_threads: int | None = None,
+) -> dict:
+    """Register an atlas member to its group's current template; keep its warped image."""
+    from ageatlas.explain.atlas import warped_member
+
+    _threads(torch_threads)
+    settings = registration_settings.settings_from_config(section)
+    registration, record = reg.register_files(
+        water,
+        template,
+        settings,
+        max_folding_share=section["max_folding_share"],
+        fixed_normalised=True,
+        device=pick_device(None, "registration"),
+    )
+    reg.save_outcome(registration, record, transform_out, record_out)
+    if registration is None:
+        # Left out of the template (atlas_update reads the record); NaN so it can never be
+        # averaged by mistake.
+        warped = nan_map(nib.load(template), "registration failed: not an image")
+        log.warning("participant %s failed: %s", eid, "; ".join(record["reasons"]))
+    else:
+        warped = warped_member(registration, nib.load(water), settings.clip)
+        log.info("participant %s: %s", eid, record)
+    save_nifti(warped_out, warped)
+    return {"status": record["status"]}
+
+
+def warp_map(
+    *, eid: str, gradcam: str, transform: str, atlas: str, out: str, torch_threads=None
+) -> dict:
+    """Warp a participant's attribution map into its group's atlas with its registration."""
+    _threads(torch_threads)
+    try:
+        # NaN where atlas space lies outside this participant's field of view: the population
+        # mean and SD leave those voxels out instead of averaging in zeros.
+        warped = reg.load_outcome(transform).warp(nib.load(gradcam), order=1, mark_outside=True)
+        covered = float((~np.isnan(np.asanyarray(warped.dataobj))).mean())
+        log.info("participant %s warped; %.1f%% of atlas voxels covered", eid, 100 * covered)
+    except reg.RegistrationFailed as failed:
+        # The population rules leave this participant out (registration record); NaN makes any
+        # accidental average visibly wrong instead of quietly biased.
+        warped = nan_map(nib.load(atlas), "registration failed: not a map")
+        log.warning("participant %s: %s", eid, failed)
+        covered = 0.0
+    save_nifti(out, warped)
+    return {"covered": round(covered, 4)}
