@@ -1,13 +1,15 @@
 """The real workflow through the real profile on the real one-node SLURM cluster.
 
-A cut-down demo (12 SYNTHETIC participants at 1/5 of the matrix, 2 epochs,
-tiny atlases and registrations; GPU rules included: training, prediction,
-Grad-CAM and both registration rules ask for the cluster's one GPU) runs twice
-from the same config file and targets: once on this machine (``--cores 2``)
-and once through ``profiles/slurm`` as installed by ``ageatlas
-install-profile``. While the SLURM run goes, one running Grad-CAM job is
-cancelled with ``scancel``; the profile's retries must finish the run and the
-results must equal the local run's.
+A cut-down demo (12 SYNTHETIC participants at 1/5 of the matrix, one of them
+with a truncated zip, in batches of about 4; 2 epochs, tiny atlases and
+registrations; GPU rules included: training, prediction, Grad-CAM and both
+registration rules ask for the cluster's one GPU) runs twice from the same
+config file and targets: once on this machine (``--cores 2``) and once
+through ``profiles/slurm`` as installed by ``ageatlas install-profile``.
+While the SLURM run goes, a stitch batch job is cancelled with ``scancel``
+once it has finished its first participant; the profile's retries must
+finish the run, the retry must reuse what the killed attempt finished, and
+the results must equal the local run's.
 
 The targets (TARGETS) stop short of the per-subset maps, statistics, figures
 and the 2.5D baseline, which add only more CPU jobs of kinds already here
@@ -41,15 +43,24 @@ import pytest
 import yaml
 from slurm_harness import SNAKEMAKE, RunningWorkflow, make_test_profile, run_on_slurm, snapshot_code
 
+from ageatlas.core import batches
+from ageatlas.synthetic.participants import make_cohort
+
 pytestmark = pytest.mark.slurm
+
+EIDS = [str(p.eid) for p in make_cohort(12, seed=3)]
 
 GRID = {"shape": [45, 35, 74], "spacing": [11.16, 11.16, 15.0]}
 RESULTS = "results/cut"  # relative: both runs write the same paths into their tables
 MEM_DIVISOR = 8
 # predictions (train, predict, bias), Grad-CAM + atlases + registration + warp +
 # the "all" population maps of every group, the registration QC table
-TARGETS = ["correct_bias", "importance_figure", "registration_qc"]
+TARGETS = ["correct_bias", "importance_figure", "registration_qc", "participant_failures"]
 GPU_RULES = {"train_age_model", "predict_age", "gradcam", "atlas_register", "register"}
+BATCH_SIZE = 4
+BROKEN = 5  # index of the participant whose zip is truncated: a QC row inside its batch
+# Rules that run one job per participant without batches.
+PER_PARTICIPANT_RULES = {"stitch", "preprocess", "gradcam", "register", "warp_gradcam"}
 
 
 def cut_config() -> dict:
@@ -61,8 +72,15 @@ def cut_config() -> dict:
         "benchmarks_dir": "benchmarks/cut",
         "seed": 3,
         "cohort": {"source": "synthetic"},
-        "synthetic": {"n_participants": 12, "scale": 0.2},
+        "synthetic": {
+            "n_participants": 12,
+            "scale": 0.2,
+            "defects": {EIDS[BROKEN]: ["truncated_zip"]},
+        },
         "stitch": {"grid": GRID},
+        # One process per batch job: a batch's participants go one after another, so a
+        # cancelled batch has some finished and some not.
+        "batch": {"size": BATCH_SIZE, "threads": 1},
         "split": {"sizes": {"train": 0.5, "val": 0.25, "test": 0.25}},
         "preprocess": {"downsample": 2},
         "train": {
@@ -160,18 +178,28 @@ def runs(slurm_cluster, tmp_path_factory) -> Runs:
     timer.start()
     profile = make_test_profile(runs.root / "profile", slurm_cluster, mem_divisor=MEM_DIVISOR)
 
-    def cancel_a_gradcam_job(running: RunningWorkflow):
-        # Wait until a Grad-CAM job (a GPU rule, one per test participant) runs,
-        # give it 2 s to be inside its work, and cancel it as an admin would.
+    def cancel_a_stitch_batch(running: RunningWorkflow):
+        # Wait until a stitch batch runs and has finished one participant (its record is
+        # written last), then cancel it as an admin would: some of its participants are
+        # done, the others not.
         job = running.wait_for_job(
-            lambda j: j.comment.startswith("rule_gradcam") and j.state == "RUNNING",
+            lambda j: j.comment.startswith("rule_stitch") and j.state == "RUNNING",
             timeout=running.deadline - time.monotonic() - 60,
-            poll=0.25,
+            poll=0.1,
         )
-        time.sleep(2)
+        batch = job.comment.split("_wildcards_")[-1]
+        members = batches.plan(EIDS, batches.batch_count(len(EIDS), BATCH_SIZE))[batch]
+        done = runs.slurm_dir / RESULTS / "ingest" / "batches" / "stitch" / "done"
+        end = time.monotonic() + 120
+        while time.monotonic() < end and not any(
+            (done / f"{eid}.json").exists() for eid in members
+        ):
+            time.sleep(0.05)
         subprocess.run(["scancel", job.raw_id], check=True, timeout=30)
-        runs.cancelled.update(jobid=job.raw_id, comment=job.comment)
-        running.notes.append(f"cancelled {job.raw_id} ({job.comment})")
+        finished = sorted(eid for eid in members if (done / f"{eid}.json").exists())
+        runs.cancelled.update(jobid=job.raw_id, comment=job.comment, batch=batch)
+        runs.cancelled.update(members=members, finished_before=finished)
+        running.notes.append(f"cancelled {job.raw_id} ({job.comment}) after {finished}")
 
     try:
         runs.slurm = run_on_slurm(
@@ -182,7 +210,7 @@ def runs(slurm_cluster, tmp_path_factory) -> Runs:
             "--configfile",
             str(runs.configfile),
             timeout=1500,
-            during=cancel_a_gradcam_job,
+            during=cancel_a_stitch_batch,
             env=env,
         )
         timer.join(timeout=max(60.0, 1200 - (time.monotonic() - t0)))
@@ -213,24 +241,54 @@ def test_the_workflow_completes_on_slurm_despite_a_cancelled_job(runs):
     assert "command=squeue," in run.log  # the profile's status command was used
 
 
+def rule_of(job: dict) -> str:
+    return re.match(r"rule_(.+?)(_wildcards_.*)?$", job["Comment"].strip()).group(1)
+
+
 def test_every_job_ran_on_slurm_and_was_tracked_to_its_end(runs):
     run = runs.slurm
     assert run.returncode == 0, run.tail()
     jobs = run.jobs()
     states = sorted({j["State"].split()[0] for j in jobs})
     assert states == ["CANCELLED", "COMPLETED"], jobs
-    # One SLURM job per snakemake job (none ran locally), plus the cancelled attempt.
+    # One SLURM job per snakemake job that is not a local rule, plus the cancelled attempt.
     steps = int(re.search(r"(\d+) of \1 steps \(100%\) done", run.log).group(1))
-    assert len(jobs) == steps + 1, (len(jobs), steps)
+    local = len(re.findall(r"^local(?:rule|checkpoint) \w+:$", run.log, re.MULTILINE))
+    assert local >= 3  # QC, cohort and failure tables at least, in the main process
+    assert len(jobs) == steps - local + 1, (len(jobs), steps, local)
     assert "Submitted array job" not in run.log  # one sbatch per job (profile: no arrays)
+
+
+def test_per_participant_work_ran_in_batches(runs):
+    """SLURM jobs: one per batch and per cohort-level step, far below one per participant."""
+    jobs = [j for j in runs.slurm.jobs() if not j["State"].startswith("CANCELLED")]
+    by_rule = {}
+    for job in jobs:
+        by_rule.setdefault(rule_of(job), []).append(job)
+    count = batches.batch_count(len(EIDS), BATCH_SIZE)
+    assert len(by_rule["stitch"]) == len(batches.plan(EIDS, count)) == 4
+    assert len(by_rule["preprocess"]) <= 4
+    cohort = pd.read_csv(runs.results("slurm") / "cohort" / "cohort.tsv", sep="\t", dtype=str)
+    test = cohort[cohort["split"] == "test"]
+    assert len(by_rule["gradcam"]) == len({batches.batch_name(e, count) for e in test["eid"]})
+    assert len(by_rule["register"]) == test["group"].nunique()  # a group's few: one batch
+    batch_jobs = sum(len(by_rule.get(rule, [])) for rule in PER_PARTICIPANT_RULES)
+    per_participant = len(EIDS) * 2 + len(test) * 3  # stitch, preprocess; the test's three
+    assert batch_jobs <= per_participant / 2, (batch_jobs, per_participant)
+    # The broken participant is a QC row of its batch; its batch mates went on.
+    qc = pd.read_csv(runs.results("slurm") / "cohort" / "participant_qc.tsv", sep="\t", dtype=str)
+    qc = qc.set_index("eid")
+    assert qc.loc[EIDS[BROKEN], "status"] == "excluded"
+    assert (qc.drop(EIDS[BROKEN])["status"] != "excluded").all()
+    failures = runs.results("slurm") / "cohort" / "participant_failures.tsv"
+    assert len(pd.read_csv(failures, sep="\t")) == 0
 
 
 def test_gpu_rules_got_the_gpu_and_cpu_rules_did_not(runs):
     jobs = runs.slurm.jobs()
     by_rule = {}
     for job in jobs:
-        rule = re.match(r"rule_(.+?)(_wildcards_.*)?$", job["Comment"].strip()).group(1)
-        by_rule.setdefault(rule, []).append(job)
+        by_rule.setdefault(rule_of(job), []).append(job)
     assert GPU_RULES <= set(by_rule), sorted(by_rule)
     for rule, rule_jobs in by_rule.items():
         for job in rule_jobs:
@@ -303,9 +361,9 @@ def test_slurm_results_equal_the_local_run(runs):
             )
 
 
-def test_the_cancelled_job_was_retried_with_more_memory_and_nothing_was_lost(runs):
+def test_the_cancelled_batch_was_retried_reusing_what_it_had_finished(runs):
     run = runs.slurm
-    assert runs.cancelled, f"no Grad-CAM job was seen running to cancel: {run.notes}\n{run.tail()}"
+    assert runs.cancelled, f"no stitch batch was seen running to cancel: {run.notes}\n{run.tail()}"
     assert run.returncode == 0, run.tail()
     jobs = run.jobs()
     cancelled = next(j for j in jobs if j["JobIDRaw"] == runs.cancelled["jobid"])
@@ -317,15 +375,26 @@ def test_the_cancelled_job_was_retried_with_more_memory_and_nothing_was_lost(run
         if j["Comment"] == cancelled["Comment"] and j["JobIDRaw"] != cancelled["JobIDRaw"]
     ]
     assert len(retried) == 1 and retried[0]["State"] == "COMPLETED", (cancelled, retried)
-    # attempt 2 asks for twice the memory (rule: memory(16000), scaled by 1/8 here)
+    # attempt 2 asks for twice the memory (the batch rule's request, scaled by 1/8 here)
     mem = {
         j["JobIDRaw"]: int(re.match(r"(\d+)M", j["ReqMem"]).group(1))
         for j in (cancelled, retried[0])
     }
     assert mem[retried[0]["JobIDRaw"]] == 2 * mem[cancelled["JobIDRaw"]], (cancelled, retried)
-    # Nothing lost: the participant's map exists and equals the local run's.
-    eid = cancelled["Comment"].split("_wildcards_")[-1].split("_")[-1]
-    local_map = nib.load(runs.results("local") / "explain" / "gradcam" / f"{eid}.nii.gz")
-    slurm_map = nib.load(runs.results("slurm") / "explain" / "gradcam" / f"{eid}.nii.gz")
-    assert np.array_equal(local_map.get_fdata(), slurm_map.get_fdata())
-    assert np.allclose(local_map.affine, slurm_map.affine)
+    # The retry reused the participants the killed attempt had finished, and did the rest.
+    batch, members = runs.cancelled["batch"], runs.cancelled["members"]
+    manifest = runs.results("slurm") / "ingest" / "batches" / "stitch" / f"{batch}.tsv"
+    status = pd.read_csv(manifest, sep="\t", dtype=str).set_index("eid")["status"]
+    assert sorted(status.index) == sorted(members)
+    finished = runs.cancelled["finished_before"]
+    assert finished and all(status[eid] == "reused" for eid in finished), (finished, status)
+    assert set(status) <= {"reused", "done"}
+    # Nothing lost: every member's stitched volumes equal the local run's.
+    for eid in members:
+        if eid == EIDS[BROKEN]:
+            continue
+        for contrast in ("W", "F"):
+            name = f"ingest/{eid}/{eid}_{contrast}.nii.gz"
+            local_image = nib.load(runs.results("local") / name)
+            slurm_image = nib.load(runs.results("slurm") / name)
+            assert np.array_equal(local_image.get_fdata(), slurm_image.get_fdata()), name
