@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ageatlas.cohort import table as cohort
+from ageatlas.core.batches import batch_count
 from ageatlas.core.vocabulary import group_names
 
 RECORD_KEYS = ("benchmark", "source", "command", "date", "machine", "data", "results")
@@ -171,6 +172,8 @@ class Settings:
     atlas_members: int = 50  # per group; 0: all
     atlas_iterations: int = 2
     atlas_splits: tuple = ("train", "val")
+    batch_size: int = 400  # batch.size: participants per per-participant job
+    batch_threads: int = 4  # batch.threads: processes per batch job
 
     @classmethod
     def from_config(cls, config: dict, steps_per_level: int | None = None) -> Settings:
@@ -189,6 +192,8 @@ class Settings:
             atlas_members=atlas["n_members"],
             atlas_iterations=atlas["iterations"],
             atlas_splits=tuple(atlas["splits"]),
+            batch_size=config["batch"]["size"],
+            batch_threads=config["batch"]["threads"],
         )
 
 
@@ -211,6 +216,8 @@ class Stage:
     basis: str  # the work, in words
     work: dict = field(default_factory=dict)  # rate key -> units
     disk: dict = field(default_factory=dict)  # disk key -> files written
+    jobs: int = 1  # SLURM jobs: batches of a per-participant rule, 1 for a cohort-level one
+    parallel: int = 1  # participants a job works on at once (its process pool)
 
     @property
     def gpu(self) -> bool:
@@ -229,19 +236,39 @@ def stages(n: int, s: Settings) -> list[Stage]:
     atlas_regs = s.atlas_groups * members * s.atlas_iterations
     templates = s.atlas_groups * (s.atlas_iterations + 1)
     protocol = f"{s.affine_iterations} affine iterations + {s.steps_per_level:,} steps a level"
+    count = batch_count(n, s.batch_size)
+
+    def batches(participants: int, total: int = count) -> int:
+        """Non-empty batches (eid mod count): at most one per participant."""
+        return min(total, participants) if total else participants
+
+    per_group = test // len(group_names())
+    group_batches = len(group_names()) * batches(per_group, batch_count(per_group, s.batch_size))
+    pool = {"parallel": s.batch_threads}
     return [
-        Stage("ingest: zip -> stitched W + F", f"{n:,} zips", {"ingest": n}, {"stitched": n}),
+        Stage(
+            "ingest: zip -> stitched W + F",
+            f"{n:,} zips",
+            {"ingest": n},
+            {"stitched": n},
+            jobs=batches(n),
+            **pool,
+        ),
         Stage(
             "preprocess: training cache",
             f"{cohort_n:,} volumes",
             {"preprocess": cohort_n},
             {"cache": cohort_n},
+            jobs=batches(cohort_n),
+            **pool,
         ),
         Stage(
             "2.5D projections",
             f"{projected:,} participants",
             {"projection": projected},
             {"projection": projected},
+            jobs=batches(projected),
+            **pool,
         ),
         Stage(
             "3D training",
@@ -249,21 +276,33 @@ def stages(n: int, s: Settings) -> list[Stage]:
             {"train3d": s.epochs_3d * c["train"], "infer3d": s.epochs_3d * c["val"]},
         ),
         Stage("3D inference", f"{predicted:,} val + test", {"infer3d": predicted}),
-        Stage("Grad-CAM", f"{test:,} test", {"gradcam": test}, {"gradcam": test}),
+        Stage(
+            "Grad-CAM", f"{test:,} test", {"gradcam": test}, {"gradcam": test}, jobs=batches(test)
+        ),
         Stage(
             "atlases (fixed per run)",
             f"{atlas_regs:,} registrations ({s.atlas_groups} groups x {members} x "
             f"{s.atlas_iterations} passes)",
             {"registration": atlas_regs, "warp": atlas_regs},
             {"atlas_member": atlas_regs, "template": templates},
+            # one registration job and one update per group and pass
+            jobs=2 * s.atlas_groups * s.atlas_iterations,
         ),
         Stage(
             "registration to the group atlas",
             f"{test:,} test x ({protocol})",
             {"registration": test},
             {"registration": test},
+            jobs=group_batches,
         ),
-        Stage("warp Grad-CAM maps", f"{test:,} test", {"warp": test}, {"warped": test}),
+        Stage(
+            "warp Grad-CAM maps",
+            f"{test:,} test",
+            {"warp": test},
+            {"warped": test},
+            jobs=group_batches,
+            **pool,
+        ),
         Stage(
             "2.5D training",
             f"{s.epochs_25d} epochs x ({baseline_train:,} train + {c['val']:,} val)",
@@ -300,19 +339,38 @@ def gib(stage: Stage, bytes_per_file: dict[str, float]) -> float | str:
     return sum(files * bytes_per_file[key] for key, files in stage.disk.items()) / 2**30
 
 
+# Seconds a SLURM job holds its allocation beyond its work: the plugin's job step and srun
+# each start Snakemake (measured on the test cluster: a 1-2 s job held it about 15 s;
+# docs/measurements.md, "The SLURM profile on a real cluster").
+JOB_STARTUP_S = 15
+
+
+def job_hours(stage: Stage, cpu: Hours | None) -> Hours | None:
+    """Allocation hours of the stage's jobs on CPUs: start-up plus the work spread over each
+    job's process pool (None when the work was not measured)."""
+    if cpu is None:
+        return None
+    return Hours(stage.jobs * JOB_STARTUP_S / 3600 + cpu.value / stage.parallel, cpu.partial)
+
+
 def cost(n: int, s: Settings, rate: dict, bytes_per_file: dict) -> list[dict]:
     """Per stage: name, basis, cpu_h, gpu_h (Hours; None: not measured; "-": a CPU stage),
-    disk_gib."""
-    return [
-        {
-            "stage": st.name,
-            "basis": st.basis,
-            "cpu_h": hours(st, rate["cpu"]),
-            "gpu_h": hours(st, rate["cuda"]) if st.gpu else "-",
-            "disk_gib": gib(st, bytes_per_file),
-        }
-        for st in stages(n, s)
-    ]
+    disk_gib, SLURM jobs and their allocation hours on CPUs (job_h)."""
+    rows = []
+    for st in stages(n, s):
+        cpu_h = hours(st, rate["cpu"])
+        rows.append(
+            {
+                "stage": st.name,
+                "basis": st.basis,
+                "cpu_h": cpu_h,
+                "gpu_h": hours(st, rate["cuda"]) if st.gpu else "-",
+                "disk_gib": gib(st, bytes_per_file),
+                "jobs": st.jobs,
+                "job_h": job_hours(st, cpu_h),
+            }
+        )
+    return rows
 
 
 # ---- the table ------------------------------------------------------------------
@@ -344,13 +402,25 @@ def markdown(s: Settings, rate: dict, bytes_per_file: dict, sizes=(1000, 3120, 1
     tables = {n: cost(n, s, rate, bytes_per_file) for n in sizes}
     head = ["stage", f"work per {sizes[0]:,} participants"]
     for n in sizes:
-        head += [f"CPU core-h, {n:,}", f"GPU-h, {n:,}", f"disk GiB, {n:,}"]
+        head += [
+            f"CPU core-h, {n:,}",
+            f"GPU-h, {n:,}",
+            f"disk GiB, {n:,}",
+            f"SLURM jobs, {n:,}",
+            f"job-h on CPUs, {n:,}",
+        ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, row in enumerate(tables[sizes[0]]):
         cells = [row["stage"], row["basis"]]
         for n in sizes:
             r = tables[n][i]
-            cells += [fmt(r["cpu_h"]), fmt(r["gpu_h"]), fmt(r["disk_gib"])]
+            cells += [
+                fmt(r["cpu_h"]),
+                fmt(r["gpu_h"]),
+                fmt(r["disk_gib"]),
+                f"{r['jobs']:,}",
+                fmt(r["job_h"]),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     cells = ["**total**", ""]
     for n in sizes:
@@ -359,6 +429,8 @@ def markdown(s: Settings, rate: dict, bytes_per_file: dict, sizes=(1000, 3120, 1
             total([r["cpu_h"] for r in rows]),
             total([r["gpu_h"] for r in rows]),
             fmt(sum(r["disk_gib"] for r in rows if r["disk_gib"] != "-")),
+            f"{sum(r['jobs'] for r in rows):,}",
+            total([r["job_h"] for r in rows]),
         ]
     lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -167,3 +167,24 @@ def test_records_of_another_size_or_benchmark_are_refused(tmp_path):
     assert sizing.load_record(path, "train") == TRAIN
     with pytest.raises(ValueError, match="not a 'explain'"):
         sizing.load_record(path, "explain")
+
+
+def test_slurm_jobs_are_batches_not_participants():
+    settings = sizing.Settings(split_sizes={"train": 0.5, "val": 0.12, "test": 0.38})
+    stages = {st.name: st for st in sizing.stages(100_000, settings)}
+    assert stages["ingest: zip -> stitched W + F"].jobs == 256  # 100,000 / 400 -> 2^8
+    assert stages["Grad-CAM"].jobs == 256
+    assert stages["3D training"].jobs == 1
+    # registration batches are per group: 38,000 test / 6 groups -> 16 batches each
+    assert stages["registration to the group atlas"].jobs == 6 * 16
+    total = sum(st.jobs for st in stages.values())
+    assert total < 1500, total
+    one_each = sizing.Settings(split_sizes=settings.split_sizes, batch_size=1)
+    assert sizing.stages(1000, one_each)[0].jobs == 1000  # batch size 1: one job per participant
+
+
+def test_job_hours_add_start_up_and_spread_work_over_the_pool():
+    stage = sizing.Stage("x", "", {"ingest": 1}, jobs=10, parallel=4)
+    hours = sizing.job_hours(stage, sizing.Hours(8.0))
+    assert hours.value == pytest.approx(10 * sizing.JOB_STARTUP_S / 3600 + 2.0)
+    assert sizing.job_hours(stage, None) is None
