@@ -36,5 +36,5 @@ rule all:
         qc_table=PARTICIPANT_QC,
         table1=f"{AGE}/table1.md",
         figures=f"{AGE}/figures/predicted_vs_age_by_group.png",
-        baseline_figure=f"{BASELINE}/figures/gradcam_projections.png",
+        baseline_figure=if_baseline(f"{BASELINE}/figures/gradcam_projections.png"),
         explain=explain_targets,

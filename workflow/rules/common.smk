@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from snakemake.exceptions import WorkflowError
 
+from ageatlas.age import given_model
 from ageatlas.cohort import phenotypes as phenotypes_lib
 from ageatlas.cohort import selection
 from ageatlas.cohort import table as cohort_lib
@@ -41,6 +42,28 @@ EXPLAIN = f"{RESULTS}/{paths.EXPLAIN}"
 GRADCAM = f"{RESULTS}/{paths.GRADCAM}"
 ATLAS_DIR = f"{RESULTS}/{paths.ATLAS}"
 REGISTRATION_QC = f"{RESULTS}/{paths.REGISTRATION_QC}"
+AGE_CHECKPOINT = f"{AGE_MODEL}/checkpoint.pt"
+
+# A trained model given in the config (README, "Using a trained model"): the
+# files and the splits it leaves to the run are checked before any job runs.
+GIVEN_CHECKPOINT = given_model.given_checkpoint(config)
+GIVEN_COEFFICIENTS = given_model.given_coefficients(config)
+BASELINE_ENABLED = given_model.baseline_enabled(config)
+_config_problems = given_model.problems(config, AGE_CHECKPOINT)
+if _config_problems:
+    raise WorkflowError(
+        "the config cannot run:\n" + "\n".join(f"- {p}" for p in _config_problems)
+    )
+
+
+def unless_given(path):
+    """A record of training here (metrics.tsv); none with a given model."""
+    return [] if GIVEN_CHECKPOINT else path
+
+
+def if_baseline(path):
+    """A file of the 2.5D baseline; none when baseline.enabled resolves to false."""
+    return path if BASELINE_ENABLED else []
 
 
 def grows(base):
@@ -232,9 +255,10 @@ REFERENCE_VOLUME = f"{EXPLAIN}/reference_volume.npy"
 
 
 def gradcam_reference(wildcards):
-    """The mean training volume, for the methods that attribute against a reference."""
-    if config["gradcam"]["method"] in ("integrated_gradients", "occlusion"):
-        return REFERENCE_VOLUME
+    """The reference volume (gradcam.reference, else the mean training volume), for the methods
+    that attribute against one."""
+    if config["gradcam"]["method"] in given_model.REFERENCE_METHODS:
+        return config["gradcam"]["reference"] or REFERENCE_VOLUME
     return []
 
 

@@ -21,7 +21,7 @@ rule reference_volume:
 
 rule gradcam:
     input:
-        checkpoint=rules.train_age_model.output.checkpoint,
+        checkpoint=AGE_CHECKPOINT,
         cache=CACHE,
         stitched=STITCHED,
         cohort=COHORT_TABLE,
