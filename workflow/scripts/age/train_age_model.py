@@ -29,6 +29,4 @@ train(
     config,
     world_size=gpus if gpus > 1 else None,
 )
-# Its SHA-256, once, for the sidecars of everything it predicts and explains.
-provenance.write_model_record(snakemake.output.checkpoint, provenance.TRAINED_HERE)
 provenance.record(snakemake)
