@@ -443,6 +443,18 @@ def test_results_carry_provenance(pipeline_run):
         ), path
     assert len({record["config_sha256"] for record in records}) == 1  # one run, one config
     assert records[2]["rule"] == "population_map" and records[2]["wildcards"]["subset"] == "all"
+    # Outputs of a model name it, trained here, down to the maps; Table 1 names both models.
+    trained = provenance.model_record(results / "age" / "model" / "checkpoint.pt")
+    assert trained["source"] == "trained here"
+    assert [m["checkpoint"] for m in records[0]["models"]] == [
+        trained["checkpoint"],
+        str(results / "baseline" / "model" / "checkpoint.pt"),
+    ]
+    (map_model,) = records[2]["models"]
+    assert map_model["sha256"] == trained["sha256"]
+    assert map_model["bias_correction"]["source"] == "fitted here"
+    assert records[3]["models"] == [trained]
+    assert "models" not in records[1]  # the QC table rests on no model
 
 
 def report_results(html: str) -> dict:
