@@ -60,5 +60,5 @@ rule all:
         failures=PARTICIPANT_FAILURES,
         table1=f"{AGE}/table1.md",
         figures=f"{AGE}/figures/predicted_vs_age_by_group.png",
-        baseline_figure=f"{BASELINE}/figures/gradcam_projections.png",
+        baseline_figure=if_baseline(f"{BASELINE}/figures/gradcam_projections.png"),
         explain=explain_targets,

@@ -113,3 +113,37 @@ def test_a_model_that_predicts_the_mean_does_not_track_age():
     corr = bias.fit(age, pred, "delta")
     assert corr.age_slope < bias.MIN_TRACKING_SLOPE and not corr.tracks_age
     assert np.abs(corr.apply(pred, age) - age).mean() < 0.2  # the misleading near-perfect score
+
+
+def test_given_coefficients_are_applied_as_they_are(tmp_path):
+    age, pred = _planted()
+    bias.fit(age, pred, "cole").to_json(tmp_path / "given.json")
+    # Only test rows (a given model's cohort): nothing to fit on, and the config's method is
+    # not the given one's.
+    table = pd.DataFrame({"split": "test", "age": age, "predicted": pred})
+    correction, source = bias.given_or_fitted(table, "delta", given=tmp_path / "given.json")
+    assert correction.method == "cole" and correction.slope == pytest.approx(0.6)
+    assert source["source"] == "given" and source["path"] == str(tmp_path / "given.json")
+    assert source["sha256"] and source["method"] == "cole"
+    with pytest.raises(ValueError, match="no rows with split == 'val'"):
+        bias.given_or_fitted(table, "delta")
+    fitted, source = bias.given_or_fitted(table.assign(split="val"), "delta")
+    assert fitted.method == "delta" and source == {
+        "source": "fitted here",
+        "split": "val",
+        "method": "delta",
+        "n": 50,
+    }
+
+
+def test_coefficients_files_that_are_not_corrections_are_named(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"method": "delta", "slope": -0.4, "intercept": 22}')
+    with pytest.raises(
+        ValueError, match=r"c.json is not a bias correction: it lacks \['n', 'r2'\]"
+    ):
+        bias.BiasCorrection.from_json(path)
+    path.write_text(
+        '{"method": "delta", "slope": -0.4, "intercept": 22, "n": 5, "r2": 0.5, "x": 1}'
+    )
+    assert bias.BiasCorrection.from_json(path).n == 5  # unknown keys are ignored

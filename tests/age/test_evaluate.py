@@ -271,3 +271,36 @@ def test_corrected_column_of_a_model_that_did_not_learn_is_flagged_not_bolded(tm
     assert row.endswith("| 0.001 † | 11.500 | **1.000** |")
     assert "**0.001" not in md
     assert "† 2.5D (bias-corrected) does not measure the 2.5D model" in md
+
+
+def test_a_given_model_on_a_cohort_without_train_split(tmp_path):
+    """Trained elsewhere: its training costs say "given checkpoint", and without a train split
+    the mean prediction is N/A; the notes under the table say why."""
+    cohort = _cohort({"test": 4})
+    predictions = _offset(cohort, 1.0).predictions.assign(corrected=lambda t: t["predicted"])
+    (tmp_path / "timing.json").write_text('{"seconds_per_sample": 0.5}')
+    methods = evaluate.model_columns(
+        "3D",
+        predictions,
+        None,
+        tmp_path / "timing.json",
+        training_samples=0,
+        given="/models/checkpoint.pt",
+    )
+    assert [m.given for m in methods] == ["/models/checkpoint.pt"] * 2
+    table = evaluate.table1(cohort, methods)
+    assert table["Mean Pred."].isna().all()
+    costs = table.set_index("Metric")
+    assert math.isnan(costs.loc["Nr. training samples", "3D"])
+    assert costs.loc["Inference/sample (s)", "3D"] == 0.5
+    assert evaluate.overall_mae(cohort, methods[0]) == {
+        "mae": pytest.approx(1.0),
+        "baseline_mae": pytest.approx(math.nan, nan_ok=True),
+        "n": 24,
+    }
+    evaluate.write_table1(table, tmp_path / "t.tsv", tmp_path / "t.md")
+    md = (tmp_path / "t.md").read_text()
+    assert "| Nr. training samples | - | - | - | N/A | given checkpoint | given checkpoint |" in md
+    assert "| Runtime/epoch (min) | - | - | - | N/A | given checkpoint | given checkpoint |" in md
+    assert "Mean Pred. is N/A: the cohort has no train split" in md
+    assert "3D and 3D (bias-corrected): the given checkpoint /models/checkpoint.pt" in md

@@ -162,3 +162,25 @@ def test_predict_nothing(tmp_path):
     write_checkpoint(tmp_path / "checkpoint.pt")
     table, timing = predict(tmp_path / "checkpoint.pt", [], device="cpu")
     assert len(table) == 0 and timing["n"] == 0
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a torch file", "cannot be read as a checkpoint.pt written by train_age_model"),
+        ({"weights": {}}, "is not a checkpoint.pt written by train_age_model: it lacks model and"),
+        (
+            {"model": {"fc.weight": torch.zeros(2)}, "config": {"hidden": 32}},
+            "weights do not fit the model its config builds",
+        ),
+    ],
+)
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, content, message):
+    path = tmp_path / "given.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(ValueError, match=message) as error:
+        load_trained(path)
+    assert str(path) in str(error.value)

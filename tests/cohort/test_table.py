@@ -71,6 +71,21 @@ def test_split_sizes_from_counts_and_fractions():
 
 
 @pytest.mark.parametrize(
+    "sizes", [{"train": 0, "val": 0, "test": 1}, {"train": 0.0, "val": 0.0, "test": 1.0}]
+)
+def test_a_given_models_cohort_can_be_all_test(sizes):
+    """Integers summing to 1 are fractions: the whole cohort, not one participant."""
+    assert cohort.split_sizes(50, sizes) == {"train": 0, "val": 0, "test": 50}
+    table = cohort.cohort_table(population(60), sizes, seed=1)
+    assert (table["split"] == "test").all() and table.attrs["notes"] == []
+
+
+def test_empty_splits_as_counts():
+    table = cohort.cohort_table(population(60), {"train": 0, "val": 10, "test": 30}, seed=1)
+    assert table["split"].value_counts().to_dict() == {"test": 30, "val": 10, "unused": 20}
+
+
+@pytest.mark.parametrize(
     "sizes, message",
     [
         ({"train": 1536, "val": 384, "test": 1201}, "ask for 3121 participants .* only 3120"),

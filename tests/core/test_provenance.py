@@ -139,8 +139,104 @@ def test_every_script_writing_tables_or_maps_records_provenance():
         "truth_summary",
     ]
     by_name = {path.stem: path for path in scripts.rglob("*.py")}
-    marks = ("provenance.record(snakemake)", "run_for_rule(snakemake,")
+    marks = ("provenance.record(snakemake", "run_for_rule(snakemake,")
     missing = [
         name for name in expected if not any(mark in by_name[name].read_text() for mark in marks)
     ]
     assert not missing, f"scripts without provenance.record(snakemake): {missing}"
+
+
+# ---- the model behind an output ----------------------------------------------
+
+
+class Files(list):
+    """Enough of snakemake's named input/output lists: a list whose names are attributes."""
+
+    def __init__(self, positional=(), **named):
+        super().__init__([str(p) for p in positional] + [str(p) for p in named.values()])
+        for name, path in named.items():
+            setattr(self, name, str(path))
+
+
+def named_job(outputs, inputs, rule="predict_age"):
+    return SimpleNamespace(
+        input=inputs, output=outputs, wildcards=Wildcards(), config={"seed": 1}, rule=rule
+    )
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    path = tmp_path / "model" / "checkpoint.pt"
+    path.parent.mkdir()
+    path.write_bytes(b"weights" * 1000)
+    return path
+
+
+def test_a_checkpoints_hash_is_computed_once_per_path_and_mtime(checkpoint, monkeypatch):
+    record = provenance.model_record(checkpoint)
+    assert record == {
+        "checkpoint": str(checkpoint),
+        "sha256": provenance.sha256_file(checkpoint),
+        "source": provenance.TRAINED_HERE,
+        "size": 7000,
+    }
+    stored = json.loads(provenance.model_record_path(checkpoint).read_text())
+    assert stored["sha256"] == record["sha256"] and "mtime_ns" in stored
+    # Another job (a new process: no in-memory cache) reads the stored hash, never the file.
+    provenance._cached_model_record.cache_clear()
+    monkeypatch.setattr(provenance, "sha256_file", lambda path: pytest.fail("hashed again"))
+    assert provenance.model_record(checkpoint) == record
+    # A changed file (size or mtime) is hashed again.
+    monkeypatch.undo()
+    checkpoint.write_bytes(b"other weights")
+    changed = provenance.model_record(checkpoint)
+    assert changed["sha256"] == provenance.sha256_file(checkpoint) != record["sha256"]
+
+
+def test_an_installed_checkpoint_is_a_hashed_copy_recorded_as_given(tmp_path, checkpoint):
+    installed = tmp_path / "run" / "age" / "model" / "checkpoint.pt"
+    record = provenance.install_checkpoint(checkpoint, installed)
+    assert installed.read_bytes() == checkpoint.read_bytes()
+    assert record["source"] == provenance.GIVEN and record["given"] == str(checkpoint.resolve())
+    assert record["sha256"] == provenance.sha256_file(checkpoint)
+    assert provenance.model_record(installed)["given"] == str(checkpoint.resolve())
+    assert sorted(p.name for p in installed.parent.iterdir()) == [
+        "checkpoint.pt",
+        "checkpoint.pt.model.json",
+    ]  # no temporary file left behind
+
+
+def test_model_outputs_name_their_model_down_to_the_maps(tmp_path, checkpoint):
+    """Predictions name the checkpoint they read; the bias correction joins; a map made from a
+    Grad-CAM map and the ageing classes names the model once, with its correction."""
+    model = provenance.model_record(checkpoint)
+    predictions, corrected = tmp_path / "predictions.tsv", tmp_path / "corrected.tsv"
+    cam, classes, mean = tmp_path / "cam.nii.gz", tmp_path / "classes.tsv", tmp_path / "m.nii.gz"
+    for path in (predictions, corrected, cam, classes, mean):
+        path.write_text("x")
+    provenance.record(named_job([predictions], Files(checkpoint=checkpoint)))
+    assert provenance.read_sidecar(predictions)["models"] == [model]
+
+    correction = {"source": "given", "path": "/elsewhere/bias_correction.json"}
+    provenance.record(named_job([corrected], Files([predictions])), bias_correction=correction)
+    assert provenance.read_sidecar(corrected)["models"] == [model | {"bias_correction": correction}]
+
+    provenance.record(named_job([cam], Files(checkpoint=checkpoint, cache=tmp_path / "c.npy")))
+    provenance.record(named_job([classes], Files([corrected])))
+    provenance.record(named_job([mean], Files(classes=classes, warped=cam)))
+    assert provenance.read_sidecar(mean)["models"] == [model | {"bias_correction": correction}]
+
+
+def test_outputs_of_two_models_name_both_and_others_none(tmp_path, checkpoint):
+    other = tmp_path / "baseline.pt"
+    other.write_bytes(b"vgg")
+    a, b, table, qc = (tmp_path / n for n in ("a.tsv", "b.tsv", "table1.tsv", "qc.tsv"))
+    for path in (a, b, table, qc):
+        path.write_text("x")
+    provenance.record(named_job([a], Files(checkpoint=checkpoint)))
+    provenance.record(named_job([b], Files(checkpoint=other)))
+    provenance.record(named_job([table], Files(predictions=a, baseline_predictions=b)))
+    names = [m["checkpoint"] for m in provenance.read_sidecar(table)["models"]]
+    assert names == [str(checkpoint), str(other)]
+    provenance.record(named_job([qc], Files([tmp_path / "phenotypes.csv"])))
+    assert "models" not in provenance.read_sidecar(qc)

@@ -4,6 +4,7 @@ These are the user's commands: a synthetic demo run, a real-format run with
 a hand-made phenotype table full of defects, and config mistakes.
 """
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -40,16 +41,19 @@ pytestmark = pytest.mark.workflow
 
 
 def run_snakemake(
-    workdir: Path, config: dict, *flags: str, target: str = "cohort/participant_qc.tsv"
+    workdir: Path,
+    config: dict,
+    *flags: str,
+    target: str | list[str] = "cohort/participant_qc.tsv",
 ):
-    """snakemake on ``config`` up to ``target`` (a path under results_dir, or a rule name)."""
+    """snakemake on ``config`` up to ``target`` (paths under results_dir, or a rule name)."""
     configfile = workdir / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
-    if "/" in target:
-        target = str(Path(config["results_dir"]) / target)
+    targets = [target] if isinstance(target, str) else target
+    targets = [str(Path(config["results_dir"]) / t) if "/" in t else t for t in targets]
     cmd = [
         SNAKEMAKE,
-        target,
+        *targets,
         "--snakefile",
         str(REPO / "Snakefile"),
         "--configfile",
@@ -203,6 +207,77 @@ def test_unusable_phenotype_table_names_file_and_column(tmp_path):
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "p.csv" in output and "21003-2.0" in output
+
+
+def write_trained_elsewhere(folder: Path) -> tuple[Path, Path]:
+    """A checkpoint.pt as train_age_model writes it (untrained weights) and a bias_correction.json,
+    as another run would have left them."""
+    import torch
+
+    from ageatlas.age.bias import BiasCorrection
+    from ageatlas.age.train_config import TrainConfig
+
+    folder.mkdir()
+    config = TrainConfig(hidden=16, bf16=False, channels_last=False)
+    torch.manual_seed(0)
+    state = {
+        "model": config.build_model(pretrained=False).state_dict(),
+        "epoch": 7,
+        "val_mae": 4.2,
+        "config": dataclasses.asdict(config),
+        "input_shape": [22, 17, 37],
+    }
+    torch.save(state, folder / "checkpoint.pt")
+    BiasCorrection("delta", -0.5, 30.0, 40, 0.7, age_min=45.0, age_max=82.0).to_json(
+        folder / "bias_correction.json"
+    )
+    return folder / "checkpoint.pt", folder / "bias_correction.json"
+
+
+def test_a_given_model_predicts_corrects_and_explains_without_training(tmp_path):
+    """model.checkpoint and bias.coefficients on a cohort that is all test: no training, Table 1
+    says "given checkpoint", and the sidecars name the given model and coefficients."""
+    checkpoint, coefficients = write_trained_elsewhere(tmp_path / "trained_elsewhere")
+    eids = [str(p.eid) for p in make_cohort(6, seed=3)]
+    config = base_config(tmp_path) | {
+        "cohort": {"source": "synthetic"},
+        "synthetic": {"n_participants": 6, "scale": 0.2},
+        "split": {"sizes": {"train": 0, "val": 0, "test": 1}},
+        "preprocess": {"downsample": 2},
+        "train": {"gpus": 0},
+        "model": {"checkpoint": str(checkpoint)},
+        "bias": {"coefficients": str(coefficients)},
+        "atlas": {"splits": ["test"]},
+    }
+    results = tmp_path / "results"
+    targets = ["age/table1.md", "explain/ageing_classes.tsv", f"explain/gradcam/{eids[0]}.nii.gz"]
+    result = run_snakemake(tmp_path, config, target=targets)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert not (tmp_path / "logs" / "train_age_model.log").exists()
+    table1 = (results / "age" / "table1.md").read_text()
+    assert "| Nr. training samples | - | - | - | N/A | given checkpoint |" in table1
+    assert f"the given checkpoint {checkpoint}" in table1 and "2.5D" not in table1
+    sha = provenance.sha256_file(checkpoint)
+    model = {
+        "checkpoint": str(results / "age" / "model" / "checkpoint.pt"),
+        "sha256": sha,
+        "source": "given",
+        "given": str(checkpoint),
+    }
+    for path in (
+        results / "age" / "predictions.tsv",
+        results / "explain" / "gradcam" / f"{eids[0]}.nii.gz",
+    ):
+        (named,) = provenance.read_sidecar(path)["models"]
+        assert {k: named[k] for k in model} == model, path
+    (named,) = provenance.read_sidecar(results / "explain" / "ageing_classes.tsv")["models"]
+    assert named["sha256"] == sha and named["bias_correction"]["source"] == "given"
+    assert named["bias_correction"]["path"] == str(coefficients)
+    corrected = pd.read_csv(results / "age" / "predictions_corrected.tsv", sep="\t")
+    assert (corrected["split"] == "test").all() and len(corrected) == 6
+    np.testing.assert_allclose(
+        corrected["corrected"], corrected["predicted"] - (-0.5 * corrected["age"] + 30.0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -368,6 +443,18 @@ def test_results_carry_provenance(pipeline_run):
         ), path
     assert len({record["config_sha256"] for record in records}) == 1  # one run, one config
     assert records[2]["rule"] == "population_map" and records[2]["wildcards"]["subset"] == "all"
+    # Outputs of a model name it, trained here, down to the maps; Table 1 names both models.
+    trained = provenance.model_record(results / "age" / "model" / "checkpoint.pt")
+    assert trained["source"] == "trained here"
+    assert [m["checkpoint"] for m in records[0]["models"]] == [
+        trained["checkpoint"],
+        str(results / "baseline" / "model" / "checkpoint.pt"),
+    ]
+    (map_model,) = records[2]["models"]
+    assert map_model["sha256"] == trained["sha256"]
+    assert map_model["bias_correction"]["source"] == "fitted here"
+    assert records[3]["models"] == [trained]
+    assert "models" not in records[1]  # the QC table rests on no model
 
 
 def report_results(html: str) -> dict:

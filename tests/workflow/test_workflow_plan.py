@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from ageatlas.age.bias import BiasCorrection
 from ageatlas.cohort import table as cohort_lib
 from ageatlas.core import batches
 from ageatlas.synthetic.participants import make_cohort
@@ -48,7 +49,8 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
-def write_config(workdir: Path, n_participants: int) -> dict:
+def write_config(workdir: Path, n_participants: int, **sections) -> dict:
+    """A small SYNTHETIC run's config; ``sections`` replace or add top-level sections."""
     config = {
         "results_dir": str(workdir / "results"),
         "logs_dir": str(workdir / "logs"),
@@ -59,7 +61,7 @@ def write_config(workdir: Path, n_participants: int) -> dict:
         "split": {"sizes": SPLIT},
         "atlas": {"n_members": 2, "iterations": 1},
         "batch": {"size": BATCH_SIZE, "threads": 1},
-    }
+    } | sections
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return config
 
@@ -84,7 +86,8 @@ def fake_finished_run(workdir: Path, config: dict) -> pd.DataFrame:
         for path in missing:
             if path == cohort_path:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                cohort_lib.cohort_table(frame, SPLIT, config["seed"]).to_csv(
+                sizes = config["split"]["sizes"]
+                cohort_lib.cohort_table(frame, sizes, config["seed"]).to_csv(
                     path, sep="\t", index=False
                 )
             elif "." not in path.name:  # directory outputs: stitched/{eid}, synthetic/truth
@@ -127,6 +130,19 @@ def finished(tmp_path_factory):
     test = table[table["split"] == "test"]
     assert test.groupby("group").size().min() >= 2 and test["group"].nunique() == 6
     return workdir, config, table
+
+
+def planned_inputs(result: subprocess.CompletedProcess) -> list[tuple[str, list[str]]]:
+    """(rule, input files) of every job in a dry run's plan."""
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    jobs: list[tuple[str, list[str]]] = []
+    for line in (result.stdout + "\n" + result.stderr).splitlines():
+        match = JOB_LINE.match(line)
+        if match:
+            jobs.append((match.group(1), []))
+        elif jobs and line.strip().startswith("input: "):
+            jobs[-1][1].extend(line.strip()[len("input: ") :].split(", "))
+    return jobs
 
 
 def test_dag_rulegraph_and_summary_work_before_anything_ran(tmp_path):
@@ -246,3 +262,81 @@ def test_one_age_band_or_ageing_class_of_a_group(finished, subset):
     target = f"{config['results_dir']}/explain/F_obese/maps/{subset}_mean.nii.gz"
     jobs = planned_jobs(snakemake(workdir, target, "-n", "--forcerun", "population_map"))
     assert jobs == [("population_map", {"group": "F_obese", "subset": subset})]
+
+
+# ---- a trained model given in the config (model.checkpoint) ------------------
+
+
+def write_given_model_config(workdir: Path, n_participants: int, sizes: dict) -> dict:
+    """A run with a model trained elsewhere: its checkpoint (only the job that installs it reads
+    the content) and its bias coefficients, older than anything the run writes."""
+    elsewhere = workdir / "trained_elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "checkpoint.pt").write_bytes(b"weights")
+    BiasCorrection("delta", -0.4, 22.0, 50, 0.8).to_json(elsewhere / "bias_correction.json")
+    for path in elsewhere.iterdir():
+        os.utime(path, (time.time() - 3600,) * 2)
+    return write_config(
+        workdir,
+        n_participants,
+        split={"sizes": sizes},
+        model={"checkpoint": str(elsewhere / "checkpoint.pt")},
+        bias={"coefficients": str(elsewhere / "bias_correction.json")},
+        atlas={"n_members": 2, "iterations": 1, "splits": ["test"]},
+    )
+
+
+def test_a_given_model_replaces_training_for_a_cohort_that_is_all_test(tmp_path):
+    config = write_given_model_config(tmp_path, 12, {"train": 0, "val": 0, "test": 1})
+    jobs = planned_inputs(snakemake(tmp_path, "-n"))
+    inputs = dict(jobs)
+    installed = f"{config['results_dir']}/age/model/checkpoint.pt"
+    assert "train_age_model" not in inputs
+    assert inputs["given_checkpoint"] == [config["model"]["checkpoint"]]
+    assert installed in inputs["predict_age"]
+    assert config["bias"]["coefficients"] in inputs["correct_bias"]
+    # The 2.5D baseline is trained too: off with a given model.
+    assert not {"projection", "train_baseline", "predict_baseline"} & set(inputs)
+
+
+def test_a_given_model_needs_no_training_caches_and_explains_with_it(tmp_path):
+    """Past the cohort checkpoint: caches of the val and test participants only, no training,
+    no baseline, and every Grad-CAM job reads the installed checkpoint."""
+    config = write_given_model_config(tmp_path, 24, SPLIT)
+    table = fake_finished_run(tmp_path, config)
+    jobs = planned_inputs(
+        snakemake(tmp_path, "all", "-n", "--forcerun", "given_checkpoint", "preprocess")
+    )
+    rules = {rule for rule, _ in jobs}
+    assert not rules & {"train_age_model", "reference_volume", "train_baseline", "projection"}
+    # Preprocess batches: those that hold val or test participants (batches are dealt by eid
+    # over the whole cohort, so a batch of only training participants is not planned).
+    count = batches.batch_count(len(table), BATCH_SIZE)
+    evaluated = table.loc[table["split"].isin(["val", "test"]), "eid"].astype(str)
+    only_train = {batches.batch_name(e, count) for e in table["eid"]} - {
+        batches.batch_name(e, count) for e in evaluated
+    }
+    planned = [
+        w
+        for rule, w in planned_jobs(
+            snakemake(tmp_path, "all", "-n", "--forcerun", "given_checkpoint", "preprocess")
+        )
+        if rule == "preprocess"
+    ]
+    assert {w["batch"] for w in planned} == {batches.batch_name(e, count) for e in evaluated}
+    assert not {w["batch"] for w in planned} & only_train
+    installed = f"{config['results_dir']}/age/model/checkpoint.pt"
+    cams = [files for rule, files in jobs if rule == "gradcam"]
+    test = table.loc[table["split"] == "test", "eid"].astype(str)
+    assert len(cams) == len({batches.batch_name(e, count) for e in test})
+    assert cams and all(installed in f for f in cams)
+
+
+def test_a_missing_given_checkpoint_is_named_before_anything_runs(tmp_path):
+    config = write_given_model_config(tmp_path, 6, SPLIT)
+    Path(config["model"]["checkpoint"]).unlink()
+    result = snakemake(tmp_path, "-n")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"model.checkpoint: {config['model']['checkpoint']} does not exist" in output
+    assert not (tmp_path / "results").exists()

@@ -6,7 +6,7 @@ rule preprocess:
     input:
         cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
         stitch=lambda wc: manifests_for(
-            STITCH_MANIFEST, plan_members(PARTICIPANT_SPLITS)(wc), BATCH_COUNT
+            STITCH_MANIFEST, plan_members(CACHED_SPLITS)(wc), BATCH_COUNT
         ),
     output:
         PREPROCESS_MANIFEST,
@@ -22,7 +22,7 @@ rule preprocess:
     params:
         # no seed: the cache leaves the background noise to the reads (ageatlas.age.preprocess)
         preprocess=config["preprocess"],
-        eids=plan_members(PARTICIPANT_SPLITS),
+        eids=plan_members(CACHED_SPLITS),
         stitched=literal(STITCHED),
         cache=literal(CACHE),
         records=batch_records(f"{RESULTS}/{paths.AGE}", "preprocess"),
@@ -34,9 +34,9 @@ rule preprocess:
 rule train_age_model:
     input:
         cohort=COHORT_TABLE,
-        caches=lambda wc: stage_manifests(PREPROCESS_MANIFEST, PARTICIPANT_SPLITS),
+        caches=lambda wc: stage_manifests(PREPROCESS_MANIFEST, CACHED_SPLITS),
     output:
-        checkpoint=f"{AGE_MODEL}/checkpoint.pt",
+        checkpoint=AGE_CHECKPOINT,
         metrics=report(
             f"{AGE_MODEL}/metrics.tsv",
             caption="../report/training_metrics.rst",
@@ -63,11 +63,36 @@ rule train_age_model:
         "../scripts/age/train_age_model.py"
 
 
+# A trained model given in the config (model.checkpoint) takes train_age_model's
+# place: checked, and copied where the trained one would be.
+if GIVEN_CHECKPOINT:
+
+    rule given_checkpoint:
+        input:
+            given=GIVEN_CHECKPOINT,
+        output:
+            checkpoint=AGE_CHECKPOINT,
+        log:
+            f"{LOGS}/given_checkpoint.log",
+        conda:
+            "../../envs/ageatlas.yaml"
+        threads: 1
+        resources:
+            mem_mb=memory(4000),
+            runtime=grows(10),
+        script:
+            "../scripts/age/given_checkpoint.py"
+
+    ruleorder: given_checkpoint > train_age_model
+
+
 rule predict_age:
     input:
-        checkpoint=rules.train_age_model.output.checkpoint,
+        # A path, not rules.train_age_model.output: that would pin the producer to
+        # training, given checkpoint or not.
+        checkpoint=AGE_CHECKPOINT,
         cohort=COHORT_TABLE,
-        caches=lambda wc: stage_manifests(PREPROCESS_MANIFEST, PARTICIPANT_SPLITS),
+        caches=lambda wc: stage_manifests(PREPROCESS_MANIFEST, CACHED_SPLITS),
     output:
         predictions=f"{AGE}/predictions.tsv",
         timing=f"{AGE}/inference_timing.json",
@@ -92,6 +117,7 @@ rule predict_age:
 rule correct_bias:
     input:
         rules.predict_age.output.predictions,
+        coefficients=GIVEN_COEFFICIENTS or [],
     output:
         predictions=report(
             f"{AGE}/predictions_corrected.tsv",
@@ -117,14 +143,14 @@ rule table1:
     input:
         predictions=rules.correct_bias.output.predictions,
         cohort=COHORT_TABLE,
-        metrics=rules.train_age_model.output.metrics,
+        metrics=unless_given(rules.train_age_model.output.metrics),
         timing=rules.predict_age.output.timing,
         correction=rules.correct_bias.output.coefficients,
         # the 2.5D baseline's records (workflow/rules/baseline.smk)
-        baseline_predictions=f"{BASELINE}/predictions_corrected.tsv",
-        baseline_metrics=f"{BASELINE}/model/metrics.tsv",
-        baseline_timing=f"{BASELINE}/inference_timing.json",
-        baseline_correction=f"{BASELINE}/bias_correction.json",
+        baseline_predictions=if_baseline(f"{BASELINE}/predictions_corrected.tsv"),
+        baseline_metrics=if_baseline(f"{BASELINE}/model/metrics.tsv"),
+        baseline_timing=if_baseline(f"{BASELINE}/inference_timing.json"),
+        baseline_correction=if_baseline(f"{BASELINE}/bias_correction.json"),
     output:
         tsv=report(
             f"{AGE}/table1.tsv",
@@ -146,6 +172,7 @@ rule table1:
         runtime=grows(10),
     params:
         baseline_splits=config["baseline"]["train_splits"],
+        given_checkpoint=GIVEN_CHECKPOINT,
     script:
         "../scripts/age/table1.py"
 

@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from snakemake.exceptions import WorkflowError
 
+from ageatlas.age import given_model
 from ageatlas.cohort import phenotypes as phenotypes_lib
 from ageatlas.cohort import selection
 from ageatlas.cohort import table as cohort_lib
@@ -42,6 +43,28 @@ GRADCAM = f"{RESULTS}/{paths.GRADCAM}"
 ATLAS_DIR = f"{RESULTS}/{paths.ATLAS}"
 REGISTRATION_QC = f"{RESULTS}/{paths.REGISTRATION_QC}"
 PARTICIPANT_FAILURES = f"{RESULTS}/{paths.PARTICIPANT_FAILURES}"
+AGE_CHECKPOINT = f"{AGE_MODEL}/checkpoint.pt"
+
+# A trained model given in the config (README, "Using a trained model"): the
+# files and the splits it leaves to the run are checked before any job runs.
+GIVEN_CHECKPOINT = given_model.given_checkpoint(config)
+GIVEN_COEFFICIENTS = given_model.given_coefficients(config)
+BASELINE_ENABLED = given_model.baseline_enabled(config)
+_config_problems = given_model.problems(config, AGE_CHECKPOINT)
+if _config_problems:
+    raise WorkflowError(
+        "the config cannot run:\n" + "\n".join(f"- {p}" for p in _config_problems)
+    )
+
+
+def unless_given(path):
+    """A record of training here (metrics.tsv); none with a given model."""
+    return [] if GIVEN_CHECKPOINT else path
+
+
+def if_baseline(path):
+    """A file of the 2.5D baseline; none when baseline.enabled resolves to false."""
+    return path if BASELINE_ENABLED else []
 
 
 def grows(base):
@@ -246,7 +269,13 @@ def plan_members(splits, per_group=False):
     return members
 
 
-PARTICIPANT_SPLITS = ("train", "val", "test")
+# Whose training cache is made: val and test are predicted; train is needed to
+# train, and for the default reference volume (gradcam.reference not given).
+_TRAIN_CACHES = not GIVEN_CHECKPOINT or (
+    config["gradcam"]["method"] in given_model.REFERENCE_METHODS
+    and not config["gradcam"]["reference"]
+)
+CACHED_SPLITS = ("train", "val", "test") if _TRAIN_CACHES else ("val", "test")
 register_members = plan_members(["test"], per_group=True)
 WARPED = f"{EXPLAIN}/{{group}}/warped/{{eid}}.nii.gz"
 REGISTRATION_RECORD = f"{EXPLAIN}/{{group}}/registration/{{eid}}.json"
@@ -316,8 +345,9 @@ def all_test_files(pattern):
 def all_batch_manifests(wildcards):
     """Every per-participant batch's manifest: the failure table reads them all."""
     manifests = expand(STITCH_MANIFEST, batch=list(STITCH_BATCHES))
-    manifests += stage_manifests(PREPROCESS_MANIFEST, PARTICIPANT_SPLITS)
-    manifests += stage_manifests(PROJECTION_MANIFEST, PROJECTION_SPLITS)
+    manifests += stage_manifests(PREPROCESS_MANIFEST, CACHED_SPLITS)
+    if BASELINE_ENABLED:
+        manifests += stage_manifests(PROJECTION_MANIFEST, PROJECTION_SPLITS)
     manifests += stage_manifests(GRADCAM_MANIFEST, ["test"])
     for group in active_groups():
         manifests += stage_manifests(REGISTER_MANIFEST, ["test"], group)
@@ -359,9 +389,10 @@ REFERENCE_VOLUME = f"{EXPLAIN}/reference_volume.npy"
 
 
 def gradcam_reference(wildcards):
-    """The mean training volume, for the methods that attribute against a reference."""
-    if config["gradcam"]["method"] in ("integrated_gradients", "occlusion"):
-        return REFERENCE_VOLUME
+    """The reference volume (gradcam.reference, else the mean training volume), for the methods
+    that attribute against one."""
+    if config["gradcam"]["method"] in given_model.REFERENCE_METHODS:
+        return config["gradcam"]["reference"] or REFERENCE_VOLUME
     return []
 
 

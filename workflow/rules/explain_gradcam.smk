@@ -5,7 +5,7 @@
 rule reference_volume:
     input:
         cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
-        caches=lambda wc: stage_manifests(PREPROCESS_MANIFEST, PARTICIPANT_SPLITS),
+        caches=lambda wc: stage_manifests(PREPROCESS_MANIFEST, CACHED_SPLITS),
     output:
         REFERENCE_VOLUME,
     log:
@@ -24,7 +24,7 @@ rule reference_volume:
 
 rule gradcam:
     input:
-        checkpoint=rules.train_age_model.output.checkpoint,
+        checkpoint=AGE_CHECKPOINT,
         caches=lambda wc: manifests_for(
             PREPROCESS_MANIFEST, plan_members(["test"])(wc), BATCH_COUNT
         ),

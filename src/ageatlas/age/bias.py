@@ -13,18 +13,23 @@ with chronological age y and prediction p:
 
 Both are ordinary least squares (statsmodels). Fitting on the test set would
 leak its ages into the evaluation, hence `fit_table` picks the validation rows.
+A run with a given model may instead apply the coefficients fitted by the run
+that trained it (`given_or_fitted`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
+
+from ageatlas.core.provenance import sha256_file
 
 METHODS = ("delta", "cole")
 MIN_SAMPLES = 3
@@ -83,15 +88,24 @@ class BiasCorrection:
 
     def to_json(self, path: str | Path) -> None:
         # NaN is not JSON: store it as null (a noiseless fit has no p-value).
-        fields = {
+        values = {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in asdict(self).items()
         }
-        Path(path).write_text(json.dumps(fields, indent=2) + "\n")
+        Path(path).write_text(json.dumps(values, indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: str | Path) -> BiasCorrection:
-        fields = json.loads(Path(path).read_text())
+        """A correction written by `to_json`; keys it does not know are ignored."""
+        stored = json.loads(Path(path).read_text())
+        if not isinstance(stored, dict):
+            raise ValueError(f"{path} holds no bias correction (a JSON object)")
+        known = {f.name for f in fields(cls)}
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        missing = [key for key in required if stored.get(key) is None]
+        if missing:
+            raise ValueError(f"{path} is not a bias correction: it lacks {missing}")
+        fields_ = {key: value for key, value in stored.items() if key in known}
         for key in (
             "slope",
             "intercept",
@@ -102,9 +116,9 @@ class BiasCorrection:
             "age_min",
             "age_max",
         ):
-            if key in fields:
-                fields[key] = math.nan if fields[key] is None else float(fields[key])
-        correction = cls(**fields)
+            if key in fields_:
+                fields_[key] = math.nan if fields_[key] is None else float(fields_[key])
+        correction = cls(**fields_)
         if correction.method not in METHODS:
             raise ValueError(
                 f"{path}: unknown bias correction method {correction.method!r}; "
@@ -174,6 +188,29 @@ def fit_table(
     if rows.empty:
         raise ValueError(f"no rows with split == {split!r} to fit the bias correction on")
     return fit(rows["age"], rows["predicted"], method)
+
+
+def given_or_fitted(
+    predictions: pd.DataFrame, method: str = "delta", given: str | Path | None = None
+) -> tuple[BiasCorrection, dict]:
+    """The correction to apply, and where it came from (for the provenance sidecars).
+
+    ``given`` (config bias.coefficients, a `to_json` file) is applied as it
+    is, with its own method; without it, one is fitted on the validation rows.
+    """
+    if given:
+        correction = BiasCorrection.from_json(given)
+        source = {
+            "source": "given",
+            "path": os.path.abspath(given),
+            "sha256": sha256_file(given),
+            "method": correction.method,
+            "n": correction.n,
+        }
+    else:
+        correction = fit_table(predictions, method)
+        source = {"source": "fitted here", "split": "val", "method": method, "n": correction.n}
+    return correction, source
 
 
 def correct_table(predictions: pd.DataFrame, correction: BiasCorrection) -> pd.DataFrame:

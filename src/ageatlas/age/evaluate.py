@@ -5,6 +5,9 @@ sexes, of each sex over all BMI groups and of the whole test set; then the
 number of training samples, the runtime per epoch and the inference time per
 sample. Columns: the "Mean Pred." baseline, then one per `MethodResult`, in
 the order given, so further methods (the 2.5D model) are just more records.
+A model given to the run (model.checkpoint) was trained elsewhere: its
+training costs read "given checkpoint", and a cohort without a train split
+has no mean training age, so "Mean Pred." is N/A; notes under the table say so.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ TRAINING_SAMPLES = "Nr. training samples"
 RUNTIME = "Runtime/epoch (min)"
 RUNTIME_SD = "Runtime/epoch sd (min)"
 INFERENCE = "Inference/sample (s)"
+GIVEN_CELL = "given checkpoint"
 KEY_COLUMNS = ["Metric", "Category", "Sex", "n"]
 COHORT_COLUMNS = ("eid", "age", "sex", "bmi_group", "split")
 
@@ -45,6 +49,7 @@ class MethodResult:
     caveat: str | None = (
         None  # why the column's MAEs do not measure the method (shown under the table)
     )
+    given: str | None = None  # the checkpoint the run was given (trained elsewhere), if any
 
 
 def read_epoch_seconds(metrics_tsv: str | Path) -> list[float]:
@@ -58,10 +63,11 @@ def read_epoch_seconds(metrics_tsv: str | Path) -> list[float]:
 def model_columns(
     name: str,
     predictions: pd.DataFrame,
-    metrics_tsv: str | Path,
+    metrics_tsv: str | Path | None,
     timing_json: str | Path,
-    training_samples: int,
+    training_samples: int | None,
     correction_json: str | Path | None = None,
+    given: str | None = None,
 ) -> list[MethodResult]:
     """A model's two columns, as predicted and "(bias-corrected)", with the costs from its rules'
     records.
@@ -70,13 +76,15 @@ def model_columns(
     `metrics_tsv` is the training metrics, `timing_json` the prediction
     rule's timing (``seconds_per_sample``), `correction_json` the fitted
     correction: when the model does not track age, the corrected column
-    carries a caveat instead of passing for a result.
+    carries a caveat instead of passing for a result. A ``given`` checkpoint
+    (trained elsewhere) has no metrics and no training samples here.
     """
     timing = json.loads(Path(timing_json).read_text())
     costs = dict(
-        training_samples=int(training_samples),
-        epoch_seconds=read_epoch_seconds(metrics_tsv),
+        training_samples=None if given or training_samples is None else int(training_samples),
+        epoch_seconds=None if given or metrics_tsv is None else read_epoch_seconds(metrics_tsv),
         inference_seconds_per_sample=timing["seconds_per_sample"],
+        given=given,
     )
     corrected = f"{name} (bias-corrected)"
     return [
@@ -207,8 +215,15 @@ def _selector(test: pd.DataFrame, sex: str | None, bmi: str | None) -> pd.Series
     return mask
 
 
+def _has_train(cohort: pd.DataFrame) -> bool:
+    return bool((cohort["split"] == "train").any())
+
+
 def _baseline_column(cohort: pd.DataFrame, test: pd.DataFrame) -> list[float]:
-    """Baseline MAE per row, the mean taken over that row's own population."""
+    """Baseline MAE per row, the mean taken over that row's own population; NaN without a train
+    split (a given model's cohort)."""
+    if not _has_train(cohort):
+        return [math.nan] * len(_rows())
     values = []
     for _, _, sex, bmi in _rows():
         by = [c for c, f in (("sex", sex), ("bmi_group", bmi)) if f is not None]
@@ -266,6 +281,17 @@ def table1(cohort: pd.DataFrame, methods: list[MethodResult]) -> pd.DataFrame:
         ]
         table[method.name] = maes + _cost_rows(method)
     table.attrs["caveats"] = {m.name: m.caveat for m in methods if m.caveat}
+    table.attrs["given"] = {m.name: m.given for m in methods if m.given}
+    notes = []
+    if not _has_train(cohort):
+        notes.append(f"{BASELINE} is N/A: the cohort has no train split, so no mean training age.")
+    for given in dict.fromkeys(m.given for m in methods if m.given):
+        names = " and ".join(m.name for m in methods if m.given == given)
+        notes.append(
+            f"{names}: the given checkpoint {given}, trained elsewhere; its training samples and "
+            "runtime are not known here."
+        )
+    table.attrs["notes"] = notes
     return table
 
 
@@ -277,6 +303,8 @@ def overall_mae(cohort: pd.DataFrame, method: MethodResult) -> dict[str, float]:
     """
     test = _test_rows(cohort)
     pred = _method_predictions(test, method)
+    if not _has_train(cohort):
+        return {"mae": mae(test["age"], pred), "baseline_mae": math.nan, "n": len(test)}
     base = mean_prediction(cohort, by=())["predicted"]
     base.index = test.index
     return {"mae": mae(test["age"], pred), "baseline_mae": mae(test["age"], base), "n": len(test)}
@@ -320,11 +348,14 @@ def _markdown_rows(table: pd.DataFrame) -> list[list[str]]:
         cells = [_cell(row[m], 3, best[m]) + (" †" if m in caveats else "") for m in methods]
         out.append([metric, category, row["Sex"], str(row["n"]), *cells])
         previous = (MAE, row["Category"])
+    given = table.attrs.get("given", {})
     samples = by_metric.loc[TRAINING_SAMPLES, methods].astype(float)
-    out.append([TRAINING_SAMPLES, "-", "-", "-", *[_cell(samples[m], 0, False) for m in methods]])
+    cells = [GIVEN_CELL if m in given else _cell(samples[m], 0, False) for m in methods]
+    out.append([TRAINING_SAMPLES, "-", "-", "-", *cells])
     mean, sd = (by_metric.loc[k, methods].astype(float) for k in (RUNTIME, RUNTIME_SD))
     best = _best(mean)
-    out.append([RUNTIME, "-", "-", "-", *[_cell(mean[m], 2, best[m], sd[m]) for m in methods]])
+    cells = [GIVEN_CELL if m in given else _cell(mean[m], 2, best[m], sd[m]) for m in methods]
+    out.append([RUNTIME, "-", "-", "-", *cells])
     inference = by_metric.loc[INFERENCE, methods].astype(float)
     best = _best(inference)
     out.append([INFERENCE, "-", "-", "-", *[_cell(inference[m], 3, best[m]) for m in methods]])
@@ -345,6 +376,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         "Best (lowest) value per row in bold."
     )
     notes = "".join(f"\n† {text}\n" for text in table.attrs.get("caveats", {}).values())
+    notes += "".join(f"\n{text}\n" for text in table.attrs.get("notes", []))
     return "\n".join(lines) + "\n\n" + caption + "\n" + notes
 
 

@@ -117,13 +117,36 @@ def load_trained(
 
     `build` makes the untrained model from the checkpoint's config (default:
     the 3D AgeRegressor; `ageatlas.age.train.load_checkpoint` passes others).
+    A file that is not such a checkpoint (another kind of .pt, another
+    model's weights) raises a ValueError that names it and says what differs.
     """
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model = (
-        build(state["config"])
-        if build is not None
-        else AgeRegressor(int(state["config"]["hidden"]))
+    what = "a checkpoint.pt written by train_age_model"
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises pickle, zip and runtime errors alike
+        raise ValueError(
+            f"{checkpoint} cannot be read as {what} (torch.load, weights only): {error}"
+        ) from error
+    missing = (
+        ["model", "config"]
+        if not isinstance(state, dict)
+        else [key for key in ("model", "config") if key not in state]
     )
-    model.load_state_dict(state["model"])
+    if missing or not isinstance(state["config"], dict):
+        raise ValueError(
+            f"{checkpoint} is not {what}: it lacks {' and '.join(missing) or 'a config dict'}"
+            + (f" (it holds {sorted(map(str, state))[:8]})" if isinstance(state, dict) else "")
+        )
+    try:
+        model = (
+            build(state["config"])
+            if build is not None
+            else AgeRegressor(int(state["config"].get("hidden", 256)))
+        )
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"{checkpoint}'s weights do not fit the model its config builds: {error}"
+        ) from error
     meta = {k: v for k, v in state.items() if k != "model"}
     return model.to(device).eval(), meta

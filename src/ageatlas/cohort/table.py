@@ -135,6 +135,8 @@ def split_sizes(n: int, sizes: dict) -> dict[str, int]:
     Integer counts (the paper: 1536/384/1200) are taken as they are and may sum
     to less than ``n``: `cohort_table` then leaves the rest out and says so.
     Fractions are rounded by largest remainder, so the counts sum to ``n``.
+    A size may be 0. Integers summing to 1 (``{train: 0, val: 0, test: 1}``:
+    a given model's whole cohort as test) are fractions, not one participant.
     """
     if set(sizes) != set(SPLITS):
         missing, unknown = sorted(set(SPLITS) - set(sizes)), sorted(set(sizes) - set(SPLITS))
@@ -151,7 +153,7 @@ def split_sizes(n: int, sizes: dict) -> dict[str, int]:
             or value < 0
         ):
             raise ValueError(f"split size {name}={value!r} is not a non-negative number")
-    if all(_is_count(v) for v in values.values()):
+    if all(_is_count(v) for v in values.values()) and sum(values.values()) != 1:
         counts = {name: int(v) for name, v in values.items()}
         if sum(counts.values()) > n:
             asked = " + ".join(f"{name} {c}" for name, c in counts.items())

@@ -289,6 +289,10 @@ def run_for_rule(
     logs.to_file(smk.log[0])
     wildcards = {k: str(v) for k, v in smk.wildcards.items()}
     # From the config, not params: asking to redo must not rerun jobs by itself.
+    base = provenance.provenance(smk.config, rule=smk.rule, wildcards=wildcards)
+    models = provenance.job_models(smk)  # the checkpoint it reads, or its inputs' models
+    if models:
+        base["models"] = models
     options = smk.config["batch"]
     redo = {str(item) for item in smk.config["redo"]}
     if smk.rule in redo:
@@ -303,7 +307,7 @@ def run_for_rule(
         manifest=smk.output[0],
         threads=smk.threads if pooled else 1,
         reuse=lambda eid: options["reuse"] and smk.rule not in redo and eid not in redo,
-        provenance_base=provenance.provenance(smk.config, rule=smk.rule, wildcards=wildcards),
+        provenance_base=base,
     )
     provenance.record(smk)  # the manifest's own sidecar
     return rows
