@@ -250,7 +250,9 @@ def test_a_given_model_predicts_corrects_and_explains_without_training(tmp_path)
         "atlas": {"splits": ["test"]},
     }
     results = tmp_path / "results"
-    targets = ["age/table1.md", "explain/ageing_classes.tsv", f"explain/gradcam/{eids[0]}.nii.gz"]
+    # Attribution maps come from batch jobs: the target is the batch manifest (6 participants in
+    # the default batches of about 400: one batch).
+    targets = ["age/table1.md", "explain/ageing_classes.tsv", "explain/batches/gradcam/0of1.tsv"]
     result = run_snakemake(tmp_path, config, target=targets)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert not (tmp_path / "logs" / "train_age_model.log").exists()
