@@ -153,14 +153,18 @@ def test_training_on_the_gpu_paths_learns_resumes_and_its_checkpoint_predicts_as
     assert np.isfinite(metrics[["train_mae", "val_mae"]].to_numpy()).all()
     assert metrics["train_mae"].iloc[1] < metrics["train_mae"].iloc[0]
 
-    # Fused Adam's state, the scheduler and the RNGs through state.pt: resuming is exact.
+    # Fused Adam's state, the scheduler and the RNGs through state.pt: resuming is exact on the
+    # CPU (cuDNN's autotuned kernels are not deterministic: close there).
     train(*data, tmp_path / "resumed", replace(FAST, epochs=1), device=device, gpu_paths=gpu_paths)
     resumed = train(*data, tmp_path / "resumed", FAST, device=device, gpu_paths=gpu_paths)
     assert resumed["resumed_after"] == 1
     load = lambda run: torch.load(tmp_path / run / "state.pt", weights_only=True)  # noqa: E731
     a, b = load("whole"), load("resumed")
     for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+        if device == "cpu":
+            assert torch.equal(a["model"][key], b["model"][key]), key
+        else:
+            torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-2, atol=1e-3)
     assert a["optimizer"]["param_groups"][0]["fused"] is True
 
     # The checkpoint predicts the validation set as training validated it (same weights, paths,
@@ -174,7 +178,7 @@ def test_training_on_the_gpu_paths_learns_resumes_and_its_checkpoint_predicts_as
     )
     assert timing["precision"] == "bf16 autocast, channels_last, fused Adam"
     mae = float(np.abs(table["predicted"].to_numpy() - ages).mean())
-    assert mae == pytest.approx(whole["best_val_mae"], rel=1e-5)
+    assert mae == pytest.approx(whole["best_val_mae"], rel=1e-5 if device == "cpu" else 1e-2)
     full, timing = predict(checkpoint, val_paths, gpu_paths=False, **options)
     assert timing["precision"] == "float32"
     spread = float(np.abs(full["predicted"]).max())
@@ -199,3 +203,12 @@ def test_the_cuda_choice_of_a_ddp_process():
     """What each spawned process takes, CUDA's answer included (no GPU is touched)."""
     assert process_device(torch.device("cuda"), 1) == (torch.device("cuda", 1), "nccl")
     assert process_device(torch.device("cpu"), 1) == (torch.device("cpu"), "gloo")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="DDP over NCCL needs two GPUs")
+def test_ddp_over_nccl_on_two_cuda_devices(tmp_path, data):
+    """The multi-GPU path proper (one process per GPU, NCCL), where a machine has two GPUs."""
+    config = replace(FAST, epochs=1, batch_size=1, accumulate=2)
+    ddp = train(*data, tmp_path / "ddp", config, device="cuda", world_size=2)
+    assert ddp["world_size"] == 2 and math.isfinite(ddp["best_val_mae"])
+    assert ddp["device"] == "cuda"
