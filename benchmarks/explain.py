@@ -27,6 +27,10 @@ Goal on an H100: Grad-CAM plus registration <= 30 s per participant.
 
     .venv/bin/python benchmarks/explain.py            # the GPU if there is one, else the CPU
     .venv/bin/python benchmarks/explain.py --device cpu --save explain-cpu.json
+
+--scale writes and stitches the participants at a fraction of the matrix
+(the demo's 0.25; benchmarks/gpu_check.sh --small uses 0.125): a check that
+the benchmark runs, not a figure for sizing, which refuses other grids.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def main() -> None:
         return
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="explain_bench_") as tmp:
-        waters = make_participants(Path(tmp))
+        waters = make_participants(Path(tmp), args.scale)
         results = {
             part: run_part(part, device, waters, args) for part in ("gradcam", "registration")
         }
@@ -70,7 +74,8 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             **results,
         }
-        record = sizing.make_record("explain", results, data="two SYNTHETIC full-size participants")
+        size = "full-size" if args.scale == 1 else f"scale {args.scale:g}"
+        record = sizing.make_record("explain", results, data=f"two SYNTHETIC {size} participants")
         sizing.save_record(args.save, record)
 
 
@@ -91,6 +96,9 @@ def parse_args():
     )
     parser.add_argument("--ig-steps", type=int, default=32, help="integrated gradients' steps")
     parser.add_argument(
+        "--scale", type=float, default=1.0, help="fraction of the full matrix (default 1)"
+    )
+    parser.add_argument(
         "--part", choices=["gradcam", "registration", "attribution"], help=argparse.SUPPRESS
     )
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -99,8 +107,8 @@ def parse_args():
     return parser.parse_args()
 
 
-def make_participants(tmp: Path) -> list[str]:
-    """Two SYNTHETIC participants stitched to the full default grid; their water paths."""
+def make_participants(tmp: Path, scale: float = 1.0) -> list[str]:
+    """Two SYNTHETIC participants stitched to the default grid (scaled); their water paths."""
     from ageatlas.core.paths import stitched_path
     from ageatlas.ingest.grid import Grid
     from ageatlas.ingest.participant import ingest_participant
@@ -108,13 +116,18 @@ def make_participants(tmp: Path) -> list[str]:
     from ageatlas.synthetic.dicom import write_participant_zip
     from ageatlas.synthetic.participants import make_cohort
 
+    full = Grid()
+    grid = Grid(
+        shape=tuple(round(n * scale) for n in full.shape),
+        spacing=tuple(mm / scale for mm in full.spacing),
+    )
     waters = []
     for person in make_cohort(2, seed=7):
         zip_path = tmp / f"{person.eid}.zip"
-        write_participant_zip(zip_path, person, scale=1.0, seed=7)
+        write_participant_zip(zip_path, person, scale=scale, seed=7)
         out = tmp / str(person.eid)
         record = ingest_participant(
-            str(person.eid), zip_path, out, Grid(), StitchOptions(), preview=False
+            str(person.eid), zip_path, out, grid, StitchOptions(), preview=False
         )
         if not record.passed:
             raise RuntimeError(
@@ -312,7 +325,7 @@ def print_table(device: str, results: dict, args) -> None:
     name = device_name(device)
     threads = torch.get_num_threads()
     print(
-        f"SYNTHETIC full-size participants, grid {results['gradcam']['shape']}, device {name} "
+        f"SYNTHETIC participants, grid {results['gradcam']['shape']}, device {name} "
         f"({threads} CPU threads)"
     )
     gradcam = results["gradcam"]

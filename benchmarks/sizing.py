@@ -1,11 +1,13 @@
 """Sizing for a cluster: CPU core-hours, GPU-hours and disk per stage, from the benchmarks' records.
 
 Times come from records the benchmarks save with --save (default: the ones
-in benchmarks/records/, which hold the figures in the README's "Measured").
-GPU-hours come only from a record measured on CUDA; without one a stage says
-"not measured". The work per stage comes from the config (schema defaults
-filled in): split sizes, epochs, the registration protocol, atlas members.
-The arithmetic is cluster_sizing.
+in benchmarks/records/, which hold the figures in the README's "Measured",
+and the GPU records benchmarks/gpu_check.sh leaves there, train-cuda.json
+and explain-cuda.json, when it has run). GPU-hours come only from a record
+measured on CUDA; without one a stage says "not measured". The work per
+stage comes from the config (schema defaults filled in): split sizes,
+epochs, the registration protocol, atlas members. The arithmetic is
+cluster_sizing.
 
 Disk is measured here, every run (a few seconds): one full-size SYNTHETIC
 participant goes through the workflow's own code (ingest, preprocess,
@@ -32,6 +34,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RECORDS = HERE / "records"
+# What benchmarks/gpu_check.sh saves on a GPU; read by default once it exists.
+GPU_RECORDS = {"train": RECORDS / "train-cuda.json", "explain": RECORDS / "explain-cuda.json"}
 
 
 def main() -> None:
@@ -68,13 +72,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--train",
         nargs="+",
-        default=[RECORDS / "train-3d.json", RECORDS / "train-2.5d.json"],
+        default=[RECORDS / "train-3d.json", RECORDS / "train-2.5d.json", *_gpu("train")],
         help="benchmarks/train.py --save records; a later one replaces an earlier one's rows",
     )
     parser.add_argument(
         "--explain",
         nargs="+",
-        default=[RECORDS / "explain.json"],
+        default=[RECORDS / "explain.json", *_gpu("explain")],
         help="benchmarks/explain.py --save records (one per device)",
     )
     parser.add_argument("--disk", help="a saved disk record instead of measuring disk now")
@@ -88,6 +92,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--markdown-out", help="also write the table here")
     return parser.parse_args()
+
+
+def _gpu(benchmark: str) -> list[Path]:
+    path = GPU_RECORDS[benchmark]
+    return [path] if path.exists() else []
 
 
 def load_config(path) -> dict:

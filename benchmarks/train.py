@@ -5,8 +5,9 @@ Random inputs at full size through the models the workflow trains, built
 from their training configs (ageatlas.age.train_config.TrainConfig: the 3D ResNet-18 on
 one 224 x 174 x 370 volume, the authors' stitched grid was 224 x 168 x 363;
 ageatlas.baseline.model.BaselineConfig: Langner's VGG16-bn on a 2 x 256 x 256
-projection): float32 on the CPU; bfloat16 autocast and channels_last(_3d) on
-a GPU (the training defaults). Reading an input file is timed apart from the
+projection): float32 on the CPU; bfloat16 autocast, channels_last(_3d) and
+fused Adam on a GPU (the training defaults; --gpu-paths takes them on the CPU
+too). Reading an input file is timed apart from the
 model (the loading column).
 
   training s/sample  = (augmentation + forward + loss + backward) per sample + one
@@ -44,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 
 import cluster_sizing as sizing
 import numpy as np
@@ -126,6 +126,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-bf16", action="store_true", help="float32 on the GPU too")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument(
+        "--gpu-paths",
+        action="store_true",
+        help="the GPU's paths on the CPU too (bf16 autocast, channels_last, fused Adam)",
+    )
+    parser.add_argument(
         "--save", help="write the rows here as JSON (a record for benchmarks/sizing.py)"
     )
     parser.add_argument(
@@ -168,11 +173,12 @@ def measure(args: argparse.Namespace, device_name: str, model_name: str) -> dict
     steps = args.steps or (10 if cuda else 1)
     warmup = args.warmup if args.warmup is not None else (3 if cuda else 0)
     config = MODELS[model_name]["config"](
-        bf16=cuda and not args.no_bf16, channels_last=not args.no_channels_last
+        bf16=not args.no_bf16, channels_last=not args.no_channels_last
     )
+    paths = config.fast_paths(device, True if args.gpu_paths else None)  # as training takes them
     batch_size = args.batch_size or config.batch_size
     accumulate = args.accumulate or config.accumulate
-    memory_format = config.memory_format(device)
+    memory_format = paths.memory_format
     if cuda:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
@@ -181,9 +187,7 @@ def measure(args: argparse.Namespace, device_name: str, model_name: str) -> dict
     x = torch.randn(batch_size, *shape, device=device).contiguous(memory_format=memory_format)
     age = torch.full((batch_size,), 63.0, device=device)
     generator = torch.Generator().manual_seed(0)
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if config.bf16 else nullcontext
-    )
+    autocast = paths.autocast
 
     def infer():
         with torch.inference_mode(), autocast():
@@ -195,7 +199,7 @@ def measure(args: argparse.Namespace, device_name: str, model_name: str) -> dict
             loss = config.sample_loss(model(batch).float() - age).mean()
         loss.backward()
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=cuda)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=paths.fused_adam)
     model.eval()
     reset_peak_memory(device)
     inference = timed(infer, steps, warmup, device) / batch_size
@@ -213,8 +217,7 @@ def measure(args: argparse.Namespace, device_name: str, model_name: str) -> dict
         "input": "x".join(map(str, shape)),
         "batch": f"{batch_size} x {accumulate}" if accumulate > 1 else str(batch_size),
         "steps": steps,
-        "precision": ("bf16 autocast" if config.bf16 else "float32")
-        + (", channels_last" if memory_format != torch.contiguous_format else ""),
+        "precision": paths.describe(),
         "training": training + adam / (accumulate * batch_size),
         "inference": inference,
         "training_memory": training_memory,

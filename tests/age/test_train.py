@@ -161,7 +161,8 @@ def test_training_reads_draw_fresh_background_noise_every_epoch(tiny):
 def test_the_training_loader_tells_the_dataset_its_epoch(tiny):
     """Through the trainer's loader (workers too): every epoch other noise, the same per epoch."""
     config = TrainConfig(batch_size=2, num_workers=1)
-    job = SimpleNamespace(config=config, world=1, rank=0, device=torch.device("cpu"))
+    cpu = torch.device("cpu")
+    job = SimpleNamespace(config=config, world=1, rank=0, device=cpu, paths=config.fast_paths(cpu))
     job.generator = torch.Generator().manual_seed(0)
     loader, sampler = _train_loader(job, tiny[0])
     assert len(loader.sampler) == len(tiny[0])

@@ -47,14 +47,11 @@ def _worker(
     args: tuple,
 ) -> None:
     _log_to(rank, *log_files)
-    device = args[4]
+    device, backend = process_device(args[4], rank)
     if device.type == "cuda":
-        device = torch.device("cuda", rank)
         torch.cuda.set_device(device)
-        backend = "nccl"
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-        backend = "gloo"
     dist.init_process_group(
         backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
@@ -64,6 +61,14 @@ def _worker(
             queue.put(summary)
     finally:
         dist.destroy_process_group()
+
+
+def process_device(device: torch.device, rank: int) -> tuple[torch.device, str]:
+    """A rank's device and the process group's backend: GPU `rank` over NCCL on CUDA, the CPU
+    over gloo otherwise. Apart from the worker, so CPU tests check the CUDA choice too."""
+    if device.type == "cuda":
+        return torch.device("cuda", rank), "nccl"
+    return device, "gloo"
 
 
 def _free_port() -> int:

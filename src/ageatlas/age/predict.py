@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -34,29 +33,30 @@ def predict(
     device: str | None = None,
     num_workers: int = 0,
     config_type: type[TrainConfig] = TrainConfig,
+    gpu_paths: bool | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Predicted ages for (eid, input path) items, in their order, and the inference timing.
 
     `config_type` is the checkpoint's model family: TrainConfig for the 3D
     model on caches, ageatlas.baseline.model.BaselineConfig for the 2.5D baseline
-    on projections.
+    on projections. `gpu_paths` True takes the GPU's fast paths (bf16
+    autocast, channels_last, pinned memory, warm-up) on the CPU too.
     """
     device = pick_device(device, task="predicting")
     model, config, _ = load_checkpoint(checkpoint, device, config_type)
-    cuda = device.type == "cuda"
-    bf16 = cuda and config.bf16 and torch.cuda.is_bf16_supported()
-    memory_format = config.memory_format(device)
-    model.to(memory_format=memory_format)
-    if cuda:
+    paths = config.fast_paths(device, gpu_paths)
+    model.to(memory_format=paths.memory_format)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     dataset = config.dataset([(path, math.nan) for _, path in items])
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=cuda)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=paths.pin_memory
+    )
     predicted, seconds, warmed = [], 0.0, set()
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), paths.autocast():
         for x, _ in loader:
-            x = x.to(device, non_blocking=True, memory_format=memory_format)
-            if cuda and x.shape not in warmed:
+            x = x.to(device, non_blocking=True, memory_format=paths.memory_format)
+            if paths.warm_up and x.shape not in warmed:
                 model(x)
                 warmed.add(x.shape)
             _synchronize(device)
@@ -69,7 +69,8 @@ def predict(
     ages = np.concatenate(predicted).astype(np.float64) if predicted else np.empty(0)
     table = pd.DataFrame({"eid": [eid for eid, _ in items], "predicted": ages})
     timing = {
-        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": paths.describe(),
         "n": n,
         "seconds": seconds,
         "seconds_per_sample": seconds / n if n else math.nan,

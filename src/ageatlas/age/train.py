@@ -60,6 +60,7 @@ def train(
     *,
     device: str | None = None,
     world_size: int | None = None,
+    gpu_paths: bool | None = None,
 ) -> dict:
     """Train (or resume) the age model; writes state.pt, metrics.tsv and checkpoint.pt in out_dir.
 
@@ -67,7 +68,9 @@ def train(
     volumes, ageatlas.baseline.model.BaselineConfig the 2.5D baseline on projections.
 
     world_size > 1 trains with DistributedDataParallel over that many
-    processes (one GPU each on CUDA, gloo processes on the CPU). Returns a
+    processes (one GPU each on CUDA, gloo processes on the CPU). gpu_paths
+    True takes the GPU's fast paths (ageatlas.core.fast_paths) on the CPU too;
+    it is not part of the state's key, as the device is not. Returns a
     summary: device, world size, epochs run, best epoch and its validation
     MAE, whether training stopped early, the epoch it resumed after.
     """
@@ -85,7 +88,7 @@ def train(
         )
     keys = {"config_key": config_key(config), "data_key": data_key(train_items, val_items)}
     resume = check_state(out_dir, keys)
-    args = (train_items, val_items, out_dir, config, device, resume, keys)
+    args = (train_items, val_items, out_dir, config, device, resume, keys, gpu_paths)
     if world == 1:
         return _run(0, 1, *args)
     return spawn(world, _run, args)
@@ -101,9 +104,10 @@ def _run(
     device: torch.device,
     resume: bool,
     keys: dict,
+    gpu_paths: bool | None = None,
 ) -> dict:
     """One training process from start (or the saved state) to the end."""
-    job, progress = _setup(rank, world, train_items, device, out_dir, config, resume)
+    job, progress = _setup(rank, world, train_items, device, out_dir, config, resume, gpu_paths)
     start = progress.epoch
     train_loader, sampler = _train_loader(job, train_items)
     val_loader = _loader(
@@ -154,6 +158,7 @@ def _setup(
     out_dir: Path,
     config: TrainConfig,
     resume: bool,
+    gpu_paths: bool | None = None,
 ) -> tuple[Job, Progress]:
     seed_everything(config.seed)
     cuda = device.type == "cuda"
@@ -163,16 +168,15 @@ def _setup(
     if config.init_output_bias:
         with torch.no_grad():
             model.output_layer.bias.fill_(float(np.mean([age for _, age in train_items])))
-    memory_format = config.memory_format(device)
-    model.to(device, memory_format=memory_format)
-    # fused: one kernel on the GPU
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=cuda)
+    paths = config.fast_paths(device, gpu_paths)
+    model.to(device, memory_format=paths.memory_format)
+    # fused: one kernel for all parameters (the GPU's path; torch has a CPU kernel too)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=paths.fused_adam)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience
     )
     generator = torch.Generator().manual_seed(config.seed)
-    bf16 = cuda and config.bf16 and torch.cuda.is_bf16_supported()
-    if cuda and config.bf16 and not bf16:
+    if cuda and config.bf16 and not paths.bf16:
         log.warning("this GPU has no bfloat16: training in float32")
     job = Job(
         rank=rank,
@@ -185,8 +189,7 @@ def _setup(
         optimizer=optimizer,
         scheduler=scheduler,
         generator=generator,
-        bf16=bf16,
-        memory_format=memory_format,
+        paths=paths,
         accumulate=max(1, round(config.accumulate / world)),
     )
     progress = load_state(job) if resume else Progress()
@@ -199,7 +202,7 @@ def _setup(
 
 def _log_start(job: Job, n_train: int, progress: Progress) -> None:
     name = torch.cuda.get_device_name(job.device) if job.device.type == "cuda" else "CPU"
-    precision = "bf16 autocast" if job.bf16 else "float32"
+    precision = job.paths.describe()
     if job.accumulate * job.world != job.config.accumulate:
         log.warning(
             "accumulate %d is not a multiple of %d processes: %d steps per process",
@@ -247,7 +250,7 @@ def _loader(job: Job, dataset: Dataset, sampler: Sampler, batch_size: int) -> Da
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        pin_memory=job.device.type == "cuda",
+        pin_memory=job.paths.pin_memory,
         persistent_workers=workers > 0,
         worker_init_fn=seed_worker,
         generator=job.generator,
@@ -287,14 +290,14 @@ def _train_one_epoch(job: Job, loader: DataLoader) -> torch.Tensor:
     job.optimizer.zero_grad(set_to_none=True)
     for i, (x, age) in enumerate(loader):
         x = job.config.augment(x.to(job.device, non_blocking=True), job.generator)
-        x = x.contiguous(memory_format=job.memory_format)
+        x = x.contiguous(memory_format=job.paths.memory_format)
         age = age.to(job.device, non_blocking=True)
         first = (i // accumulate) * per_step
         step_samples = min(first + per_step, n) - first  # the last step of an epoch may be short
         stepping = (i + 1) % accumulate == 0 or i + 1 == batches
         # DDP all-reduces gradients on the step's last backward only.
         with nullcontext() if stepping or job.world == 1 else job.wrapped.no_sync():
-            with _autocast(job):
+            with job.paths.autocast():
                 error = job.wrapped(x).float() - age
             (job.config.sample_loss(error).sum() / step_samples).backward()
         abs_error += error.detach().abs().sum()
@@ -312,9 +315,9 @@ def _validate(job: Job, loader: DataLoader) -> torch.Tensor:
     """
     job.model.eval()
     abs_error = torch.zeros((), dtype=torch.float64, device=job.device)
-    with torch.inference_mode(), _autocast(job):
+    with torch.inference_mode(), job.paths.autocast():
         for x, age in loader:
-            x = x.to(job.device, non_blocking=True, memory_format=job.memory_format)
+            x = x.to(job.device, non_blocking=True, memory_format=job.paths.memory_format)
             abs_error += (job.model(x).float() - age.to(job.device, non_blocking=True)).abs().sum()
     return torch.stack(
         [
@@ -322,10 +325,6 @@ def _validate(job: Job, loader: DataLoader) -> torch.Tensor:
             torch.tensor(float(len(loader.sampler)), dtype=torch.float64, device=job.device),
         ]
     )
-
-
-def _autocast(job: Job):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if job.bf16 else nullcontext()
 
 
 def _synchronize(device: torch.device) -> None:

@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ from torch.utils.data import Dataset
 
 from ageatlas.age.model import build_model
 from ageatlas.age.train_data import CacheDataset
+from ageatlas.core.fast_paths import FastPaths, fast_paths
 
 # Settings that do not change the numbers of the epochs already run: a run
 # may resume under other values (e.g. more epochs).
@@ -44,14 +46,18 @@ class TrainConfig:
     early_stopping: int | None = None  # patience in epochs, None = off
     seed: int = 42
     num_workers: int = 0
-    bf16: bool = True  # CUDA only
-    channels_last: bool = True  # CUDA only
+    bf16: bool = True  # on CUDA (or with gpu_paths): ageatlas.core.fast_paths
+    channels_last: bool = True  # on CUDA (or with gpu_paths)
     pretrained: str | None = None
     hidden: int = 256
     init_output_bias: bool = True  # start at the training mean age (the authors start at 0)
 
     # What a model family defines; the 2.5D baseline (ageatlas.baseline.model.BaselineConfig)
     # overrides these, the training loop, resume, DDP and prediction are shared.
+
+    # The channels_last layout of the family's inputs (a class constant, not a setting:
+    # it stays out of the state's config key).
+    CHANNELS_LAST: ClassVar[torch.memory_format] = torch.channels_last_3d
 
     @classmethod
     def from_dict(cls, settings: dict) -> TrainConfig:
@@ -67,9 +73,14 @@ class TrainConfig:
         """The inputs: caches whose background noise is drawn from this run's seed."""
         return CacheDataset(items, seed=self.seed)
 
-    def memory_format(self, device: torch.device) -> torch.memory_format:
-        cuda = device.type == "cuda"
-        return torch.channels_last_3d if cuda and self.channels_last else torch.contiguous_format
+    def fast_paths(self, device: torch.device, gpu_paths: bool | None = None) -> FastPaths:
+        """The GPU paths this config takes on `device` (gpu_paths None: on CUDA only)."""
+        return fast_paths(
+            device,
+            bf16=self.bf16,
+            channels_last=self.CHANNELS_LAST if self.channels_last else None,
+            gpu_paths=gpu_paths,
+        )
 
     def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A training batch on the device, augmented (none for the 3D model)."""

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ageatlas.age.train_config import TrainConfig
+from ageatlas.core.fast_paths import FastPaths
 from ageatlas.core.files import atomic_write
 
 # The training loop's logger (train.py's): log filters set on it also see the resume warnings.
@@ -57,8 +58,7 @@ class Job:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
     generator: torch.Generator
-    bf16: bool
-    memory_format: torch.memory_format
+    paths: FastPaths  # bf16, channels_last, fused Adam, pinned memory: on CUDA or when asked
     accumulate: int  # steps per process
 
 

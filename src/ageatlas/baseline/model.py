@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -55,6 +56,8 @@ class BaselineConfig(TrainConfig):
     dropout: float = 0.5
     pool: int = 8  # features are average-pooled to pool x pool
 
+    CHANNELS_LAST: ClassVar[torch.memory_format] = torch.channels_last  # 2D projections
+
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, not {self.loss!r}")
@@ -68,10 +71,6 @@ class BaselineConfig(TrainConfig):
 
     def dataset(self, items: Sequence[tuple[str, float]]) -> Dataset:
         return CacheDataset(items, add_channel=False)
-
-    def memory_format(self, device: torch.device) -> torch.memory_format:
-        cuda = device.type == "cuda"
-        return torch.channels_last if cuda and self.channels_last else torch.contiguous_format
 
     def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return random_shift(x, self.max_shift, generator)

@@ -30,7 +30,8 @@ for the side of the mean a participant was predicted on.
 Unlike M3d-CAM, which writes uint8 maps with an identity affine and
 transposed axes, `cam_for_participant` resamples the map onto the
 participant's stitched grid and saves it with that image's affine, so the
-registration step can warp it like the water image.
+registration step can warp it like the water image. Many participants with
+one model load, several per pass: :mod:`ageatlas.explain.gradcam_batch`.
 """
 
 from __future__ import annotations
@@ -94,15 +95,48 @@ def grad_cam(
     Gradients are taken with torch.autograd.grad, so no parameter's .grad is
     touched; the forward hook is removed even when the forward pass fails.
     """
-    if method not in CAM_METHODS:
-        raise ValueError(f"layer attribution method must be one of {CAM_METHODS}, not {method!r}")
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
-    sign_of = _target_sign(target, reference_age)
     if volume.ndim not in (4, 5) or volume.shape[0] != 1:
         raise ValueError(
             f"grad_cam needs one volume (1, C, X, Y, Z) or one image (1, C, H, W), "
             f"got shape {tuple(volume.shape)}"
+        )
+    return layer_cams(
+        model,
+        volume,
+        layer,
+        method=method,
+        normalise=normalise,
+        target=target,
+        reference_age=reference_age,
+        placement=placement,
+    )[0]
+
+
+def layer_cams(
+    model: nn.Module,
+    volumes: torch.Tensor,
+    layer: nn.Module | None = None,
+    *,
+    method: str = "gradcam",
+    normalise: bool = True,
+    target: str = "age",
+    reference_age: float | None = None,
+    placement: str = "receptive_field",
+) -> list[CamResult]:
+    """`grad_cam` of each volume of a batch (B, C, ...), from one forward and one backward pass.
+
+    In eval mode no sample's age depends on another's input, so the gradient
+    of the summed ages at sample i's activations is sample i's own.
+    """
+    if method not in CAM_METHODS:
+        raise ValueError(f"layer attribution method must be one of {CAM_METHODS}, not {method!r}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
+    sign_of = target_sign(target, reference_age)
+    if volumes.ndim not in (4, 5) or volumes.shape[0] < 1:
+        raise ValueError(
+            f"layer_cams needs volumes (B, C, X, Y, Z) or images (B, C, H, W), "
+            f"got shape {tuple(volumes.shape)}"
         )
     layer = model.feature_layer if layer is None else layer
     device = next(model.parameters()).device
@@ -111,22 +145,28 @@ def grad_cam(
     try:
         with torch.enable_grad():  # works under a caller's torch.no_grad too
             activation, age = _forward_with_activation(
-                model, layer, volume.to(device, torch.float32)
+                model, layer, volumes.to(device, torch.float32)
             )
             (gradient,) = torch.autograd.grad(age.sum(), activation)
     finally:
         model.train(was_training)
-    predicted_age = float(age.detach().reshape(-1)[0])
-    layer_map = _layer_map(method, activation.detach(), gradient * sign_of(predicted_age))
-    input_shape = tuple(volume.shape[2:])
-    geometry = (
-        cell_geometry(model, layer, len(input_shape))
-        if placement == "receptive_field"
-        else CellGeometry.m3dcam(layer_map.shape, input_shape)
-    )
-    scaled = scale_map(layer_map, method in SIGNED_METHODS) if normalise else layer_map
-    cam = place_cells(scaled.float(), geometry, input_shape)
-    return CamResult(cam.float().cpu(), predicted_age, layer_map.float().cpu(), geometry)
+    activation, input_shape = activation.detach(), tuple(volumes.shape[2:])
+    results, geometry = [], None
+    for i, predicted_age in enumerate(age.detach().reshape(-1).tolist()):
+        one = slice(i, i + 1)
+        layer_map = _layer_map(method, activation[one], gradient[one] * sign_of(predicted_age))
+        if geometry is None:  # the same for every sample
+            geometry = (
+                cell_geometry(model, layer, len(input_shape))
+                if placement == "receptive_field"
+                else CellGeometry.m3dcam(layer_map.shape, input_shape)
+            )
+        scaled = scale_map(layer_map, method in SIGNED_METHODS) if normalise else layer_map
+        cam = place_cells(scaled.float(), geometry, input_shape)
+        results.append(
+            CamResult(cam.float().cpu(), predicted_age, layer_map.float().cpu(), geometry)
+        )
+    return results
 
 
 def _layer_map(method: str, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
@@ -146,7 +186,7 @@ def scale_map(cam: torch.Tensor, signed: bool) -> torch.Tensor:
     return cam / peak if peak > 0 else torch.zeros_like(cam)
 
 
-def _target_sign(target: str, reference_age: float | None):
+def target_sign(target: str, reference_age: float | None):
     """The factor on the age's gradient, as a function of the predicted age."""
     if target not in TARGETS:
         raise ValueError(f"Grad-CAM target must be one of {TARGETS}, not {target!r}")
@@ -230,23 +270,13 @@ def cam_for_participant(
     if method not in CAM_METHODS + reference_attribution.INPUT_METHODS:
         raise ValueError(f"unknown attribution method {method!r}")
     # Header only: check the grids before the costly part.
-    stitched = nib.load(str(water_nifti_path))
-    grid_shape = tuple(int(s) for s in stitched.shape[:3])
-    cached = load_npy(cache_path)
-    factor = _check_or_infer_factor(grid_shape, cached.shape, downsample_factor)
+    participant = read_participant(cache_path, water_nifti_path, downsample_factor)
+    cached = participant.cached
 
     device = pick_device(device, task="Grad-CAM")
     model, meta = load_trained(checkpoint, device)
-    if list(cached.shape) != list(meta.get("input_shape", cached.shape)):
-        log.warning(
-            "cache %s has shape %s, the model was trained on %s",
-            cache_path,
-            cached.shape,
-            meta["input_shape"],
-        )
-    # The evaluation read: background noise drawn as prediction draws it (ageatlas.age.preprocess).
-    seed = int(meta.get("config", {}).get("seed", 0))
-    volume = torch.from_numpy(model_input(cached, cache_path, seed))[None, None]
+    check_input_shape(meta, cache_path, cached.shape)
+    volume = participant.volume(model_seed(meta))
     info = {}
     if method in CAM_METHODS:
         result = grad_cam(
@@ -280,10 +310,7 @@ def cam_for_participant(
         cam = (scale_map(attribution, signed=True) if normalise else attribution).numpy()
         info["above_reference"] = round(above_reference, 4)
         info["attribution_sum"] = round(float(attribution.sum()), 4)
-    save_nifti(
-        out_path,
-        nifti_image(to_stitched_grid(cam, grid_shape, factor), stitched.affine, reference=stitched),
-    )
+    participant.save(cam, out_path)
     return {
         "predicted_age": predicted_age,
         "method": method,
@@ -291,6 +318,51 @@ def cam_for_participant(
         "device": str(device),
         **info,
     }
+
+
+@dataclass(frozen=True)
+class ParticipantInput:
+    """A participant's cache, checked against its stitched grid, and where its map goes."""
+
+    cache_path: str
+    cached: np.ndarray  # as stored (float16, NaN background)
+    stitched: nib.Nifti1Image  # header and affine; its voxels are never read
+    factor: int  # cache = stitched grid block-averaged by this factor
+
+    def volume(self, seed: int) -> torch.Tensor:
+        """The evaluation read (1, 1, X, Y, Z): background noise drawn as prediction draws it
+        (ageatlas.age.preprocess)."""
+        return torch.from_numpy(model_input(self.cached, self.cache_path, seed))[None, None]
+
+    def save(self, cam: np.ndarray, out_path) -> None:
+        """The map on the stitched grid, with the stitched image's affine and header."""
+        grid_shape = tuple(int(s) for s in self.stitched.shape[:3])
+        data = to_stitched_grid(cam, grid_shape, self.factor)
+        save_nifti(out_path, nifti_image(data, self.stitched.affine, reference=self.stitched))
+
+
+def read_participant(cache_path, water_nifti_path, downsample_factor: int | None = None):
+    """Read a cache and the stitched image's header; a cache not on that grid is an error."""
+    stitched = nib.load(str(water_nifti_path))
+    grid_shape = tuple(int(s) for s in stitched.shape[:3])
+    cached = load_npy(cache_path)
+    factor = _check_or_infer_factor(grid_shape, cached.shape, downsample_factor)
+    return ParticipantInput(str(cache_path), cached, stitched, factor)
+
+
+def model_seed(meta: dict) -> int:
+    """The seed of a checkpoint's training run: it draws the evaluation noise."""
+    return int(meta.get("config", {}).get("seed", 0))
+
+
+def check_input_shape(meta: dict, cache_path, shape) -> None:
+    if list(shape) != list(meta.get("input_shape", shape)):
+        log.warning(
+            "cache %s has shape %s, the model was trained on %s",
+            cache_path,
+            tuple(shape),
+            meta["input_shape"],
+        )
 
 
 @functools.lru_cache(maxsize=32)

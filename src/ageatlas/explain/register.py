@@ -8,32 +8,43 @@ pyramid with LNCC plus B-spline bending energy.
 
 Geometry comes from the NIfTI affines: both images keep their own world
 grids, deepali maps between them through world space, so images need not
-share a voxel grid. NIfTI affines are RAS; deepali/ITK grids are LPS, hence
-the sign flip of the first two world axes in :func:`grid_from_nifti`.
+share a voxel grid (RAS to LPS: `registration_transform.grid_from_nifti`).
+The result, a `Registration`, maps points of the fixed grid to the moving
+image: ``y = affine(svffd(x))``, i.e. the deformation lives in fixed (atlas)
+space (`ageatlas.explain.registration_transform`).
 
-The transform maps points of the fixed grid to the moving image:
-``y = affine(svffd(x))``, i.e. the deformation lives in fixed (atlas) space.
+Registration runs on the device given (a GPU when there is one): the images,
+their pyramids and the fitted transforms live there. Many participants to
+one atlas (`register_many`) prepare the atlas once.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
-from dataclasses import asdict
-from pathlib import Path
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
 import torch
 from deepali import spatial
-from deepali.core import Grid
 from deepali.data import Image
 from deepali.losses import LNCC, MSE, BSplineBending
 
 from ageatlas.explain.registration_settings import MIN_LEVEL_SIZE, RegistrationSettings
 
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# The transform, its warping and its file; re-exported: the workflow's scripts and the atlas
+# and truth modules import them from here.
+from ageatlas.explain.registration_transform import (  # noqa: F401
+    Registration,
+    RegistrationFailed,
+    grid_from_nifti,
+    load_outcome,
+    save_outcome,
+    to_tensor,
+)
+
 # Registering an image to itself can lose a little similarity to optimiser
 # noise; only a loss beyond this NCC is "made it worse".
 NCC_TOLERANCE = 0.01
@@ -55,36 +66,12 @@ def _minmax(image: np.ndarray) -> np.ndarray:
     return ((image - low) / (high - low)).astype(np.float32)
 
 
-def grid_from_nifti(affine: np.ndarray, shape) -> Grid:
-    """deepali Grid (LPS world, align_corners) for a NIfTI affine and shape."""
-    lps = _RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)
-    linear = lps[:3, :3]
-    spacing = np.linalg.norm(linear, axis=0)
-    direction = linear / spacing
-    return Grid(
-        size=tuple(int(s) for s in shape[:3]),
-        origin=tuple(lps[:3, 3]),
-        spacing=tuple(spacing),
-        direction=direction,
-        align_corners=True,
-    )
-
-
-def _to_tensor(data: np.ndarray) -> torch.Tensor:
-    """NIfTI array (i, j, k) to a deepali (C=1, Z, Y, X) tensor."""
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(data, np.float32).T)).unsqueeze(0)
-
-
-def _from_tensor(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().cpu().reshape(tensor.shape[-3:]).numpy().T
-
-
 def to_image(img: nib.Nifti1Image, clip: float | None, device) -> Image:
     """deepali image of a NIfTI; ``clip=None`` only min-max normalises it."""
     data = np.asanyarray(img.dataobj)
     data = _minmax(data) if clip is None else normalise_for_registration(data, clip)
     grid = grid_from_nifti(img.affine, img.shape)
-    return Image(_to_tensor(data), grid=grid, device=device)
+    return Image(to_tensor(data), grid=grid, device=device)
 
 
 def _ncc(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -186,17 +173,16 @@ def _fit_deformable(
     return svffd, steps
 
 
-def _pyramids(moving: Image, fixed: Image, settings: RegistrationSettings):
-    moving_levels, fixed_levels = moving.pyramid(settings.levels), fixed.pyramid(settings.levels)
-    for name, levels in (("fixed", fixed_levels), ("moving", moving_levels)):
-        size = tuple(int(n) for n in levels[max(levels)].grid().size())
-        if min(size) < MIN_LEVEL_SIZE:
-            raise ValueError(
-                f"registration levels {settings.levels} is too many for the {name} image: its "
-                f"coarsest level has {size} voxels (x y z), fewer than {MIN_LEVEL_SIZE} along "
-                f"an axis; use fewer levels"
-            )
-    return moving_levels, fixed_levels
+def _pyramid(image: Image, settings: RegistrationSettings, name: str) -> dict:
+    levels = image.pyramid(settings.levels)
+    size = tuple(int(n) for n in levels[max(levels)].grid().size())
+    if min(size) < MIN_LEVEL_SIZE:
+        raise ValueError(
+            f"registration levels {settings.levels} is too many for the {name} image: its "
+            f"coarsest level has {size} voxels (x y z), fewer than {MIN_LEVEL_SIZE} along "
+            f"an axis; use fewer levels"
+        )
+    return levels
 
 
 def folding_share(svffd) -> float:
@@ -214,156 +200,31 @@ def folding_share(svffd) -> float:
     return float(np.mean(np.linalg.det(jac) <= 0))
 
 
-class Registration:
-    """Result of :func:`register`: affine + SVFFD from fixed to moving space."""
+@dataclass(frozen=True)
+class FixedImage:
+    """The fixed image (an atlas) prepared once for many registrations: normalised, on the
+    device, with its pyramid and the CPU copy that similarities are measured against."""
 
-    def __init__(self, fixed_grid: Grid, moving_grid: Grid, affine, svffd, settings, metrics=None):
-        self.fixed_grid = fixed_grid
-        self.moving_grid = moving_grid
-        self.affine = affine
-        self.svffd = svffd
-        self.settings = settings
-        self.metrics = dict(metrics or {})
-
-    def transform(self):
-        """Full mapping of fixed grid points to the moving image."""
-        if self.svffd is None:
-            return self.affine
-        return spatial.SequentialTransform(self.svffd, self.affine)
-
-    def _transformer(self, sampling: str) -> spatial.ImageTransformer:
-        return spatial.ImageTransformer(
-            self.transform(),
-            target=self.fixed_grid,
-            source=self.moving_grid,
-            sampling=sampling,
-            padding=0,
-        )
-
-    def warp_tensor(self, tensor: torch.Tensor, *, order: int = 1) -> torch.Tensor:
-        """Warp a (C, Z, Y, X) tensor on the moving grid onto the fixed grid."""
-        sampling = {0: "nearest", 1: "linear"}[order]
-        transformer = self._transformer(sampling)
-        batch = tensor.unsqueeze(0).float().to(transformer.grid_coords.device)
-        with torch.no_grad():
-            return transformer(batch)[0].cpu()
-
-    def coverage(self) -> np.ndarray:
-        """Voxels of the fixed grid (NIfTI order) that map into the moving image's field of view.
-
-        A ones image on the moving grid, warped with zero fill: a fixed voxel
-        is covered where that is at least 0.5, i.e. within half a voxel of the
-        moving grid's outermost voxel centres.
-        """
-        ones = torch.ones((1, *self.moving_grid.shape), dtype=torch.float32)
-        return _from_tensor(self.warp_tensor(ones, order=1)) >= 0.5
-
-    def warp(
-        self, image: nib.Nifti1Image, *, order: int = 1, mark_outside: bool = False
-    ) -> nib.Nifti1Image:
-        """Resample an image in the moving space into the fixed space.
-
-        ``order=0`` (nearest) keeps label values; ``order=1`` is trilinear.
-        Outside the moving image's field of view the result is 0, or NaN with
-        ``mark_outside`` (maps whose population statistics must leave those
-        voxels out: :meth:`coverage`); labels (``order=0``) keep 0.
-        """
-        if mark_outside and order == 0:
-            raise ValueError("mark_outside needs order=1: a label map cannot hold NaN")
-        same_shape = tuple(image.shape[:3]) == tuple(self.moving_grid.shape[::-1])
-        # 1e-3 mm tolerance: grids round-trip through float32 on save/load.
-        if not (
-            same_shape and np.allclose(image.affine, _nifti_affine(self.moving_grid), atol=1e-3)
-        ):
-            raise ValueError("image is not on the moving image's grid")
-        data = np.asanyarray(image.dataobj)
-        out = _from_tensor(self.warp_tensor(_to_tensor(data), order=order))
-        out = out.astype(data.dtype) if order == 0 else out.astype(np.float32)
-        if mark_outside:
-            out[~self.coverage()] = np.nan
-        return nib.Nifti1Image(out, _nifti_affine(self.fixed_grid))
-
-    def displacement_mm(self) -> np.ndarray:
-        """World displacement (LPS mm) of every fixed-grid voxel, shape (Z, Y, X, 3).
-
-        ``moving point - fixed point``: where each atlas voxel's anatomy sits
-        in the moving image. Template building averages these fields.
-        """
-        transform = self.transform()
-        grid = self.fixed_grid
-        cube = grid.coords(align_corners=transform.align_corners())
-        points = grid.transform_points(cube, axes=transform.axes(), to_grid=transform.grid())
-        with torch.no_grad():
-            moved = transform(points.unsqueeze(0).to(_device(transform)))[0].cpu()
-        world_moved = transform.grid().cube_to_world(moved)
-        return (world_moved - grid.cube_to_world(cube)).numpy()
-
-    def save(self, path) -> None:
-        torch.save(
-            {
-                "fixed_grid": torch.from_numpy(self.fixed_grid.numpy()),
-                "moving_grid": torch.from_numpy(self.moving_grid.numpy()),
-                "affine": dict(self.affine.state_dict()),
-                "svffd": None if self.svffd is None else _svffd_state(self.svffd),
-                "settings": _settings_state(self.settings),
-                "metrics": dict(self.metrics),
-            },
-            Path(path),
-        )
-
-    @classmethod
-    def load(cls, path) -> Registration:
-        return cls.from_state(torch.load(Path(path), weights_only=True))
-
-    @classmethod
-    def from_state(cls, state: dict) -> Registration:
-        """A registration from the dict :meth:`save` writes."""
-        fixed_grid = Grid.from_numpy(state["fixed_grid"].numpy(), align_corners=True)
-        moving_grid = Grid.from_numpy(state["moving_grid"].numpy(), align_corners=True)
-        settings = _settings_from_state(state["settings"])
-        affine = spatial.AffineTransform(fixed_grid)
-        affine.load_state_dict(state["affine"])
-        svffd = None if state["svffd"] is None else _svffd_from_state(state["svffd"])
-        return cls(fixed_grid, moving_grid, affine, svffd, settings, state["metrics"])
+    image: Image
+    levels: dict
+    target: torch.Tensor
+    settings: RegistrationSettings
 
 
-def _device(transform) -> torch.device:
-    return next(iter(transform.buffers()), torch.empty(0)).device
-
-
-def _nifti_affine(grid: Grid) -> np.ndarray:
-    """NIfTI (RAS) affine of a deepali grid: index -> world, back from LPS."""
-    linear = grid.direction().numpy() * grid.spacing().numpy()
-    affine = np.eye(4)
-    affine[:3, :3], affine[:3, 3] = linear, grid.origin().numpy()
-    return _RAS_TO_LPS @ affine
-
-
-def _svffd_state(svffd) -> dict:
-    return {
-        "grid": torch.from_numpy(svffd.grid().numpy()),
-        "params": svffd.data().detach().cpu().clone(),
-        "stride": list(svffd.stride),
-        "steps": int(svffd.exp.steps),
-    }
-
-
-def _svffd_from_state(state: dict):
-    grid = Grid.from_numpy(state["grid"].numpy(), align_corners=True)
-    svffd = spatial.StationaryVelocityFreeFormDeformation(
-        grid, stride=tuple(state["stride"]), steps=state["steps"], params=False
+def prepare_fixed(
+    fixed: nib.Nifti1Image,
+    settings: RegistrationSettings = RegistrationSettings(),
+    *,
+    device=None,
+    fixed_normalised: bool = False,
+) -> FixedImage:
+    """``fixed_normalised``: the fixed image is a template built from images already normalised
+    with the recipe, so clipping it again would flatten it; it is only min-max scaled."""
+    image = to_image(
+        fixed, None if fixed_normalised else settings.clip, torch.device(device or "cpu")
     )
-    svffd.data_(state["params"])
-    return svffd
-
-
-def _settings_state(settings: RegistrationSettings) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
-
-
-def _settings_from_state(state: dict) -> RegistrationSettings:
-    """Settings as saved; a transform saved before the millimetre settings keeps its voxel ones."""
-    return RegistrationSettings.from_dict(state)
+    levels = _pyramid(image, settings, "fixed")
+    return FixedImage(image, levels, image.batch().tensor()[0].cpu(), settings)
 
 
 def register(
@@ -376,15 +237,22 @@ def register(
 ) -> Registration:
     """Register ``moving`` to ``fixed``: affine (MSE), then SVFFD (LNCC + bending).
 
-    ``fixed_normalised``: the fixed image is a template built from images
-    already normalised with the recipe, so clipping it again would flatten
-    it; it is only min-max scaled.
+    ``fixed_normalised``: see :func:`prepare_fixed`.
     """
-    device = torch.device(device or "cpu")
     start = time.perf_counter()
-    moving_img = to_image(moving, settings.clip, device)
-    fixed_img = to_image(fixed, None if fixed_normalised else settings.clip, device)
-    target = fixed_img.batch().tensor()[0].cpu()
+    prepared = prepare_fixed(fixed, settings, device=device, fixed_normalised=fixed_normalised)
+    result = register_to(moving, prepared)
+    result.metrics["seconds"] = time.perf_counter() - start
+    return result
+
+
+def register_to(moving: nib.Nifti1Image, fixed: FixedImage) -> Registration:
+    """Register ``moving`` to a prepared fixed image, on its device, with its settings; the
+    metrics' seconds leave the fixed image's preparation out."""
+    start = time.perf_counter()
+    settings, target = fixed.settings, fixed.target
+    fixed_img, fixed_levels = fixed.image, fixed.levels
+    moving_img = to_image(moving, settings.clip, fixed_img.device)
     identity = Registration(
         fixed_img.grid(),
         moving_img.grid(),
@@ -394,7 +262,7 @@ def register(
     )
     metrics = {"before": _similarity(identity.warp_tensor(moving_img.tensor()), target)}
 
-    moving_levels, fixed_levels = _pyramids(moving_img, fixed_img, settings)
+    moving_levels = _pyramid(moving_img, settings, "moving")
     finest = settings.finest_level
     affine = _fit_affine(moving_levels[finest], fixed_levels[finest], settings)
     result = Registration(fixed_img.grid(), moving_img.grid(), affine, None, settings)
@@ -436,10 +304,6 @@ def qc_reasons(metrics: dict, max_folding_share: float) -> list[str]:
     return reasons
 
 
-class RegistrationFailed(RuntimeError):
-    """A registration that failed or did not pass QC; its record says why."""
-
-
 def register_files(
     moving_path,
     fixed_path,
@@ -456,34 +320,45 @@ def register_files(
     one participant cannot stop thousands. Returns (registration or None, record).
     """
     try:
-        result = register(
-            nib.load(str(moving_path)),
-            nib.load(str(fixed_path)),
-            settings,
-            device=device,
-            fixed_normalised=fixed_normalised,
+        fixed = prepare_fixed(
+            nib.load(str(fixed_path)), settings, device=device, fixed_normalised=fixed_normalised
         )
     except Exception as exc:  # noqa: BLE001 - any failure is this participant's QC result
-        return None, {"status": "failed", "reasons": [f"{type(exc).__name__}: {exc}"]}
+        return None, _failed(exc)
+    return _judged(moving_path, fixed, max_folding_share)
+
+
+def register_many(
+    moving_paths: Iterable,
+    fixed_path,
+    settings: RegistrationSettings,
+    *,
+    max_folding_share: float,
+    fixed_normalised: bool = False,
+    device=None,
+) -> Iterator[tuple[Registration | None, dict]]:
+    """`register_files` for many moving images to one fixed image (an atlas), which is read,
+    normalised and moved to the device once: one (registration or None, record) per image, in
+    order, as they are done.
+
+    A participant's failure is its record; an unreadable fixed image raises
+    here, before any participant (it is the job's input, not theirs).
+    """
+    fixed = prepare_fixed(
+        nib.load(str(fixed_path)), settings, device=device, fixed_normalised=fixed_normalised
+    )
+    return (_judged(path, fixed, max_folding_share) for path in moving_paths)
+
+
+def _judged(moving_path, fixed: FixedImage, max_folding_share: float):
+    try:
+        result = register_to(nib.load(str(moving_path)), fixed)
+    except Exception as exc:  # noqa: BLE001 - any failure is this participant's QC result
+        return None, _failed(exc)
     reasons = qc_reasons(result.metrics, max_folding_share)
     record = {"status": "failed" if reasons else "ok", "reasons": reasons, **result.metrics}
     return (None if reasons else result), record
 
 
-def save_outcome(
-    registration: Registration | None, record: dict, transform_path, record_path
-) -> None:
-    """Write the transform (or a failure marker) and its JSON record."""
-    if registration is not None:
-        registration.save(transform_path)
-    else:
-        torch.save({"failed": "; ".join(record["reasons"])}, Path(transform_path))
-    Path(record_path).write_text(json.dumps(record, indent=2, default=float) + "\n")
-
-
-def load_outcome(transform_path) -> Registration:
-    """Load a saved transform; a failure marker raises RegistrationFailed with its reason."""
-    state = torch.load(Path(transform_path), weights_only=True)
-    if "failed" in state:
-        raise RegistrationFailed(f"{transform_path}: registration failed: {state['failed']}")
-    return Registration.from_state(state)
+def _failed(exc: Exception) -> dict:
+    return {"status": "failed", "reasons": [f"{type(exc).__name__}: {exc}"]}
