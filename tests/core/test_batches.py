@@ -70,9 +70,9 @@ def make_tasks(tmp_path, n, broken=()):
     return tasks
 
 
-def run(tmp_path, tasks, **options):
+def run(tmp_path, tasks, work=write_double, **options):
     return batch_run.run_batch(
-        write_double,
+        work,
         tasks,
         stage="double",
         settings={"factor": 2},
@@ -100,7 +100,7 @@ def test_one_broken_participant_is_its_own_failure(tmp_path, threads):
 
 def test_a_batch_where_everyone_fails_fails(tmp_path):
     tasks = make_tasks(tmp_path, 2, broken={"1000000", "1000001"})
-    with pytest.raises(batch_run.BatchFailed, match="every participant"):
+    with pytest.raises(batch_run.BatchFailed, match="every participant failed"):
         run(tmp_path, tasks)
     assert (tmp_path / "manifest.tsv").exists()  # what it knows is still written
 
@@ -181,3 +181,27 @@ with atomic_path({str(target)!r}) as tmp:
     done = subprocess.run([sys.executable, "-c", code], timeout=60)
     assert done.returncode == 128 + 15
     assert list(tmp_path.iterdir()) == []
+
+
+def test_work_done_together_keeps_each_participants_outcome(tmp_path):
+    """A model's batch (Together): one call for several participants, one outcome each."""
+    tasks = make_tasks(tmp_path, 3)
+    calls = []
+
+    def double_all(chunk):
+        calls.append([t.eid for t in chunk])
+        outcomes = []
+        for task in chunk:
+            if task.eid == "1000001":
+                outcomes.append({"status": "error", "error": "cache has the wrong shape"})
+            else:
+                write_double(task.kwargs["source"], task.kwargs["target"])
+                outcomes.append({"status": "ok", "seconds": 0.5})
+        return outcomes
+
+    rows = run(tmp_path, tasks, work=batch_run.Together(double_all, chunk=2))
+    assert calls == [["1000000", "1000001"], ["1000002"]]
+    assert [r["status"] for r in rows] == ["done", "failed", "done"]
+    assert "wrong shape" in rows[1]["error"]
+    rows = run(tmp_path, tasks, work=batch_run.Together(double_all, chunk=2))
+    assert [r["status"] for r in rows] == ["reused", "failed", "reused"]  # failed: tried again

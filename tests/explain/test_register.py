@@ -462,3 +462,37 @@ def test_a_transform_fitted_on_a_device_is_saved_on_the_cpu_and_warps_anywhere(
         registration.fixed_grid, registration.moving_grid, loaded.affine, None, QUICK
     )
     assert affine_only.displacement_mm().shape == pair["fixed"].shape[::-1] + (3,)
+
+
+def test_batch_registration_prepares_the_atlas_once_per_job(files, tmp_path, monkeypatch):
+    """The register batch rule's work (explain.registration_jobs): participants in turn in one
+    process share the prepared atlas; each gets its transform and record."""
+    from ageatlas.explain import registration_jobs
+
+    registration_jobs._prepared_atlas.cache_clear()
+    prepared = []
+    real = reg.prepare_fixed
+    monkeypatch.setattr(reg, "prepare_fixed", lambda *a, **k: prepared.append(1) or real(*a, **k))
+    section = {
+        "affine_iterations": 10,
+        "levels": 2,
+        "finest_level": 0,
+        "max_steps": 4,
+        "max_folding_share": 1.0,
+    }
+    statuses = []
+    for eid, moving in (("1", files["moving"]), ("2", files["broken"])):
+        info = registration_jobs.register_to_atlas(
+            eid=eid,
+            group="F_healthy",
+            water=str(moving),
+            atlas=str(files["fixed"]),
+            transform_out=str(tmp_path / f"{eid}.pt"),
+            record_out=str(tmp_path / f"{eid}.json"),
+            section=section,
+            built_atlas=False,
+        )
+        statuses.append(info["status"])
+    assert len(prepared) == 1
+    assert statuses == ["ok", "failed"]  # a broken image is a failed record, not an exception
+    assert (tmp_path / "1.pt").exists() and (tmp_path / "2.json").exists()

@@ -6,7 +6,7 @@ own process, where a model or atlas is loaded once). For each participant:
 
 - its own log file (``<log_dir>/<eid>.log``), as a per-participant job had;
 - an exception is that participant's failure, recorded with its message;
-  the others go on. The job fails only when every participant it tried
+  the others go on. The job fails only when all of its participants
   failed (then something is wrong with the job, not the data; with batch
   size 1 that is exactly the per-participant behaviour);
 - a record (``<record_dir>/<eid>.json``) written last, once its outputs
@@ -165,9 +165,50 @@ def exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+@dataclass(frozen=True)
+class Together:
+    """Work done for several participants at once (a model's batch on a GPU):
+    ``function(tasks)`` returns one outcome per task, in order: {"status": "ok", ...}
+    or {"status": "error", "error": "..."}. ``chunk`` participants per call, so that
+    progress shows as they finish."""
+
+    function: Callable[[list[Task]], list[dict]]
+    chunk: int = 32
+
+
+def _together(work: Together, tasks: list[Task], logs: Mapping, base: Mapping | None):
+    for start in range(0, len(tasks), work.chunk):
+        chunk = tasks[start : start + work.chunk]
+        began = time.perf_counter()
+        outcomes = work.function(chunk)
+        share = round((time.perf_counter() - began) / len(chunk), 3)
+        for task, outcome in zip(chunk, outcomes, strict=True):
+            missing = [p for p in task.outputs if not os.path.exists(p)]
+            if outcome.get("status") == "ok" and missing:
+                outcome = {"status": "error", "error": f"did not write {', '.join(missing)}"}
+            ok = outcome.get("status") == "ok"
+            if ok and base is not None:
+                _sidecars(task, base)
+            Path(logs[task.eid]).write_text(f"participant {task.eid}: {outcome}\n")
+            yield (
+                task,
+                {
+                    "eid": task.eid,
+                    "log": logs[task.eid],
+                    "status": DONE if ok else FAILED,
+                    "error": "" if ok else str(outcome.get("error")),
+                    "info": outcome if ok else {},
+                    "seconds": outcome.get("seconds", share),
+                },
+            )
+
+
 def _results(work, tasks: list[Task], log_dir: Path, threads: int, base: Mapping | None):
     """(task, row) as each participant finishes; a pool of ``threads`` processes if > 1."""
     logs = {t.eid: str(log_dir / f"{t.eid}.log") for t in tasks}
+    if isinstance(work, Together):
+        yield from _together(work, tasks, logs, base)
+        return
     if threads <= 1 or len(tasks) <= 1:
         for task in tasks:
             yield task, _run_one(work, task, logs[task.eid], base)
@@ -270,9 +311,9 @@ def run_batch(
     ordered = [rows[t.eid] for t in tasks]
     write_manifest(manifest, ordered)
     failed = [r for r in ordered if r["status"] == FAILED]
-    if todo and len(failed) == len(todo):
+    if failed and len(failed) == len(ordered):
         raise BatchFailed(
-            f"{stage}: every participant tried failed ({len(failed)}), e.g. {failed[0]['eid']}: "
+            f"{stage}: every participant failed ({len(failed)}), e.g. {failed[0]['eid']}: "
             f"{failed[0]['error']} (log {failed[0].get('log', '')})"
         )
     return ordered

@@ -325,7 +325,7 @@ def register_files(
         )
     except Exception as exc:  # noqa: BLE001 - any failure is this participant's QC result
         return None, _failed(exc)
-    return _judged(moving_path, fixed, max_folding_share)
+    return register_prepared(moving_path, fixed, max_folding_share)
 
 
 def register_many(
@@ -347,10 +347,11 @@ def register_many(
     fixed = prepare_fixed(
         nib.load(str(fixed_path)), settings, device=device, fixed_normalised=fixed_normalised
     )
-    return (_judged(path, fixed, max_folding_share) for path in moving_paths)
+    return (register_prepared(path, fixed, max_folding_share) for path in moving_paths)
 
 
-def _judged(moving_path, fixed: FixedImage, max_folding_share: float):
+def register_prepared(moving_path, fixed: FixedImage, max_folding_share: float):
+    """`register_files` to an atlas already prepared (:func:`prepare_fixed`)."""
     try:
         result = register_to(nib.load(str(moving_path)), fixed)
     except Exception as exc:  # noqa: BLE001 - any failure is this participant's QC result

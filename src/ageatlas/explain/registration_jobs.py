@@ -9,7 +9,10 @@ broken input, which the batch records as that participant's failure.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import os
 from collections.abc import Mapping
 
 import nibabel as nib
@@ -30,6 +33,16 @@ def _threads(torch_threads: int | None) -> None:
         torch.set_num_threads(torch_threads)
 
 
+@functools.lru_cache(maxsize=2)
+def _prepared_atlas(path: str, mtime_ns: int, section: str, built_atlas: bool, device: str):
+    """The atlas read, normalised and on the device once per job (a GPU batch registers its
+    participants in turn in one process)."""
+    settings = registration_settings.settings_from_config(json.loads(section))
+    return reg.prepare_fixed(
+        nib.load(path), settings, device=torch.device(device), fixed_normalised=built_atlas
+    )
+
+
 def register_to_atlas(
     *,
     eid: str,
@@ -44,14 +57,15 @@ def register_to_atlas(
 ) -> dict:
     """Register a test participant's water image to its group's atlas (affine, then SVFFD)."""
     _threads(torch_threads)
-    registration, record = reg.register_files(
-        water,
-        atlas,
-        registration_settings.settings_from_config(section),
-        max_folding_share=section["max_folding_share"],
-        fixed_normalised=built_atlas,
-        device=pick_device(None, "registration"),
+    device = pick_device(None, "registration")
+    fixed = _prepared_atlas(
+        str(atlas),
+        os.stat(atlas).st_mtime_ns,
+        json.dumps(dict(section), sort_keys=True),
+        bool(built_atlas),
+        str(device),
     )
+    registration, record = reg.register_prepared(water, fixed, section["max_folding_share"])
     record = {"eid": eid, "group": group, **record}
     reg.save_outcome(registration, record, transform_out, record_out)
     log.info("participant %s to atlas %s: %s", eid, group, record)

@@ -2,9 +2,10 @@
 affine; one process, so the model loads once per batch."""
 
 from ageatlas.cohort.table import read_participant_tsv
-from ageatlas.core.batch_run import Task, run_for_rule
+from ageatlas.core.batch_run import Task, Together, run_for_rule
 from ageatlas.core.paths import stitched_path
-from ageatlas.explain.gradcam import cam_for_participant
+from ageatlas.explain.gradcam import CAM_METHODS, cam_for_participant
+from ageatlas.explain.gradcam_batch import cams_for_participants
 
 params, inputs = snakemake.params, snakemake.input
 settings = params.gradcam
@@ -38,4 +39,27 @@ for eid in params.eids:
         *([inputs.reference] if inputs.reference else []),
     )
     tasks.append(Task(eid, model_inputs, (out,), kwargs))
-run_for_rule(snakemake, cam_for_participant, tasks, settings, pooled=False)
+if settings["method"] in CAM_METHODS:
+    # Layer methods: the model loads once and maps batch_size participants per pass.
+    layer_options = {k: common[k] for k in ("layer_name", "method", "placement", "normalise")}
+    layer_options.update(target=common["target"], reference_age=common["reference_age"])
+
+    def layer_maps(chunk):
+        items = [
+            (t.eid, t.kwargs["cache_path"], t.kwargs["water_nifti_path"], t.kwargs["out_path"])
+            for t in chunk
+        ]
+        return cams_for_participants(
+            inputs.checkpoint,
+            items,
+            batch_size=settings["batch_size"],
+            downsample_factor=params.downsample,
+            **layer_options,
+        )
+
+    work = Together(layer_maps)
+else:
+    work = cam_for_participant  # input methods (captum): one participant at a time
+# batch_size changes how maps are computed together, not what they are.
+fingerprinted = {k: v for k, v in settings.items() if k != "batch_size"}
+run_for_rule(snakemake, work, tasks, fingerprinted, pooled=False)
