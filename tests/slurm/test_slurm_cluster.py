@@ -325,7 +325,7 @@ def most_queued(run: SlurmRun) -> int:
 
 
 def test_more_ready_jobs_than_the_jobs_limit_all_run_and_the_limit_holds(slurm_cluster, tmp_path):
-    """A cohort's stitch jobs far outnumber the profile's `jobs` (500): all run, never more than
+    """A cohort's stitch batches can outnumber the profile's `jobs` (200): all run, never more than
     `jobs` queued.
 
     Scaled down: 6 ready per-item jobs, jobs: 2.
@@ -415,8 +415,15 @@ def test_sacct_status_notices_a_cancelled_job(slurm_cluster, tmp_path):
 def array_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
     """Arrays where they work: every per-item job ready at once, fewer than `jobs`."""
     tmp = tmp_path_factory.mktemp("array_run")
+    # The profile's 2 submissions a second hand a rule's 4 ready jobs over in two passes,
+    # and the plugin holds an incomplete array back for good (#473 again): arrays here get
+    # the plugin's default rate, so that this test is about status tracking only.
     profile = make_test_profile(
-        tmp / "profile", slurm_cluster, PROFILE, slurm_array_jobs="make,square"
+        tmp / "profile",
+        slurm_cluster,
+        PROFILE,
+        slurm_array_jobs="make,square",
+        max_jobs_per_timespan="100/1s",
     )
     return run_on_slurm(
         tmp / "work",
