@@ -164,6 +164,13 @@ def test_dag_rulegraph_and_summary_work_before_anything_ran(tmp_path):
     assert not (tmp_path / "results").exists()  # nothing was computed
 
 
+def test_batch_size_one_is_one_job_per_participant(tmp_path):
+    write_config(tmp_path, 6, batch={"size": 1})
+    plan = planned_jobs(snakemake(tmp_path, "-n"))
+    eids = [str(p.eid) for p in make_cohort(6, seed=3)]
+    assert sorted(w["batch"] for rule, w in plan if rule == "stitch") == sorted(eids)
+
+
 def test_finished_run_plans_nothing(finished):
     workdir, _, _ = finished
     result = snakemake(workdir, "-n")
