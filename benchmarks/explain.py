@@ -9,7 +9,11 @@ part runs in a fresh process so its peak memory is its own:
   --methods     the other attribution methods the same way (method:layer, e.g.
                 hirescam:layer2); integrated_gradients:input runs --ig-steps
                 steps one volume at a time and reports seconds per step and
-                for the workflow's 32
+                for the workflow's 32; occlusion:input times --occlusion-evals forward
+                passes of --occlusion-batch perturbed volumes (the workflow's
+                perturbations_per_eval) and reports seconds per volume and, from the
+                number of --block cubes, per participant (a whole occlusion map at the
+                full grid is days on a CPU)
   registration  participant B to participant A (the atlas stand-in) with the
                 authors' settings (ageatlas.explain.register: affine 200 iterations,
                 SVFFD on 3 levels, LNCC 7, up to 1000 steps a level, stop when
@@ -95,6 +99,13 @@ def parse_args():
         "--methods", nargs="*", default=[], help="more attribution methods, as method:layer"
     )
     parser.add_argument("--ig-steps", type=int, default=32, help="integrated gradients' steps")
+    parser.add_argument("--block", type=int, default=4, help="occlusion's cube edge, voxels")
+    parser.add_argument(
+        "--occlusion-batch", type=int, default=4, help="perturbed volumes per forward pass"
+    )
+    parser.add_argument(
+        "--occlusion-evals", type=int, default=2, help="forward passes timed for occlusion"
+    )
     parser.add_argument(
         "--scale", type=float, default=1.0, help="fraction of the full matrix (default 1)"
     )
@@ -155,6 +166,12 @@ def run_part(part: str, device: str, waters: list[str], args, spec: str = "") ->
         str(args.cpu_steps),
         "--ig-steps",
         str(args.ig_steps),
+        "--block",
+        str(args.block),
+        "--occlusion-batch",
+        str(args.occlusion_batch),
+        "--occlusion-evals",
+        str(args.occlusion_evals),
         "--spec",
         spec,
     ]
@@ -217,6 +234,8 @@ def measure_attribution(args, device) -> dict:
     water = np.asarray(nib.load(args.moving).dataobj, dtype=np.float32)
     volume = torch.from_numpy(normalise(water, "zero"))[None, None].to(device)
     model = build_model().to(device).eval()
+    if method == "occlusion":
+        return measure_occlusion(args, device, model, volume)
     if method == "integrated_gradients":
         reference = torch.zeros_like(volume)  # the mean training volume's stand-in: same cost
 
@@ -240,6 +259,36 @@ def measure_attribution(args, device) -> dict:
         result["seconds_per_step"] = seconds / args.ig_steps
         result["seconds_32_steps"] = 32 * seconds / args.ig_steps
     return result
+
+
+def measure_occlusion(args, device, model, volume) -> dict:
+    """Occlusion's cost from its forward passes: captum evaluates the model once per --block cube
+    (strides = window, as ageatlas.explain.reference_attribution does), --occlusion-batch perturbed
+    volumes at a time, without gradients; the whole map is that many passes, which at the full
+    grid is too long to run, so --occlusion-evals passes are timed and multiplied out."""
+    shape = tuple(volume.shape[2:])
+    blocks = int(np.prod([n // args.block for n in shape]))
+    batch = volume.expand(args.occlusion_batch, *volume.shape[1:]).clone()
+
+    def run():
+        with torch.no_grad():
+            model(batch)
+
+    run()  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(args.occlusion_evals):
+        run()
+    _sync(device)
+    per_volume = (time.perf_counter() - start) / (args.occlusion_evals * args.occlusion_batch)
+    return {
+        "seconds": per_volume * (blocks + 1),  # + the unperturbed pass
+        "seconds_per_volume": per_volume,
+        "blocks": blocks,
+        "block": args.block,
+        "batch": args.occlusion_batch,
+        "shape": list(shape),
+    }
 
 
 def measure_registration(args, device) -> dict:
@@ -337,6 +386,8 @@ def print_table(device: str, results: dict, args) -> None:
         timing = results[spec]
         seconds = timing.get("seconds_32_steps", timing["seconds"])
         label = f"{spec}, one participant" + (" (32 steps)" if "seconds_32_steps" in timing else "")
+        if "blocks" in timing:
+            label = f"{spec}, one participant ({timing['blocks']:,} cubes, extrapolated)"
         print(f"{label:<52} {seconds:>9.2f} s {timing['peak_mib']:>8.0f} MiB")
     registration = results["registration"]
     if device == "cuda":
