@@ -70,12 +70,12 @@ def make_tasks(tmp_path, n, broken=()):
     return tasks
 
 
-def run(tmp_path, tasks, work=write_double, **options):
+def run(tmp_path, tasks, work=write_double, settings=None, **options):
     return batch_run.run_batch(
         work,
         tasks,
         stage="double",
-        settings={"factor": 2},
+        settings=settings or {"factor": 2},
         record_dir=tmp_path / "records",
         log_dir=tmp_path / "logs",
         manifest=tmp_path / "manifest.tsv",
@@ -127,15 +127,7 @@ def test_changed_settings_or_a_missing_output_redo_the_participant(tmp_path):
     run(tmp_path, tasks)
     (tmp_path / "out" / "1000001.txt").unlink()
     assert [r["status"] for r in run(tmp_path, tasks)] == ["reused", "done"]
-    rows = batch_run.run_batch(
-        write_double,
-        tasks,
-        stage="double",
-        settings={"factor": 3},
-        record_dir=tmp_path / "records",
-        log_dir=tmp_path / "logs",
-        manifest=tmp_path / "manifest.tsv",
-    )
+    rows = run(tmp_path, tasks, settings={"factor": 3})
     assert [r["status"] for r in rows] == ["done", "done"]
     record = json.loads((tmp_path / "records" / "1000000.json").read_text())
     assert record["info"] == {"value": 0} and record["status"] == "done"

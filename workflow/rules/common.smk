@@ -231,7 +231,7 @@ def cache_paths(*splits):
 
 @lru_cache(maxsize=64)
 def _cohort_plan(path, mtime, splits, group, own_count):
-    table = cohort_lib.read_participant_tsv(path)
+    table = _cohort_frame(path, mtime)
     rows = table[table["split"].isin(splits)]
     if group is not None:
         rows = rows[rows["group"] == group]

@@ -56,19 +56,13 @@ def ingest_records(stitched_dirs, manifests, stage: str, qc_file: str) -> list[Q
     """
     from pathlib import Path
 
-    from ageatlas.core.batch_run import FAILED, read_manifests
-    from ageatlas.core.paths import eid_of_path
+    from ageatlas.core.batch_run import FAILED, failure_reason, manifest_rows
 
-    status = {row["eid"]: row for row in read_manifests(manifests)}
     records = []
-    for folder in stitched_dirs:
-        eid = eid_of_path(str(folder).rstrip("/"))
-        row = status.get(eid)
-        if row is None:
-            raise ValueError(f"participant {eid} ({folder}) is in no stitch batch manifest given")
+    for folder, row in manifest_rows(stitched_dirs, manifests):
         if row["status"] == FAILED:
-            record = QCRecord(eid, stage)
-            record.exclude(f"stitch failed: {row['error']} (log {row['log']})")
+            record = QCRecord(row["eid"], stage)
+            record.exclude(failure_reason(row))
             records.append(record)
         else:
             records.append(QCRecord.read_json(Path(folder) / qc_file))

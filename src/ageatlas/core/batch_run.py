@@ -41,6 +41,7 @@ from pathlib import Path
 
 from ageatlas import __version__
 from ageatlas.core import provenance
+from ageatlas.core.files import atomic_path
 from ageatlas.core.paths import eid_of_path
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,8 @@ def _reusable(record_path: Path, digest: str, outputs: Sequence[str]) -> bool:
 
 
 def _write_json(path: Path, content: Mapping) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{os.getpid()}.{path.name}")
-    tmp.write_text(json.dumps(content, indent=1, default=str) + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=1, default=str) + "\n")
 
 
 def _sidecars(task: Task, base: Mapping) -> None:
@@ -355,16 +354,12 @@ def run_for_rule(
 
 
 def write_manifest(path: str | Path, rows: Iterable[Mapping]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{os.getpid()}.{path.name}")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(
             handle, MANIFEST_COLUMNS, delimiter="\t", extrasaction="ignore", restval=""
         )
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def _paths(items) -> list[str]:
@@ -384,39 +379,45 @@ def read_manifests(paths) -> list[dict]:
     return rows
 
 
+def failure_reason(row: Mapping) -> str:
+    """What a failed manifest row says: the rule, the error and the participant's log."""
+    return f"{Path(row['manifest']).parent.name} failed: {row['error']} (log {row['log']})"
+
+
 def failures(manifests: Iterable[str | Path]) -> dict[str, str]:
     """eid -> what failed, for the participants the given batches could not finish."""
-    return {
-        row["eid"]: f"{Path(row['manifest']).parent.name} failed: {row['error']} (log {row['log']})"
-        for row in read_manifests(manifests)
-        if row["status"] == FAILED
-    }
+    return {row["eid"]: failure_reason(row) for row in _failed_rows(manifests)}
+
+
+def _failed_rows(manifests) -> list[dict]:
+    return [row for row in read_manifests(manifests) if row["status"] == FAILED]
+
+
+def manifest_rows(paths: Iterable, manifests) -> list[tuple[str, dict]]:
+    """(path, its participant's manifest row) for each per-participant path.
+
+    Paths are matched to participants by file name ({eid}.npy, {eid}/, ...);
+    one that no manifest lists is an error (the inputs do not match).
+    """
+    status = {r["eid"]: r for r in read_manifests(manifests)}
+    pairs = []
+    for path in paths:
+        eid = eid_of_path(str(path).rstrip("/"))
+        if eid not in status:
+            raise ValueError(f"participant {eid} ({path}) is in no batch manifest given")
+        pairs.append((str(path), status[eid]))
+    return pairs
 
 
 def finished(paths: Iterable[str], manifests: Iterable[str | Path]) -> list[str]:
-    """The per-participant ``paths`` whose participant finished (done or reused) in ``manifests``.
-
-    Paths are matched to participants by file name ({eid}.npy, {eid}/, ...).
-    A participant that failed is left out with a warning naming it and its
-    log; one that no manifest lists is an error (the inputs do not match).
-    """
-    status = {r["eid"]: r for r in read_manifests(manifests)}
+    """The per-participant ``paths`` whose participant finished (done or reused) in ``manifests``;
+    a participant that failed is left out with a warning naming it and its log."""
     kept = []
-    for path in paths:
-        eid = eid_of_path(str(path).rstrip("/"))
-        row = status.get(eid)
-        if row is None:
-            raise ValueError(f"participant {eid} ({path}) is in no batch manifest given")
+    for path, row in manifest_rows(paths, manifests):
         if row["status"] in (DONE, REUSED):
-            kept.append(str(path))
+            kept.append(path)
         else:
-            log.warning(
-                "participant %s left out: %s failed (%s; log %s)",
-                eid,
-                row["manifest"],
-                row["error"],
-                row["log"],
-            )
+            log.warning("participant %s left out: %s", row["eid"], failure_reason(row))
     return kept
 
 
@@ -432,7 +433,6 @@ def failure_table(manifests: Iterable[str | Path]):
             "error": row["error"],
             "log": row["log"],
         }
-        for row in read_manifests(manifests)
-        if row["status"] == FAILED
+        for row in _failed_rows(manifests)
     ]
     return pd.DataFrame(rows, columns=["eid", "rule", "batch", "error", "log"])
