@@ -7,6 +7,7 @@ a hand-made phenotype table full of defects, and config mistakes.
 import dataclasses
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,25 @@ def test_real_format_run_reports_every_phenotype_problem(tmp_path):
     assert "no row in the phenotype table" in table.loc[str(d), "reasons"]
     assert "no zip 1234567_20201_2_0.zip" in table.loc["1234567", "reasons"]
     assert not (tmp_path / "results" / "ingest" / str(b)).exists()  # invalid rows are not processed
+
+    # A real cohort's zips are digests (params), not input files: they still decide reruns.
+    unchanged = run_snakemake(tmp_path, config, "-n")
+    assert unchanged.returncode == 0, unchanged.stderr[-4000:]
+    assert "rule stitch" not in unchanged.stdout + unchanged.stderr
+    rewritten = zips / f"{a}_20201_2_0.zip"
+    before = rewritten.stat().st_mtime_ns
+    os.utime(rewritten, ns=(before + 10**9, before + 10**9))
+    rerun = run_snakemake(tmp_path, config, "-n")
+    plan = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0 and "rule stitch" in plan and "Params have changed" in plan
+    assert "rule phenotype_qc" not in plan  # who has a zip did not change
+    # A zip without a phenotype row is phenotype QC's business, not a stitch batch's.
+    os.utime(rewritten, ns=(before, before))
+    (zips / "7654321_20201_2_0.zip").write_bytes(b"")
+    listed = run_snakemake(tmp_path, config, "-n")
+    plan = listed.stdout + listed.stderr
+    assert listed.returncode == 0 and "rule phenotype_qc" in plan and "Params have changed" in plan
+    assert "rule stitch" not in plan
 
 
 @pytest.mark.parametrize(

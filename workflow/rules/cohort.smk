@@ -7,7 +7,7 @@ rule phenotype_qc:
     input:
         phenotypes=PHENOTYPES,
         schema=PHENOTYPE_SCHEMA,
-        zips=[participant_zip(eid) for eid in EIDS],
+        zips=[participant_zip(eid) for eid in EIDS] if ZIP_INPUTS else [],
     output:
         report(
             PHENOTYPE_QC,
@@ -27,6 +27,7 @@ rule phenotype_qc:
         zip_dir=lambda wc, input: (
             os.path.dirname(input.zips[0]) if input.zips else ZIP_DIR
         ),
+        zip_listing=ZIP_LISTING,
         instance=INSTANCE,
     script:
         "../scripts/cohort/phenotype_qc.py"

@@ -11,7 +11,7 @@ from ageatlas.age import given_model
 from ageatlas.cohort import phenotypes as phenotypes_lib
 from ageatlas.cohort import selection
 from ageatlas.cohort import table as cohort_lib
-from ageatlas.core import batches, paths
+from ageatlas.core import batches, file_state, paths
 from ageatlas.core.field20201 import zip_name
 from ageatlas.core.jobenv import export_source_path
 from ageatlas.core.vocabulary import SUBSETS, group_names
@@ -104,6 +104,18 @@ else:
         INSTANCE,
     )
     EIDS = COHORT.eids
+
+# A real cohort's zips reach Snakemake as digests (params), not as input files:
+# 100,000 inputs cost every plan 14 of its 23 s in existence and mtime checks
+# (docs/design.md, "Batches"). Zips that this run writes (the synthetic cohort)
+# stay inputs, so the DAG has its edge.
+ZIP_INPUTS = SYNTHETIC
+# What phenotype QC reads of the zip folder: who has a zip, and its records.
+ZIP_LISTING = (
+    ""
+    if SYNTHETIC
+    else file_state.digest([EIDS, [(r.eid, r.reasons) for r in COHORT.records]])
+)
 
 GROUPS = group_names()
 ATLAS_ITERATIONS = config["atlas"]["iterations"]
@@ -203,6 +215,16 @@ def batch_resources(rule, mem_per_process, pooled=True, members=BATCH_MEMBERS):
 
 def stitch_members(wildcards):
     return STITCH_BATCHES[wildcards.batch]
+
+
+def stitch_zips(wildcards):
+    return [participant_zip(eid) for eid in stitch_members(wildcards)]
+
+
+def stitch_zip_state(wildcards):
+    """The batch's zips as they are now: a new or rewritten zip reruns its batch (whose
+    finished participants are reused while their own zip holds)."""
+    return "" if ZIP_INPUTS else file_state.state_digest(stitch_zips(wildcards))
 
 
 # ---- after the cohort checkpoint: who is in which split and group ----------

@@ -6,7 +6,7 @@
 
 rule stitch:
     input:
-        zips=lambda wc: [participant_zip(eid) for eid in stitch_members(wc)],
+        zips=lambda wc: stitch_zips(wc) if ZIP_INPUTS else [],
     output:
         STITCH_MANIFEST,
     log:
@@ -21,6 +21,8 @@ rule stitch:
     params:
         stitch=config["stitch"],
         eids=stitch_members,
+        zips=stitch_zips,
+        zip_state=stitch_zip_state,
         stitched=literal(STITCHED),
         records=batch_records(f"{RESULTS}/{paths.INGEST}", "stitch"),
         logs=f"{LOGS}/stitch",

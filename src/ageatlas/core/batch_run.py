@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -41,6 +40,7 @@ from pathlib import Path
 
 from ageatlas import __version__
 from ageatlas.core import provenance
+from ageatlas.core.file_state import digest, file_state
 from ageatlas.core.files import atomic_path
 from ageatlas.core.paths import eid_of_path
 
@@ -65,38 +65,20 @@ class Task:
     kwargs: Mapping = field(default_factory=dict)
 
 
-def _file_state(path: str) -> list:
-    """(path, size, mtime in ns) of a file, or of every file in a folder."""
-    target = Path(path)
-    if target.is_dir():
-        files = sorted(p for p in target.rglob("*") if p.is_file())
-    else:
-        files = [target]
-    states = []
-    for file in files:
-        try:
-            stat = file.stat()
-        except OSError:
-            states.append([str(file), None, None])
-        else:
-            states.append([str(file), stat.st_size, stat.st_mtime_ns])
-    return states
-
-
 def fingerprint(stage: str, settings: Mapping, inputs: Iterable[str]) -> str:
     """What a participant's outputs depend on: inputs, settings, the package's version.
 
     Not every commit: a code change without a new version keeps finished
     participants unless the run asks otherwise (``batch.reuse: false``, or ``redo``).
     """
-    content = {
-        "stage": stage,
-        "settings": settings,
-        "version": __version__,
-        "inputs": [_file_state(p) for p in inputs],
-    }
-    text = json.dumps(content, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return digest(
+        {
+            "stage": stage,
+            "settings": settings,
+            "version": __version__,
+            "inputs": [file_state(p) for p in inputs],
+        }
+    )
 
 
 def _reusable(record_path: Path, digest: str, outputs: Sequence[str]) -> bool:

@@ -7,7 +7,7 @@ from ageatlas.ingest.participant import QC_FILE, ingest_participant, settings_fr
 params = snakemake.params
 grid, options, preview = settings_from_config(params.stitch)
 tasks = []
-for eid, zip_path in zip(params.eids, snakemake.input.zips):
+for eid, zip_path in zip(params.eids, params.zips):
     out_dir = params.stitched.format(eid=eid)
     kwargs = dict(
         eid=eid, zip_path=zip_path, out_dir=out_dir, grid=grid, options=options, preview=preview
