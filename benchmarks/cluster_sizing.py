@@ -434,3 +434,106 @@ def markdown(s: Settings, rate: dict, bytes_per_file: dict, sizes=(1000, 3120, 1
         ]
     lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ---- what a batch job asks SLURM for ---------------------------------------------
+# The workflow's batch rules ask for runtime and memory from the file written here
+# (workflow/resources/batch_requests.yaml, read by batch_resources in common.smk):
+# per participant, from the records, times a margin; where no record measures a
+# value, an assumption that says so. A GPU record (benchmarks/gpu_check.sh) replaces
+# the assumed GPU minutes when sizing.py --write-requests is run again.
+
+# One synthetic participant on one machine: real participants (larger bodies, more
+# stations), shared nodes and slow file systems take longer; a retry asks for more.
+TIME_MARGIN = 3.0
+MEMORY_MARGIN = 1.5
+
+# rule -> (rate key, the devices it can run on)
+BATCH_RULES = {
+    "stitch": ("ingest", ("cpu",)),
+    "preprocess": ("preprocess", ("cpu",)),
+    "projection": ("projection", ("cpu",)),
+    "gradcam": ("gradcam", ("cpu", "cuda")),
+    "register": ("registration", ("cpu", "cuda")),
+    "atlas_register": ("registration", ("cpu", "cuda")),
+    "warp_gradcam": ("warp", ("cpu",)),
+}
+
+# Not measured by any record yet: (core- or GPU-minutes per participant, MB per process).
+ASSUMED = {
+    ("preprocess", "cpu"): (None, 2000),
+    ("projection", "cpu"): (None, 2000),
+    ("gradcam", "cuda"): (0.5, 16000),
+    ("registration", "cuda"): (5.0, 16000),
+    ("warp", "cpu"): (0.2, 8000),
+}
+
+
+def _peak_mib(ingest: dict | None, explains: list[dict]) -> dict[tuple[str, str], tuple]:
+    """(rate key, device) -> (peak MiB of one process, the record's command) where measured."""
+    peaks = {}
+    if ingest:
+        peaks[("ingest", "cpu")] = (ingest["results"]["steps"]["ageatlas"]["peak_mib"], ingest)
+    for record in explains:
+        r = record["results"]
+        for key, part in (("gradcam", r["gradcam"]), ("registration", r["registration"])):
+            if part.get("peak_mib"):
+                peaks[(key, r["device_type"])] = (part["peak_mib"], record)
+    return peaks
+
+
+def _source(record: dict | None) -> str:
+    return f"{record['command']} ({record['date']})" if record else "assumed, not measured"
+
+
+def batch_requests(
+    rate: dict, ingest: dict | None, explains: list[dict], records: dict[str, dict]
+) -> dict:
+    """Per batch rule and device: minutes of work per participant (core-minutes on CPUs,
+    minutes on one GPU) and MB per process, each with where it came from, margins applied.
+
+    rate: rates(); records: rate key -> the record its time came from (for the sources).
+    """
+    peaks = _peak_mib(ingest, explains)
+    rules = {}
+    for rule, (key, devices) in BATCH_RULES.items():
+        rules[rule] = {}
+        for device in devices:
+            assumed_minutes, assumed_mb = ASSUMED.get((key, device), (None, None))
+            seconds = rate[device].get(key)
+            if seconds is not None:
+                minutes = round(seconds / 60 * TIME_MARGIN, 3)
+                time_source = _source(records.get(f"{key}/{device}"))
+                if key == "registration" and device == "cpu":  # short runs' rates, see rates()
+                    time_source += ", scaled to the protocol's affine iterations and max_steps"
+            elif assumed_minutes is not None:
+                minutes, time_source = assumed_minutes, _source(None)
+            else:
+                raise ValueError(f"{rule} on {device}: no record times it and no assumption")
+            if (key, device) in peaks:
+                mib, record = peaks[(key, device)]
+                mb = int(-(-mib * 1.048576 * MEMORY_MARGIN // 100) * 100)
+                memory_source = _source(record)
+            else:
+                mb, memory_source = assumed_mb, _source(None)
+            rules[rule][device] = {
+                "minutes_per_participant": minutes,
+                "minutes_from": time_source,
+                "mb_per_process": mb,
+                "mb_from": memory_source,
+            }
+    return {"time_margin": TIME_MARGIN, "memory_margin": MEMORY_MARGIN, "rules": rules}
+
+
+def rate_sources(ingest: dict | None, explains: list[dict], disk: dict) -> dict[str, dict]:
+    """rate key/device -> the record that set it (a later record wins, as in rates())."""
+    out = {}
+    if ingest:
+        out["ingest/cpu"] = ingest
+    out["preprocess/cpu"] = out["projection/cpu"] = disk
+    for record in explains:
+        device, reg = record["results"]["device_type"], record["results"]["registration"]
+        out[f"gradcam/{device}"] = out[f"registration/{device}"] = record
+        if reg.get("warp_seconds") is not None:
+            out[f"warp/{device}"] = record
+    return out

@@ -59,6 +59,29 @@ def main() -> None:
         )
     if args.markdown_out:
         Path(args.markdown_out).write_text(table)
+    if args.write_requests:
+        write_requests(args.write_requests, rate, ingest, explains, disk)
+
+
+def write_requests(path, rate: dict, ingest, explains: list[dict], disk: dict) -> None:
+    """The batch rules' runtime and memory per participant (common.smk, batch_resources)."""
+    sources = sizing.rate_sources(ingest, explains, disk)
+    requests = sizing.batch_requests(rate, ingest, explains, sources)
+    Path(path).write_text(REQUESTS_HEADER + yaml.safe_dump(requests, sort_keys=False, width=100))
+
+
+REQUESTS_HEADER = """\
+# What each batch job asks SLURM for, per participant, from the benchmark records.
+# Written by `.venv/bin/python benchmarks/sizing.py --disk benchmarks/records/disk.json
+# --write-requests workflow/resources/batch_requests.yaml`: do not edit, rerun it (after
+# benchmarks/gpu_check.sh on a GPU, its records replace the assumed GPU minutes).
+# A batch job asks for runtime = 10 minutes of start-up + its participants' minutes:
+# a CPU rule's pool of processes shares them (one process, one participant at a time),
+# Grad-CAM on CPUs spreads them over the job's threads, a GPU does them in turn;
+# mem_mb = mb_per_process x processes x resources.mem_scale. Both grow with each retry
+# (x the attempt); runtime is at most resources.max_runtime.
+# The margins are already in the figures (x time_margin, x memory_margin of the record).
+"""
 
 
 def parse_args() -> argparse.Namespace:
@@ -91,6 +114,10 @@ def parse_args() -> argparse.Namespace:
         ),
     )
     parser.add_argument("--markdown-out", help="also write the table here")
+    parser.add_argument(
+        "--write-requests",
+        help="write the batch rules' requests here (workflow/resources/batch_requests.yaml)",
+    )
     return parser.parse_args()
 
 

@@ -188,3 +188,30 @@ def test_job_hours_add_start_up_and_spread_work_over_the_pool():
     hours = sizing.job_hours(stage, sizing.Hours(8.0))
     assert hours.value == pytest.approx(10 * sizing.JOB_STARTUP_S / 3600 + 2.0)
     assert sizing.job_hours(stage, None) is None
+
+
+def test_the_shipped_batch_requests_are_what_the_records_say(tmp_path):
+    """workflow/resources/batch_requests.yaml is written from benchmarks/records by sizing.py
+    --write-requests: a record or margin changed without rewriting it fails here."""
+    import sizing as script
+    import yaml
+
+    config = script.load_config(script.REPO / "config" / "config.yaml")
+    settings = sizing.Settings.from_config(config)
+    records = script.RECORDS
+    ingest = sizing.load_record(records / "ingest.json", "ingest")
+    trains = [sizing.load_record(records / f"train-{m}.json", "train") for m in ("3d", "2.5d")]
+    explains = [sizing.load_record(records / "explain.json", "explain")]
+    disk = sizing.load_record(records / "disk.json", "disk")
+    rate = sizing.rates(ingest, trains, explains, disk, settings)
+    out = tmp_path / "requests.yaml"
+    script.write_requests(out, rate, ingest, explains, disk)
+    shipped = script.REPO / "workflow" / "resources" / "batch_requests.yaml"
+    assert yaml.safe_load(out.read_text()) == yaml.safe_load(shipped.read_text()), (
+        "rerun: .venv/bin/python benchmarks/sizing.py --disk benchmarks/records/disk.json "
+        "--write-requests workflow/resources/batch_requests.yaml"
+    )
+    # every batch rule of the workflow has a request, measured or labelled as assumed
+    rules = yaml.safe_load(shipped.read_text())["rules"]
+    assert set(rules) == set(sizing.BATCH_RULES)
+    assert rules["stitch"]["cpu"]["minutes_from"].startswith(".venv/bin/python benchmarks/ingest")

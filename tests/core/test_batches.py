@@ -47,6 +47,40 @@ def test_non_numeric_eid_is_a_clear_error():
         batches.batch_name("abc", 4)
 
 
+# ---- requests ----------------------------------------------------------------------
+
+ENTRY = {"minutes_per_participant": 2.0, "mb_per_process": 1000}
+
+
+def test_a_pool_shares_the_participants_and_holds_one_each():
+    minutes, mb = batches.batch_request(ENTRY, 10, 4, pooled=True)
+    # 10 participants on 4 processes: 3 rounds of 2 minutes, 4 participants in memory
+    assert minutes == batches.STARTUP_MINUTES + 6
+    assert mb == 4000
+
+
+def test_one_process_does_them_in_turn_on_a_gpu_and_spread_over_threads_on_cpus():
+    gpu_minutes, gpu_mb = batches.batch_request(ENTRY, 10, 4, pooled=False, gpu=True)
+    cpu_minutes, _ = batches.batch_request(ENTRY, 10, 4, pooled=False)
+    assert gpu_minutes == batches.STARTUP_MINUTES + 20 and gpu_mb == 1000
+    assert cpu_minutes == batches.STARTUP_MINUTES + 5  # core-minutes over 4 threads
+
+
+def test_memory_scales_and_has_a_floor():
+    assert batches.batch_request(ENTRY, 10, 4, pooled=True, mem_scale=0.5)[1] == 2000
+    assert batches.batch_request(ENTRY, 1, 4, pooled=True, mem_scale=0.01)[1] == 100
+
+
+def test_a_broken_requests_file_names_the_file_and_entry(tmp_path):
+    path = tmp_path / "requests.yaml"
+    path.write_text("rules:\n  stitch:\n    cpu: {minutes_per_participant: 0, mb_per_process: 5}\n")
+    with pytest.raises(ValueError, match=r"requests.yaml: stitch.cpu.minutes_per_participant"):
+        batches.load_requests(path)
+    path.write_text("just text")
+    with pytest.raises(ValueError, match="requests.yaml: not a requests file"):
+        batches.load_requests(path)
+
+
 def write_double(source, target, fail=False):
     """Module-level work (the pool pickles it by reference)."""
     if fail:

@@ -168,7 +168,35 @@ def test_retries_ask_for_more_memory_and_time(gpu_rules):
         keys = ("mem_mb",) if name in RESUMING_RULES else ("mem_mb", "runtime")
         for key in keys:
             first, second, third = (at_attempt(rule, key, attempt) for attempt in (1, 2, 3))
-            assert 0 < first < second < third, (name, key, first, second, third)
+            if key == "runtime" and third == MAX_RUNTIME:  # the partition's limit
+                assert 0 < first <= second <= third, (name, key, first, second, third)
+            else:
+                assert 0 < first < second < third, (name, key, first, second, third)
+
+
+MAX_RUNTIME = 2880  # resources.max_runtime's default
+
+
+def test_batch_requests_follow_the_requests_file_and_the_device(gpu_rules, cpu_rules):
+    """workflow/resources/batch_requests.yaml (from the benchmark records) sets what a batch
+    asks for: Grad-CAM on a GPU does its participants in turn, on CPUs it spreads them over
+    2 threads; CPU registration at full size is capped at the partition's limit."""
+    requests = yaml.safe_load((REPO / "workflow/resources/batch_requests.yaml").read_text())
+    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    members = max(1, int(demo["batch"]["size"] * 1.25))
+    gpu = requests["rules"]["gradcam"]["cuda"]
+    assert at_attempt(gpu_rules["gradcam"], "runtime", 1) == int(
+        10 + members * gpu["minutes_per_participant"] + 0.5
+    )
+    cpu = requests["rules"]["gradcam"]["cpu"]
+    assert at_attempt(cpu_rules["gradcam"], "runtime", 1) == int(
+        10 + members * cpu["minutes_per_participant"] / 2 + 0.5
+    )
+    assert at_attempt(cpu_rules["register"], "runtime", 3) == MAX_RUNTIME
+    stitch = requests["rules"]["stitch"]["cpu"]["mb_per_process"]
+    processes = min(demo["batch"]["threads"], members)
+    scale = demo.get("resources", {}).get("mem_scale", 1.0)
+    assert at_attempt(cpu_rules["stitch"], "mem_mb", 1) == max(100, int(stitch * scale * processes))
 
 
 def test_the_profile_leaves_resources_and_gpus_to_the_rules(profile):

@@ -18,7 +18,7 @@ rule preprocess:
         "../../envs/ageatlas.yaml"
     threads: BATCH["threads"]
     resources:
-        **batch_resources("preprocess", 2000),
+        **batch_resources("preprocess"),
     params:
         # no seed: the cache leaves the background noise to the reads (ageatlas.age.preprocess)
         preprocess=config["preprocess"],

@@ -20,7 +20,7 @@ rule projection:
         "../../envs/ageatlas.yaml"
     threads: BATCH["threads"]
     resources:
-        **batch_resources("projection", 2000),
+        **batch_resources("projection"),
     params:
         projection=config["projection"],
         eids=plan_members(PROJECTION_SPLITS),

@@ -153,18 +153,12 @@ BATCH = config["batch"]
 BATCH_COUNT = batches.batch_count(len(EIDS), BATCH["size"])
 STITCH_BATCHES = batches.plan(EIDS, BATCH_COUNT)
 
-# Per-participant minutes at full UK Biobank size, about 5x the measured cost
-# (docs/measurements.md, "Stages, model and maps"); a batch asks for its share
-# plus start-up, and more on each retry.
-MINUTES_PER_PARTICIPANT = {
-    "stitch": 0.25,
-    "preprocess": 0.1,
-    "projection": 0.1,
-    "gradcam": 0.5 if config["train"]["gpus"] else 3,  # CPU: 89 s at full size
-    "register": 5 if REG_GPUS else 15,
-    "warp_gradcam": 0.2,
-    "atlas_register": 5 if REG_GPUS else 15,
-}
+# Per-participant minutes and memory of the batch rules, at full UK Biobank size:
+# written from the benchmark records by benchmarks/sizing.py --write-requests.
+BATCH_REQUESTS = batches.load_requests(
+    config["resources"]["batch_requests"]
+    or os.path.join(workflow.basedir, "workflow/resources/batch_requests.yaml")
+)
 
 
 def manifest(stage_dir, rule):
@@ -196,19 +190,27 @@ def literal(template):
 BATCH_MEMBERS = max(1, int(BATCH["size"] * 1.25))
 
 
-def batch_resources(rule, mem_per_process, pooled=True, members=BATCH_MEMBERS):
+def batch_resources(rule, pooled=True, members=BATCH_MEMBERS, device="cpu", threads=0):
     """runtime and mem_mb of a batch job of about ``members`` participants, growing with
-    each retry.
+    each retry (ageatlas.core.batches.batch_request).
 
     pooled: batch.threads processes, each with its participant in memory;
-    otherwise one process does them in turn (a model or atlas on a GPU).
+    otherwise one process does them in turn (a model or atlas on a GPU, or Grad-CAM
+    on all the job's CPU threads).
     """
-    processes = min(BATCH["threads"], members) if pooled else 1
-    rounds = -(-members // processes)
-    minutes = 10 + rounds * MINUTES_PER_PARTICIPANT[rule]
-    mem = max(100, int(mem_per_process * config["resources"]["mem_scale"] * processes))
+    minutes, mem = batches.batch_request(
+        BATCH_REQUESTS[rule][device],
+        members,
+        threads or BATCH["threads"],
+        pooled=pooled,
+        gpu=device == "cuda",
+        mem_scale=config["resources"]["mem_scale"],
+    )
+    max_runtime = config["resources"]["max_runtime"]
     return {
-        "runtime": lambda wildcards, attempt: int(minutes * attempt + 0.5),
+        "runtime": lambda wildcards, attempt: min(
+            max_runtime, int(minutes * attempt + 0.5)
+        ),
         "mem_mb": lambda wildcards, attempt: mem * attempt,
     }
 

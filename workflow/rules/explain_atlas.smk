@@ -46,9 +46,9 @@ rule atlas_register:
     resources:
         **batch_resources(
             "atlas_register",
-            16000,
             pooled=not REG_GPUS,
             members=config["atlas"]["n_members"] or 1000,
+            device="cuda" if REG_GPUS else "cpu",
         ),
         gpu=REG_GPUS,
     params:

@@ -40,7 +40,12 @@ rule gradcam:
         "../../envs/ageatlas.yaml"
     threads: 2
     resources:
-        **batch_resources("gradcam", 16000, pooled=False),
+        **batch_resources(
+            "gradcam",
+            pooled=False,
+            device="cuda" if config["train"]["gpus"] else "cpu",
+            threads=2,
+        ),
         gpu=min(1, config["train"]["gpus"]),
     params:
         gradcam=config["gradcam"],

@@ -36,7 +36,9 @@ rule register:
         "../../envs/ageatlas.yaml"
     threads: 2 if REG_GPUS else BATCH["threads"]
     resources:
-        **batch_resources("register", 16000, pooled=not REG_GPUS),
+        **batch_resources(
+            "register", pooled=not REG_GPUS, device="cuda" if REG_GPUS else "cpu"
+        ),
         gpu=REG_GPUS,
     params:
         registration=config["registration"],
@@ -68,7 +70,7 @@ rule warp_gradcam:
         "../../envs/ageatlas.yaml"
     threads: BATCH["threads"]
     resources:
-        **batch_resources("warp_gradcam", 8000),
+        **batch_resources("warp_gradcam"),
     params:
         eids=register_members,
         gradcam=literal(GRADCAM),

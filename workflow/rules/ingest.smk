@@ -17,7 +17,7 @@ rule stitch:
         "../../envs/ageatlas.yaml"
     threads: BATCH["threads"]
     resources:
-        **batch_resources("stitch", 2000),
+        **batch_resources("stitch"),
     params:
         stitch=config["stitch"],
         eids=stitch_members,

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from pathlib import Path
+
+import yaml
 
 # A batch wildcard: "<index>of<count>", or an eid when each participant is its own batch.
 NAME_PATTERN = r"\d+(of\d+)?"
@@ -55,3 +58,56 @@ def plan(eids: Iterable[str | int], count: int) -> dict[str, list[str]]:
     for eid in eids:
         batches.setdefault(batch_name(eid, count), []).append(str(eid))
     return dict(sorted(batches.items()))
+
+
+# ---- what a batch job asks the cluster for --------------------------------------
+
+# Minutes a batch job holds its allocation before and after its participants' work
+# (the job step starts Snakemake, the pool its processes; measured about 15 s on the
+# test cluster, more on a busy shared file system).
+STARTUP_MINUTES = 10
+REQUEST_KEYS = ("minutes_per_participant", "mb_per_process")
+
+
+def load_requests(path: str | Path) -> dict[str, dict[str, dict]]:
+    """rule -> device ("cpu", "cuda") -> per-participant request, from a file written by
+    benchmarks/sizing.py --write-requests; a clear error names the file and entry."""
+    try:
+        rules = yaml.safe_load(Path(path).read_text())["rules"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise ValueError(f"batch requests {path}: not a requests file ({err})") from None
+    for rule, devices in rules.items():
+        for device, entry in devices.items():
+            for key in REQUEST_KEYS:
+                value = entry.get(key) if isinstance(entry, dict) else None
+                if not isinstance(value, (int, float)) or value <= 0:
+                    raise ValueError(f"batch requests {path}: {rule}.{device}.{key} is {value!r}")
+    return rules
+
+
+def batch_request(
+    entry: dict,
+    members: int,
+    threads: int,
+    *,
+    pooled: bool,
+    gpu: bool = False,
+    mem_scale: float = 1.0,
+) -> tuple[float, int]:
+    """(minutes, MB) a batch of ``members`` participants needs at the first attempt.
+
+    pooled: ``threads`` single-threaded processes share the participants, each
+    holding one participant. Otherwise one process does them: on a GPU one after
+    another, on CPUs with the work spread over the job's threads (the per-participant
+    minutes are core-minutes on CPUs).
+    """
+    per_participant = entry["minutes_per_participant"]
+    processes = min(threads, members) if pooled else 1
+    if pooled:
+        work = math.ceil(members / processes) * per_participant
+    elif gpu:
+        work = members * per_participant
+    else:
+        work = members * per_participant / threads
+    memory = max(100, int(entry["mb_per_process"] * mem_scale * processes))
+    return STARTUP_MINUTES + work, memory
