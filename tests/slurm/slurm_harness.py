@@ -190,6 +190,7 @@ class SlurmRun:
     timed_out: bool = False
     notes: list[str] = field(default_factory=list)  # what a during() callback reported
     stopped: bool = False  # a during() callback stopped it
+    main_cpu_s: float | None = None  # snakemake's CPU seconds and its sbatch/squeue calls'
 
     @property
     def log(self) -> str:
@@ -295,10 +296,11 @@ def run_on_slurm(
         )
         running = RunningWorkflow(proc, workdir, log_path, deadline)
         timed_out = False
+        main_cpu_s = None
         try:
             if during is not None:
                 during(running)
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            main_cpu_s = _wait_for_cpu_seconds(proc, deadline)
         except subprocess.TimeoutExpired:
             timed_out = True
         except BaseException:
@@ -315,7 +317,21 @@ def run_on_slurm(
         timed_out,
         running.notes,
         running.stopped,
+        main_cpu_s,
     )
+
+
+def _wait_for_cpu_seconds(proc: subprocess.Popen, deadline: float) -> float:
+    """Wait for snakemake to exit; its CPU seconds (user + system) with those of the
+    sbatch/squeue/scancel calls it made (its children; the SLURM jobs are not: slurmd
+    runs them). The scheduler's cost on a cluster (docs/measurements.md)."""
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return round(usage.ru_utime + usage.ru_stime, 2)
+        time.sleep(0.5)
+    raise subprocess.TimeoutExpired(proc.args, deadline)
 
 
 def _stop(proc: subprocess.Popen, log_path: Path) -> None:

@@ -226,7 +226,8 @@ def runs(slurm_cluster, tmp_path_factory) -> Runs:
         f"the LOCAL reference run failed:\n{runs.local.stdout[-5000:]}"
     )
     print(
-        f"\nlocal run {runs.local_seconds:.0f} s; SLURM run {runs.slurm.seconds:.0f} s; "
+        f"\nlocal run {runs.local_seconds:.0f} s; SLURM run {runs.slurm.seconds:.0f} s, "
+        f"its snakemake process (with sbatch/squeue) {runs.slurm.main_cpu_s} CPU s; "
         f"{runs.slurm.notes}"
     )
     return runs
