@@ -321,12 +321,19 @@ def run_on_slurm(
     )
 
 
-def _wait_for_cpu_seconds(proc: subprocess.Popen, deadline: float) -> float:
+def _wait_for_cpu_seconds(proc: subprocess.Popen, deadline: float) -> float | None:
     """Wait for snakemake to exit; its CPU seconds (user + system) with those of the
     sbatch/squeue/scancel calls it made (its children; the SLURM jobs are not: slurmd
-    runs them). The scheduler's cost on a cluster (docs/measurements.md)."""
+    runs them). The scheduler's cost on a cluster (docs/measurements.md). None when a
+    during() callback's poll() collected the process first (its usage is gone then)."""
     while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if proc.returncode is not None:
+            return None
+        try:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # collected by a poll() in between
+            proc.wait()
+            return None
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
             return round(usage.ru_utime + usage.ru_stime, 2)
