@@ -96,42 +96,54 @@ def load_record(path, benchmark: str) -> dict:
 
 
 def rates(
-    ingest: dict | None, trains: list[dict], explains: list[dict], disk: dict, settings: Settings
+    ingest: dict | None,
+    trains: list[dict],
+    explains: list[dict],
+    disk: dict,
+    settings: Settings,
+    sources: dict | None = None,
 ) -> dict[str, dict[str, float]]:
     """{"cpu": {key: core-seconds per unit}, "cuda": {key: GPU-seconds per unit}}; a later record
-    wins."""
+    wins. ``sources``, if given, gets "key/device" -> the record each rate came from."""
     out: dict[str, dict[str, float]] = {"cpu": {}, "cuda": {}}
+    sources = {} if sources is None else sources
+
+    def put(device: str, key: str, seconds, threads: int, record: dict) -> None:
+        if seconds is not None:
+            out[device][key] = float(seconds) * threads
+            sources[f"{key}/{device}"] = record
+
     grid = "x".join(map(str, settings.grid))
     expected = {"3d": f"1x{grid}", "2.5d": "2x" + "x".join(map(str, settings.projection_size))}
     _check(disk, "x".join(map(str, disk["results"]["grid"])), grid)
     if ingest:
         r = ingest["results"]
-        out["cpu"]["ingest"] = r["steps"]["ageatlas"]["seconds"] * r["threads"]
+        put("cpu", "ingest", r["steps"]["ageatlas"]["seconds"], r["threads"], ingest)
     d = disk["results"]
     for key in ("preprocess", "projection"):
-        out["cpu"][key] = d["seconds"][key] * d["threads"]
+        put("cpu", key, d["seconds"][key], d["threads"], disk)
     model_key = {"3d": ("train3d", "infer3d"), "2.5d": ("train25d", "infer25d")}
     for record in trains:
         for row in record["results"]["rows"]:
             _check(record, row["input"], expected[row["model"]])
             device, threads = row["device_type"], _threads(row)
             train_key, infer_key = model_key[row["model"]]
-            _put(out[device], train_key, row["training"], threads)
-            _put(out[device], infer_key, row["inference"], threads)
+            put(device, train_key, row["training"], threads, record)
+            put(device, infer_key, row["inference"], threads, record)
     for record in explains:
         r = record["results"]
         _check(record, "x".join(map(str, r["gradcam"]["shape"])), grid)
         device, threads, reg = r["device_type"], _threads(r), r["registration"]
-        _put(out[device], "gradcam", r["gradcam"]["seconds"], threads)
+        put(device, "gradcam", r["gradcam"]["seconds"], threads, record)
         if device == "cuda":  # the whole protocol, run until it converged
-            _put(out[device], "registration", reg["seconds"], 1)
+            put(device, "registration", reg["seconds"], 1, record)
         else:  # short runs' rates, scaled to the protocol's iterations
             seconds = (
                 settings.affine_iterations * reg["seconds_per_affine_iteration"]
                 + settings.steps_per_level * reg["seconds_per_step_all_levels"]
             )
-            _put(out[device], "registration", seconds, threads)
-        _put(out[device], "warp", reg.get("warp_seconds"), threads)
+            put(device, "registration", seconds, threads, record)
+        put(device, "warp", reg.get("warp_seconds"), threads, record)
     return out
 
 
@@ -146,11 +158,6 @@ def _check(record: dict, measured: str, expected: str) -> None:
 
 def _threads(result: dict) -> int:
     return 1 if result["device_type"] == "cuda" else int(result["threads"])
-
-
-def _put(table: dict, key: str, seconds, threads: int) -> None:
-    if seconds is not None:
-        table[key] = float(seconds) * threads
 
 
 # ---- what the workflow does for n participants --------------------------------
@@ -492,7 +499,7 @@ def batch_requests(
     """Per batch rule and device: minutes of work per participant (core-minutes on CPUs,
     minutes on one GPU) and MB per process, each with where it came from, margins applied.
 
-    rate: rates(); records: rate key -> the record its time came from (for the sources).
+    rate: rates(); records: the sources rates() filled in (the record behind each rate).
     """
     peaks = _peak_mib(ingest, explains)
     rules = {}
@@ -523,17 +530,3 @@ def batch_requests(
                 "mb_from": memory_source,
             }
     return {"time_margin": TIME_MARGIN, "memory_margin": MEMORY_MARGIN, "rules": rules}
-
-
-def rate_sources(ingest: dict | None, explains: list[dict], disk: dict) -> dict[str, dict]:
-    """rate key/device -> the record that set it (a later record wins, as in rates())."""
-    out = {}
-    if ingest:
-        out["ingest/cpu"] = ingest
-    out["preprocess/cpu"] = out["projection/cpu"] = disk
-    for record in explains:
-        device, reg = record["results"]["device_type"], record["results"]["registration"]
-        out[f"gradcam/{device}"] = out[f"registration/{device}"] = record
-        if reg.get("warp_seconds") is not None:
-            out[f"warp/{device}"] = record
-    return out

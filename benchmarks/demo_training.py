@@ -45,7 +45,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="train settings, key=value (YAML values)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    splits = {s: items(args.results, s) for s in ("train", "val", "test")}
+    cohort = read_participant_tsv(args.results / paths.COHORT_TABLE)
+    splits = {s: items(args.results, cohort, s) for s in ("train", "val", "test")}
     if args.ridge:
         result = ridge(splits)
     else:
@@ -60,9 +61,8 @@ def main() -> None:
             handle.write(line + "\n")
 
 
-def items(results: Path, split: str) -> list[tuple[str, float]]:
+def items(results: Path, cohort, split: str) -> list[tuple[str, float]]:
     """(cache path, age) of a split's participants whose cache exists."""
-    cohort = read_participant_tsv(results / paths.COHORT_TABLE)
     rows = cohort[cohort["split"] == split]
     out = []
     for eid, age in zip(rows["eid"], rows["age"]):

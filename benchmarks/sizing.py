@@ -40,15 +40,11 @@ GPU_RECORDS = {"train": RECORDS / "train-cuda.json", "explain": RECORDS / "expla
 
 def main() -> None:
     args = parse_args()
-    config = load_config(args.configfile)
-    settings = sizing.Settings.from_config(config, args.steps_per_level)
-    disk = sizing.load_record(args.disk, "disk") if args.disk else measure_disk(config)
+    settings, ingest, trains, explains, disk = load_inputs(args)
     if args.save_disk:
         sizing.save_record(args.save_disk, disk)
-    ingest = sizing.load_record(args.ingest, "ingest")
-    trains = [sizing.load_record(p, "train") for p in args.train]
-    explains = [sizing.load_record(p, "explain") for p in args.explain]
-    rate = sizing.rates(ingest, trains, explains, disk, settings)
+    sources: dict = {}
+    rate = sizing.rates(ingest, trains, explains, disk, settings, sources)
     table = sizing.markdown(settings, rate, disk["results"]["bytes"])
     print(table)
     for record in [ingest, *trains, *explains, disk]:
@@ -60,12 +56,24 @@ def main() -> None:
     if args.markdown_out:
         Path(args.markdown_out).write_text(table)
     if args.write_requests:
-        write_requests(args.write_requests, rate, ingest, explains, disk)
+        write_requests(args.write_requests, rate, ingest, explains, sources)
 
 
-def write_requests(path, rate: dict, ingest, explains: list[dict], disk: dict) -> None:
-    """The batch rules' runtime and memory per participant (common.smk, batch_resources)."""
-    sources = sizing.rate_sources(ingest, explains, disk)
+def load_inputs(args: argparse.Namespace) -> tuple:
+    """(settings, ingest, trains, explains, disk) from the arguments' config and records (disk
+    measured now unless a record is given)."""
+    config = load_config(args.configfile)
+    settings = sizing.Settings.from_config(config, args.steps_per_level)
+    disk = sizing.load_record(args.disk, "disk") if args.disk else measure_disk(config)
+    ingest = sizing.load_record(args.ingest, "ingest")
+    trains = [sizing.load_record(p, "train") for p in args.train]
+    explains = [sizing.load_record(p, "explain") for p in args.explain]
+    return settings, ingest, trains, explains, disk
+
+
+def write_requests(path, rate: dict, ingest, explains: list[dict], sources: dict) -> None:
+    """The batch rules' runtime and memory per participant (common.smk, batch_resources);
+    sources: what rates() filled in."""
     requests = sizing.batch_requests(rate, ingest, explains, sources)
     Path(path).write_text(REQUESTS_HEADER + yaml.safe_dump(requests, sort_keys=False, width=100))
 
@@ -84,7 +92,7 @@ REQUESTS_HEADER = """\
 """
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -118,7 +126,7 @@ def parse_args() -> argparse.Namespace:
         "--write-requests",
         help="write the batch rules' requests here (workflow/resources/batch_requests.yaml)",
     )
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def _gpu(benchmark: str) -> list[Path]:

@@ -196,16 +196,13 @@ def test_the_shipped_batch_requests_are_what_the_records_say(tmp_path):
     import sizing as script
     import yaml
 
-    config = script.load_config(script.REPO / "config" / "config.yaml")
-    settings = sizing.Settings.from_config(config)
-    records = script.RECORDS
-    ingest = sizing.load_record(records / "ingest.json", "ingest")
-    trains = [sizing.load_record(records / f"train-{m}.json", "train") for m in ("3d", "2.5d")]
-    explains = [sizing.load_record(records / "explain.json", "explain")]
-    disk = sizing.load_record(records / "disk.json", "disk")
-    rate = sizing.rates(ingest, trains, explains, disk, settings)
+    # the inputs sizing.py reads by default (a GPU record too, once gpu_check.sh has left one)
+    args = script.parse_args(["--disk", str(script.RECORDS / "disk.json")])
+    settings, ingest, trains, explains, disk = script.load_inputs(args)
+    sources: dict = {}
+    rate = sizing.rates(ingest, trains, explains, disk, settings, sources)
     out = tmp_path / "requests.yaml"
-    script.write_requests(out, rate, ingest, explains, disk)
+    script.write_requests(out, rate, ingest, explains, sources)
     shipped = script.REPO / "workflow" / "resources" / "batch_requests.yaml"
     assert yaml.safe_load(out.read_text()) == yaml.safe_load(shipped.read_text()), (
         "rerun: .venv/bin/python benchmarks/sizing.py --disk benchmarks/records/disk.json "

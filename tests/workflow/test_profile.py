@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from ageatlas import cli
+from ageatlas.core import batches
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
@@ -186,11 +187,11 @@ def test_batch_requests_follow_the_requests_file_and_the_device(gpu_rules, cpu_r
     members = max(1, int(demo["batch"]["size"] * 1.25))
     gpu = requests["rules"]["gradcam"]["cuda"]
     assert at_attempt(gpu_rules["gradcam"], "runtime", 1) == int(
-        10 + members * gpu["minutes_per_participant"] + 0.5
+        batches.STARTUP_MINUTES + members * gpu["minutes_per_participant"] + 0.5
     )
     cpu = requests["rules"]["gradcam"]["cpu"]
     assert at_attempt(cpu_rules["gradcam"], "runtime", 1) == int(
-        10 + members * cpu["minutes_per_participant"] / 2 + 0.5
+        batches.STARTUP_MINUTES + members * cpu["minutes_per_participant"] / 2 + 0.5
     )
     assert at_attempt(cpu_rules["register"], "runtime", 3) == MAX_RUNTIME
     stitch = requests["rules"]["stitch"]["cpu"]["mb_per_process"]
