@@ -127,14 +127,15 @@ def main() -> None:
         for eid in members["eid"]:
             stitched = results / paths.STITCHED.format(eid=eid)
             water = nib.load(paths.stitched_path(stitched, eid, "W"))
-            labels = labels_on(water, nib.load(truth / f"{eid}_regions.nii.gz"))
-            label_data = np.asarray(labels.dataobj)
+            truth_labels = nib.load(truth / f"{eid}_regions.nii.gz")
+            label_data = np.asarray(labels_on(water, truth_labels).dataobj)
             mask = np.isin(label_data, AGE_LABELS).astype(np.float32)
             try:
                 registration = load_outcome(
                     results / paths.EXPLAIN / group / "registration" / f"{eid}.pt"
                 )
-                warped_labels.append(labels_in_atlas(registration, labels, atlas)["deformable"])
+                in_atlas = labels_in_atlas(registration, truth_labels, atlas)
+                warped_labels.append(in_atlas["deformable"])
             except RegistrationFailed:
                 registration = None
             cached = load_npy(str(cache).format(eid=eid))

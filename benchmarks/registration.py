@@ -224,7 +224,7 @@ def register_one(item) -> dict:
 
     from ageatlas.explain import register as reg
     from ageatlas.explain import registration_settings
-    from ageatlas.explain.truth import labels_in_atlas, labels_on
+    from ageatlas.explain.truth import labels_in_atlas
 
     torch.set_num_threads(1)
     job, section = item
@@ -233,8 +233,7 @@ def register_one(item) -> dict:
     start, cpu = time.perf_counter(), time.process_time()
     registration = reg.register(water, atlas, settings, fixed_normalised=job["built_atlas"])
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-    labels = labels_on(water, nib.load(job["labels"]))
-    maps = labels_in_atlas(registration, labels, atlas)
+    maps = labels_in_atlas(registration, nib.load(job["labels"]), atlas)
     m = registration.metrics
     print(f"{job['group']} {job['eid']}: {cpu_seconds:.1f} CPU s", flush=True)
     return {

@@ -80,3 +80,36 @@ def test_resolution_ceiling_is_the_mask_at_input_resolution_and_lower_for_coarse
     coarse = resolution_ceiling(mask, 2, CellGeometry((4.0, 4.0, 4.0), (0.0,) * 3), (4, 4, 4))
     exact, blurred = enrichment(mask, labels, [7]), enrichment(coarse, labels, [7])
     assert coarse.shape == mask.shape and 1 < blurred < exact
+
+
+def test_labels_reach_atlas_space_sampled_once_from_their_own_grid():
+    """An identity registration must give every stage what no registration gives.
+
+    The truth labels are finer than the participant's image; resampling them
+    to the image grid first and then through the transform (twice by nearest
+    neighbour) thickens or loses thin structures and favours "none".
+    """
+    from deepali import spatial
+
+    from ageatlas.explain.register import Registration, RegistrationSettings, grid_from_nifti
+    from ageatlas.explain.truth import labels_in_atlas
+
+    atlas = nib.Nifti1Image(np.zeros((12, 12, 12), np.float32), np.diag([4.0, 4.0, 4.0, 1.0]))
+    moving_affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    moving_affine[:3, 3] = 2.0  # the participant's grid is half a voxel off the atlas'
+    fine = np.zeros((48, 48, 48), np.uint8)
+    fine[8:40, 8:40, 8:40] = 1
+    fine[8:40, 8:40, 23:25] = 2  # a 2 mm slab: on an atlas voxel centre, between the image's
+    labels = nib.Nifti1Image(fine, np.diag([1.0, 1.0, 1.0, 1.0]))
+    fixed_grid = grid_from_nifti(atlas.affine, atlas.shape)
+    identity = Registration(
+        fixed_grid,
+        grid_from_nifti(moving_affine, (12, 12, 12)),
+        spatial.AffineTransform(fixed_grid),
+        None,
+        RegistrationSettings(),
+    )
+    stages = labels_in_atlas(identity, labels, atlas)
+    assert (stages["none"] == 2).any()
+    assert np.array_equal(stages["affine"], stages["none"])
+    assert np.array_equal(stages["deformable"], stages["none"])

@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_from_to
 
-from ageatlas.explain.register import Registration
+from ageatlas.explain.register import Registration, grid_from_nifti
 
 STAGES = ("none", "affine", "deformable")
 
@@ -36,20 +36,28 @@ def labels_on(reference: nib.Nifti1Image, labels: nib.Nifti1Image) -> nib.Nifti1
 
 
 def labels_in_atlas(
-    registration: Registration, labels_native: nib.Nifti1Image, atlas: nib.Nifti1Image
+    registration: Registration, labels: nib.Nifti1Image, atlas: nib.Nifti1Image
 ) -> dict[str, np.ndarray]:
-    """Labels (on the moving image's grid) in atlas space after each stage."""
-    affine_only = Registration(
-        registration.fixed_grid,
-        registration.moving_grid,
-        registration.affine,
-        None,
-        registration.settings,
-    )
+    """Truth labels in atlas space after each stage, each sampled once (nearest neighbour).
+
+    The labels may be on any grid (the SYNTHETIC truth is finer than the
+    participant's image): the transform maps atlas voxels through world space,
+    so it samples them on their own grid. Resampling them to the image grid
+    first would sample twice, thicken or lose structures thinner than a voxel
+    and favour "none", which samples once.
+    """
+    own_grid = grid_from_nifti(labels.affine, labels.shape[:3])
+
+    def stage(svffd):
+        warp = Registration(
+            registration.fixed_grid, own_grid, registration.affine, svffd, registration.settings
+        )
+        return np.asarray(warp.warp(labels, order=0).dataobj)
+
     return {
-        "none": np.asarray(labels_on(atlas, labels_native).dataobj),
-        "affine": np.asarray(affine_only.warp(labels_native, order=0).dataobj),
-        "deformable": np.asarray(registration.warp(labels_native, order=0).dataobj),
+        "none": np.asarray(labels_on(atlas, labels).dataobj),
+        "affine": stage(None),
+        "deformable": stage(registration.svffd),
     }
 
 
@@ -136,8 +144,10 @@ def group_check(
 ) -> dict:
     """Registration Dice per stage, importance enrichment and its ceiling for one group.
 
-    ``participants`` yields (eid, registration or None, native labels on the
-    stitched grid, attribution map on the stitched grid). ``ceiling`` maps an
+    ``participants`` yields (eid, registration or None, the truth label map on
+    its own grid, attribution map on the stitched grid): the labels are
+    resampled to the map's grid for enrichment and taken into atlas space
+    from their own grid for Dice (:func:`labels_in_atlas`). ``ceiling`` maps an
     age mask on the stitched grid to the best map the method's resolution
     allows (:func:`resolution_ceiling`); without it no ceiling is reported.
     Failed registrations are counted, not used.
@@ -145,7 +155,7 @@ def group_check(
     stages = {stage: [] for stage in STAGES}
     native, native_ceiling, warped_ceilings, failed, empty = [], [], [], [], []
     for eid, registration, labels, gradcam in participants:
-        label_data = np.asarray(labels.dataobj)
+        label_data = np.asarray(labels_on(gradcam, labels).dataobj)
         importance = np.asarray(gradcam.dataobj, dtype=np.float64)
         native.append(enrichment(importance, label_data, age_labels))
         if _is_empty(importance):
@@ -160,7 +170,7 @@ def group_check(
         for stage, warped in labels_in_atlas(registration, labels, atlas).items():
             stages[stage].append(warped)
         if best is not None:
-            image = nib.Nifti1Image(best.astype(np.float32), labels.affine)
+            image = nib.Nifti1Image(best.astype(np.float32), gradcam.affine)
             warped_ceilings.append(np.asarray(registration.warp(image, order=1).dataobj))
     result = {
         "n": len(native),

@@ -9,10 +9,9 @@ import nibabel as nib
 
 from ageatlas.core import logs
 from ageatlas.core.batch_run import failures
-from ageatlas.core.paths import stitched_path
 from ageatlas.explain.gradcam import map_grid
 from ageatlas.explain.register import RegistrationFailed, load_outcome
-from ageatlas.explain.truth import group_check, labels_on, resolution_ceiling
+from ageatlas.explain.truth import group_check, resolution_ceiling
 from ageatlas.synthetic.phantom import AGE_REGIONS, REGION_LABELS
 
 logs.to_file(snakemake.log[0])
@@ -33,8 +32,7 @@ def participants():
         if eid in unfinished:
             logging.warning("participant %s left out: %s", eid, unfinished[eid])
             continue
-        water = nib.load(stitched_path(stitched, eid, "W"))
-        labels = labels_on(water, nib.load(Path(snakemake.input.labels) / f"{eid}_regions.nii.gz"))
+        labels = nib.load(Path(snakemake.input.labels) / f"{eid}_regions.nii.gz")
         try:
             registration = load_outcome(transform)
         except RegistrationFailed as not_registered:
