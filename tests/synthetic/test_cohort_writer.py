@@ -34,6 +34,9 @@ def test_write_cohort(tmp_path):
         "bmi",
         "age_offset",
         "biological_age",
+        "table_offset_x_mm",
+        "table_offset_y_mm",
+        "table_offset_z_mm",
         "defects",
     ]
     assert truth.set_index("eid").loc[bad, "defects"] == "missing_station,no_manifest"

@@ -39,3 +39,21 @@ def test_phenotype_table_uses_ukbb_columns():
     assert table["eid"].tolist() == [p.eid for p in cohort]
     assert table["31-0.0"].tolist() == [p.sex for p in cohort]
     assert table["21003-2.0"].dtype == float and table["21001-2.0"].dtype == float
+
+
+def test_table_offsets_vary_per_participant_and_change_nothing_else():
+    still = make_cohort(200, seed=3)
+    placed = make_cohort(200, seed=3, position_sd_mm=(10.0, 3.0, 20.0))
+    assert all(p.table_offset_mm == (0.0, 0.0, 0.0) for p in still)
+    offsets = np.array([p.table_offset_mm for p in placed])
+    assert np.allclose(offsets.std(axis=0), [10.0, 3.0, 20.0], rtol=0.25)
+    assert np.all(np.abs(offsets) <= np.array([20.0, 6.0, 40.0]) + 0.05)  # clipped at 2 s.d.
+    assert [replace_offset(p) for p in placed] == still
+    with pytest.raises(ValueError, match="position_sd_mm"):
+        make_cohort(10, seed=0, position_sd_mm=(1.0, -1.0, 0.0))
+
+
+def replace_offset(p):
+    from dataclasses import replace
+
+    return replace(p, table_offset_mm=(0.0, 0.0, 0.0))

@@ -24,5 +24,6 @@ if SYNTHETIC:
             seed=config["seed"],
             offset_sd=config["synthetic"]["age_offset_sd"],
             age_effect_scale=config["synthetic"]["age_effect_scale"],
+            position_sd_mm=config["synthetic"]["position_sd_mm"],
         script:
             "../scripts/synthetic/synthetic_cohort.py"

@@ -157,6 +157,7 @@ class Body:
         jitter = np.random.default_rng([p.eid, 0xB0D7]).normal(size=3).clip(-2, 2)
         self.male, self.bmi, self.age = male, p.bmi, p.biological_age
         self.age_effect_scale = p.age_effect_scale
+        self.table_offset_mm = tuple(float(v) for v in p.table_offset_mm)
         self.height = (1.0 if male else FEMALE_HEIGHT) * (1 + 0.02 * jitter[0])
         self.size = (
             (1.0 if male else 0.95) * (1 + LEAN_PER_BMI * (p.bmi - 25)) * (1 + 0.03 * jitter[1])

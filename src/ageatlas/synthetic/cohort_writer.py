@@ -33,7 +33,8 @@ def write_cohort(
 
     ``truth/`` holds one region label map per participant at 4 mm plus
     ``regions.tsv``; ``truth.tsv`` lists eid, sex, age, bmi, age_offset,
-    biological_age and the participant's defects (comma-separated, empty if none).
+    biological_age, the table offset (LPS mm, where the body lies in the
+    scanner) and the participant's defects (comma-separated, empty if none).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,6 +67,10 @@ def write_cohort(
             "bmi": [p.bmi for p in participants],
             "age_offset": [p.age_offset for p in participants],
             "biological_age": [round(p.biological_age, 2) for p in participants],
+            **{
+                f"table_offset_{axis}_mm": [p.table_offset_mm[i] for p in participants]
+                for i, axis in enumerate("xyz")
+            },
             "defects": [",".join(defects_by_eid.get(p.eid, [])) for p in participants],
         }
     )

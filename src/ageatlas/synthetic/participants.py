@@ -19,6 +19,10 @@ class SyntheticParticipant:
     bmi: float
     age_offset: float = 0.0  # biological minus chronological age, years
     age_effect_scale: float = 1.0  # multiplies every planted per-decade age effect
+    # Where the body lies in the scanner (LPS mm, x y z) relative to the reference position:
+    # participants are positioned by hand on the table, so anatomy is never at the same
+    # world position twice and the population maps need registration.
+    table_offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def biological_age(self) -> float:
@@ -36,14 +40,18 @@ def make_cohort(
     offset_sd: float = 4.0,
     first_eid: int = 1000001,
     age_effect_scale: float = 1.0,
+    position_sd_mm: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> list[SyntheticParticipant]:
     """A deterministic synthetic cohort of ``n`` participants.
 
     Sexes alternate before shuffling (balanced to one); within each sex the
     three BMI groups take turns (balanced to one); ages are stratified so they
     spread uniformly over ``age_range``; age offsets are normal (s.d.
-    ``offset_sd``, clipped at 3 s.d.). Values are rounded to 0.01 and the
-    phantom uses the rounded values.
+    ``offset_sd``, clipped at 3 s.d.). Table offsets are normal per axis
+    (s.d. ``position_sd_mm``, LPS x y z, clipped at 2 s.d.), drawn from their
+    own stream so that a cohort with and without them differs in nothing
+    else. Values are rounded to 0.01 (offsets to 0.1 mm) and the phantom uses
+    the rounded values.
     """
     if n < 1:
         raise ValueError(f"cohort size must be positive, got {n}")
@@ -61,6 +69,10 @@ def make_cohort(
     lo, hi = age_range
     ages = lo + (rng.permutation(n) + rng.uniform(size=n)) / n * (hi - lo)
     offsets = np.clip(rng.normal(0.0, offset_sd, n), -3 * offset_sd, 3 * offset_sd)
+    position_sd = np.asarray(position_sd_mm, dtype=float)
+    if position_sd.shape != (3,) or np.any(position_sd < 0):
+        raise ValueError(f"position_sd_mm must be 3 non-negative numbers, got {position_sd_mm}")
+    table = np.random.default_rng([seed, 0x7AB1E]).normal(size=(n, 3)).clip(-2, 2) * position_sd
     return [
         SyntheticParticipant(
             eid=first_eid + i,
@@ -69,6 +81,7 @@ def make_cohort(
             bmi=float(bmis[i]),
             age_offset=round(float(offsets[i]), 2),
             age_effect_scale=float(age_effect_scale),
+            table_offset_mm=tuple(round(float(v), 1) for v in table[i]),
         )
         for i in range(n)
     ]

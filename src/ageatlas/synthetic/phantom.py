@@ -85,7 +85,8 @@ class _Canvas:
     """Label and age-core volumes on an axis-aligned LPS grid, painted in anatomical order."""
 
     def __init__(self, body: Body, x, y, z):
-        x, y, z = (np.asarray(v, float) for v in (x, y, z))
+        # World (scanner) coordinates to the body's own: the body lies offset on the table.
+        x, y, z = (np.asarray(v, float) - o for v, o in zip((x, y, z), body.table_offset_mm))
         if (
             np.any(np.diff(x) <= 0)
             or np.any(np.diff(y) <= 0)

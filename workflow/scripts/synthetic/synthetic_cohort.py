@@ -12,6 +12,7 @@ participants = make_cohort(
     seed=snakemake.params.seed,
     offset_sd=snakemake.params.offset_sd,
     age_effect_scale=snakemake.params.age_effect_scale,
+    position_sd_mm=snakemake.params.position_sd_mm,
 )
 write_cohort(
     Path(snakemake.output.phenotypes).parent,
