@@ -11,6 +11,11 @@ as the workflow would run them.
 
     nice .venv/bin/python benchmarks/baseline_demo.py --size 64 --epochs 5
     nice .venv/bin/python benchmarks/baseline_demo.py --size 64 --epochs 20 --lr 1e-3 --batch 8
+    nice .venv/bin/python benchmarks/baseline_demo.py --size 64 --ridge
+
+``--ridge`` fits a ridge regression on the projections' pixels instead (the
+linear reference of benchmarks/demo_training.py): whether age can be read
+from projections of that size at all.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=demo.get("plateau_patience", 3))
     parser.add_argument("--loss", default=demo.get("loss", "l1"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ridge", action="store_true", help="the linear reference instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -75,6 +81,12 @@ def main() -> None:
         rows = cohort[cohort["split"] == split]
         return [(paths[eid], float(age)) for eid, age in zip(rows["eid"], rows["age"])]
 
+    if args.ridge:
+        from demo_training import ridge
+
+        splits = {split: items(split) for split in ("train", "val", "test")}
+        print(json.dumps({"size": args.size, "ridge": True, **ridge(splits)}), flush=True)
+        return
     config = BaselineConfig(
         epochs=args.epochs,
         lr=args.lr,

@@ -2,7 +2,8 @@
 
 Height is larger for men, shoulders broader, hips relatively broader for women; BMI widens the
 lean body and thickens subcutaneous fat (more so in women) and visceral fat (more so in men).
-Each eid adds a small fixed jitter to height, girth and organ size. Biological age
+Each eid adds a small fixed jitter to height, girth and organ size; where the body lies in the
+scanner is the participant's ``table_offset_mm`` (applied by ``phantom.paint``). Biological age
 (``age + age_offset``) changes what fills four compartments (``phantom.AGE_REGIONS``), nothing
 else:
 
