@@ -68,6 +68,14 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=demo.get("dropout", 0.5))
     parser.add_argument("--patience", type=int, default=demo.get("plateau_patience", 3))
     parser.add_argument("--loss", default=demo.get("loss", "l1"))
+    parser.add_argument("--seed", type=int, default=42, help="the trainer's seed")
+    parser.add_argument(
+        "--precise-bn",
+        type=int,
+        choices=(0, 1),
+        default=int(demo.get("precise_bn", False)),
+        help="recompute BatchNorm statistics on the training set each epoch",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ridge", action="store_true", help="the linear reference instead")
     args = parser.parse_args()
@@ -97,6 +105,8 @@ def main() -> None:
         dropout=args.dropout,
         plateau_patience=args.patience,
         loss=args.loss,
+        seed=args.seed,
+        precise_bn=bool(args.precise_bn),
         num_workers=0,
     )
     out = Path(tempfile.mkdtemp(prefix="baseline_demo_"))

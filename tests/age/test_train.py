@@ -290,6 +290,15 @@ def test_ddp_over_two_gloo_processes(tmp_path, tiny, script):
     np.testing.assert_allclose(ddp["best_val_mae"], single["best_val_mae"], rtol=0.05)
 
 
+def test_ddp_precise_bn_averages_the_processes_statistics(tmp_path, tiny, script):
+    """One sample per process and step: the statistics averaged over two processes' shards are
+    those of one process over all samples, so validation agrees too (rank 0's alone would not)."""
+    config = TrainConfig(epochs=2, batch_size=1, accumulate=2, precise_bn=True)
+    ddp = finish(run_training(script, tiny, tmp_path / "ddp", config, world_size=2))
+    single = train(*tiny, tmp_path / "single", config, device="cpu")
+    np.testing.assert_allclose(ddp["best_val_mae"], single["best_val_mae"], rtol=1e-3)
+
+
 def test_a_tiny_run_learns(tmp_path):
     folder = tmp_path / "cache"
     train_items = write_volumes(folder, 24, seed=1, signal_of_age=True)

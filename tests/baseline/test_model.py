@@ -265,6 +265,30 @@ def test_same_seed_same_numbers_and_the_loss_matters(data, tmp_path):
     assert load_baseline(tmp_path / "c" / "checkpoint.pt")[1]["config"]["loss"] == "mse"
 
 
+def test_precise_bn_sets_running_statistics_from_the_training_set(data, tmp_path):
+    """With precise_bn the saved BatchNorm means are those of the training images under the final
+    weights (not a momentum average of older weights' batches), and eval mode follows them."""
+    items = data["train"][:16]  # two batches of 8: the mean of batch means is the overall mean
+    for name, precise in (("precise", True), ("momentum", False)):
+        train(
+            items,
+            data["val"][:8],
+            tmp_path / name,
+            replace(TINY, epochs=2, lr=1e-3, precise_bn=precise),
+            device="cpu",
+        )
+    x = torch.from_numpy(np.stack([np.load(path).astype(np.float32) for path, _ in items]))
+    means = {}
+    for name in ("precise", "momentum"):
+        model, meta = load_baseline(tmp_path / name / "checkpoint.pt")
+        with torch.no_grad():
+            features = model.features[0](x)  # what the first BatchNorm sees
+        means[name] = (features.mean(dim=(0, 2, 3)), model.features[1].running_mean)
+    assert meta["config"]["precise_bn"] is False
+    np.testing.assert_allclose(*means["precise"], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(*means["momentum"], rtol=1e-2, atol=1e-3)
+
+
 # ---- Grad-CAM ------------------------------------------------------------------
 
 

@@ -6,9 +6,10 @@ the projections' VGG16); the training loop, resume, DDP and prediction are share
 
 The defaults are the authors' recipe (docs/sources.md): L1 loss, Adam lr 1e-4,
 batch 1 with 32 accumulated steps, ReduceLROnPlateau(0.1, patience 3) on
-validation MAE, 100 epochs, seed 42. Two additions: the output bias starts at
+validation MAE, 100 epochs, seed 42. Additions: the output bias starts at
 the training mean age (``init_output_bias``, so short runs start at the mean
-predictor instead of at 0 years), and optional early stopping.
+predictor instead of at 0 years), optional early stopping, and optional
+precise BatchNorm statistics (``precise_bn``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class TrainConfig:
     pretrained: str | None = None
     hidden: int = 256
     init_output_bias: bool = True  # start at the training mean age (the authors start at 0)
+    # Recompute BatchNorm's running statistics on the training set after each epoch, before
+    # validation ("precise BN"; the authors: off). Small batches of few samples let the running
+    # averages lag the weights, and eval mode then predicts something else than training did.
+    precise_bn: bool = False
 
     # What a model family defines; the 2.5D baseline (ageatlas.baseline.model.BaselineConfig)
     # overrides these, the training loop, resume, DDP and prediction are shared.
