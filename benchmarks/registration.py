@@ -41,6 +41,8 @@ def main() -> None:
     args = parse_args()
     config = load_config(args.configfile, args.set)
     results = Path(args.results)
+    if len(config["registration"]["channels"]) > 1 and not args.rebuild_atlas:
+        raise SystemExit("several registration channels need --rebuild-atlas (one atlas each)")
     jobs = participants(results, config, args.groups, args.limit)
     out = Path(args.out) if args.out else REPO / "benchmarks" / "runs" / "registration"
     out.mkdir(parents=True, exist_ok=True)
@@ -53,7 +55,7 @@ def main() -> None:
                 pool, results, config, sorted({j["group"] for j in jobs}), out / f"{name}-atlas"
             )
             for job in jobs:
-                job["atlas"], job["built_atlas"] = str(atlases[job["group"]]), True
+                job["atlas"], job["built_atlas"] = atlases[job["group"]], True
         done = list(pool.map(register_one, [(job, config["registration"]) for job in jobs]))
     wall = time.perf_counter() - start
     table = summarise(done)
@@ -131,7 +133,7 @@ def participants(results: Path, config: dict, groups, limit) -> list[dict]:
                 {
                     "group": group,
                     "eid": eid,
-                    "water": str(results / "ingest" / eid / f"{eid}_W.nii.gz"),
+                    "images": channel_paths(results, eid, config),
                     "labels": str(results / "synthetic" / "truth" / f"{eid}_regions.nii.gz"),
                     "atlas": config["atlas"]["given"].get(
                         group, str(results / "explain" / "atlas" / f"{group}.nii.gz")
@@ -140,6 +142,14 @@ def participants(results: Path, config: dict, groups, limit) -> list[dict]:
                 }
             )
     return jobs
+
+
+def channel_paths(results: Path, eid, config: dict) -> list[str]:
+    """A participant's stitched images of the registration's channels."""
+    from ageatlas.core.paths import stitched_path
+
+    folder = results / "ingest" / str(eid)
+    return [str(stitched_path(folder, str(eid), c)) for c in config["registration"]["channels"]]
 
 
 def rebuild_atlases(pool, results: Path, config: dict, groups, out: Path):
@@ -153,7 +163,7 @@ def rebuild_atlases(pool, results: Path, config: dict, groups, out: Path):
     cohort = read_participant_tsv(results / "cohort" / "cohort.tsv")
     section, clip = config["registration"], config["registration"]["clip"]
     out.mkdir(parents=True, exist_ok=True)
-    water = lambda eid: str(results / "ingest" / str(eid) / f"{eid}_W.nii.gz")  # noqa: E731
+    images = lambda eid: channel_paths(results, eid, config)  # noqa: E731
     members, templates = {}, {}
     for group in groups:
         rows = cohort[cohort["split"].isin(config["atlas"]["splits"]) & (cohort["group"] == group)]
@@ -161,12 +171,14 @@ def rebuild_atlases(pool, results: Path, config: dict, groups, out: Path):
         reference = config["atlas"]["reference"].get(group) or choose_reference(
             rows[rows["eid"].isin(members[group])]
         )
-        templates[group] = out / f"{group}-iter0.nii.gz"
-        nib.save(initial_template(nib.load(water(reference)), clip), templates[group])
+        templates[group] = save_channels(
+            [initial_template(nib.load(p), clip) for p in images(reference)],
+            out / f"{group}-iter0",
+        )
     seconds = []
     for iteration in range(1, config["atlas"]["iterations"] + 1):
         items = [
-            ({"water": water(eid), "atlas": str(templates[g]), "group": g, "eid": eid}, section)
+            ({"images": images(eid), "atlas": templates[g], "group": g, "eid": eid}, section)
             for g in groups
             for eid in members[g]
         ]
@@ -178,11 +190,19 @@ def rebuild_atlases(pool, results: Path, config: dict, groups, out: Path):
                 for f in fitted
                 if f["group"] == group and f["registration"] is not None
             }
-            template = nib.load(templates[group])
-            update = update_template(template, ok)
-            templates[group] = out / f"{group}-iter{iteration}.nii.gz"
-            nib.save(update.template, templates[group])
+            update = update_template([nib.load(p) for p in templates[group]], ok)
+            templates[group] = save_channels(update.templates, out / f"{group}-iter{iteration}")
     return templates, seconds
+
+
+def save_channels(images, stem: Path) -> list[str]:
+    """One NIfTI per channel: stem.nii.gz, then stem_ch1.nii.gz, ..."""
+    import nibabel as nib
+
+    paths = [f"{stem}{f'_ch{i}' if i else ''}.nii.gz" for i in range(len(images))]
+    for image, path in zip(images, paths):
+        nib.save(image, path)
+    return paths
 
 
 def register_member(item) -> dict:
@@ -199,7 +219,7 @@ def register_member(item) -> dict:
     settings = registration_settings.settings_from_config(section)
     cpu = time.process_time()
     registration, record = reg.register_files(
-        job["water"],
+        job["images"],
         job["atlas"],
         settings,
         max_folding_share=section["max_folding_share"],
@@ -207,7 +227,7 @@ def register_member(item) -> dict:
     )
     warped = None
     if registration is not None:
-        warped = warped_member(registration, nib.load(job["water"]), settings.clip)
+        warped = [warped_member(registration, nib.load(p), settings.clip) for p in job["images"]]
     return {
         "group": job["group"],
         "eid": job["eid"],
@@ -229,11 +249,13 @@ def register_one(item) -> dict:
     torch.set_num_threads(1)
     job, section = item
     settings = registration_settings.settings_from_config(section)
-    water, atlas = nib.load(job["water"]), nib.load(job["atlas"])
+    atlas = reg.load_channels(job["atlas"])
     start, cpu = time.perf_counter(), time.process_time()
-    registration = reg.register(water, atlas, settings, fixed_normalised=job["built_atlas"])
+    registration = reg.register(
+        reg.load_channels(job["images"]), atlas, settings, fixed_normalised=job["built_atlas"]
+    )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-    maps = labels_in_atlas(registration, nib.load(job["labels"]), atlas)
+    maps = labels_in_atlas(registration, nib.load(job["labels"]), atlas[0])
     m = registration.metrics
     print(f"{job['group']} {job['eid']}: {cpu_seconds:.1f} CPU s", flush=True)
     return {

@@ -91,3 +91,30 @@ def test_update_needs_a_member():
     template = initial_template(_blob((0, 0, 0)), clip=0.6)
     with pytest.raises(ValueError, match="no member"):
         update_template(template, {})
+
+
+def _centre_mm(image: nib.Nifti1Image) -> float:
+    profile = np.asarray(image.dataobj).sum(axis=(0, 1))
+    return (profile * np.arange(SHAPE[2])).sum() / profile.sum() * SPACING[2] + _affine()[2, 3]
+
+
+def test_a_two_channel_template_moves_both_channels_to_the_members_mean_position():
+    """Water and fat registered together: one transform per member, and each channel's template
+    is moved by it (to +12 mm for members at +8 and +16 mm)."""
+
+    def contrasts(shift):
+        return [_blob((0, 0, shift)), _blob((4.0, 0, shift - 10.0), (8.0, 8.0, 12.0))]
+
+    template = [initial_template(image, clip=1.0) for image in contrasts(0.0)]
+    members = {}
+    for eid, shift in ((1, 8.0), (2, 16.0)):
+        images = contrasts(shift)
+        registration = register(images, template, FAST, fixed_normalised=True)
+        warped = [warped_member(registration, image, clip=1.0) for image in images]
+        members[eid] = (registration, warped)
+    update = update_template(template, members)
+    assert len(update.templates) == 2 and update.template is update.templates[0]
+    assert _centre_mm(update.templates[0]) == pytest.approx(12.0, abs=3.0)
+    assert _centre_mm(update.templates[1]) == pytest.approx(2.0, abs=3.0)
+    with pytest.raises(ValueError, match="1 channel"):
+        update_template(template, {1: (members[1][0], members[1][1][0])})

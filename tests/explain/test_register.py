@@ -485,8 +485,8 @@ def test_batch_registration_prepares_the_atlas_once_per_job(files, tmp_path, mon
         info = registration_jobs.register_to_atlas(
             eid=eid,
             group="F_healthy",
-            water=str(moving),
-            atlas=str(files["fixed"]),
+            images=[str(moving)],
+            atlas=[str(files["fixed"])],
             transform_out=str(tmp_path / f"{eid}.pt"),
             record_out=str(tmp_path / f"{eid}.json"),
             section=section,
@@ -496,3 +496,49 @@ def test_batch_registration_prepares_the_atlas_once_per_job(files, tmp_path, mon
     assert len(prepared) == 1
     assert statuses == ["ok", "failed"]  # a broken image is a failed record, not an exception
     assert (tmp_path / "1.pt").exists() and (tmp_path / "2.json").exists()
+
+
+def _two_contrasts(points: np.ndarray, organ_shift_mm) -> tuple:
+    """Water: the body alone, uniform inside; fat: an inner organ alone (it cannot be seen in
+    water), shifted within the body by ``organ_shift_mm``; and the organ's mask."""
+    body = ((points / np.array([22.0, 20.0, 45.0])) ** 2).sum(-1)
+    centre = np.array([6.0, -4.0, 10.0]) + np.asarray(organ_shift_mm)
+    organ = (((points - centre) / np.array([8.0, 7.0, 14.0])) ** 2).sum(-1)
+    water = 1 / (1 + np.exp((body - 1) * 8))
+    fat = 1 / (1 + np.exp((organ - 1) * 6))
+    return water.astype(np.float32), fat.astype(np.float32), (organ < 1).astype(np.int16)
+
+
+def test_a_second_channel_aligns_what_the_first_cannot_see():
+    """An organ that moved inside the body is visible only in the fat image: registering water
+    alone leaves it where it was, water + fat brings it onto the fixed organ."""
+    affine = _affine([35.0, -30.0, -70.0])
+    points = _world(affine)
+    fixed = [nib.Nifti1Image(a, affine) for a in _two_contrasts(points, (0, 0, 0))[:2]]
+    *moving, organ = _two_contrasts(points, (0.0, 0.0, 12.0))
+    moving = [nib.Nifti1Image(a * 300.0, affine) for a in moving]
+    fixed_organ = _two_contrasts(points, (0, 0, 0))[2] > 0
+    settings = RegistrationSettings(
+        affine_iterations=0, levels=2, deformable_lr=1e-2, max_steps=15, bending_weight=0.001
+    )
+    dice = {}
+    for name, channels in (("water", slice(0, 1)), ("water+fat", slice(0, 2))):
+        result = register(moving[channels], fixed[channels], settings)
+        warped = np.asanyarray(result.warp(nib.Nifti1Image(organ, affine), order=0).dataobj)
+        dice[name] = (
+            2
+            * (warped.astype(bool) & fixed_organ).sum()
+            / (warped.astype(bool).sum() + fixed_organ.sum())
+        )
+    assert dice["water+fat"] > dice["water"] + 0.1, dice
+
+
+def test_channels_must_match_and_share_a_grid(pair):
+    with pytest.raises(ValueError, match="2 channel"):
+        register([pair["moving"], pair["moving"]], pair["fixed"], FAST)
+    with pytest.raises(ValueError, match="not on one grid"):
+        register([pair["moving"], pair["fixed"]], [pair["fixed"], pair["fixed"]], FAST)
+    with pytest.raises(ValueError, match="distinct contrasts"):
+        RegistrationSettings(channels=("W", "W"))
+    with pytest.raises(ValueError, match="distinct contrasts"):
+        RegistrationSettings(channels=("water",))

@@ -204,6 +204,7 @@ def test_real_format_run_reports_every_phenotype_problem(tmp_path):
         ({"stich": {}}, "stich"),
         ({"stitch": {"grid": {"shape": [10, 10]}}}, "shape"),
         ({"cohort": {"source": "ukbb"}}, "zip_dir"),
+        ({"registration": {"channels": ["W", "in"]}}, "stitch.contrasts"),
     ],
 )
 def test_config_mistakes_name_the_key(tmp_path, change, message):
@@ -341,6 +342,7 @@ def pipeline_run(tmp_path_factory):
             "lncc_kernel": 3,
             "max_steps": 10,
             "gpus": 0,
+            "channels": ["W", "F"],  # water and fat registered together
         },
         "maps": {"n_perm": 19},
     }
@@ -403,6 +405,8 @@ def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
     assert set(registration["status"]) <= {"ok", "failed"}
     for group, members in test.groupby("group"):
         atlas = nib.load(results / "explain" / "atlas" / f"{group}.nii.gz")
+        fat = nib.load(results / "explain" / "atlas" / f"{group}_F.nii.gz")  # registration.channels
+        assert fat.shape == atlas.shape and not np.allclose(fat.dataobj, atlas.dataobj)
         ok = registration[(registration["group"] == group) & (registration["status"] == "ok")]
         for eid in members["eid"].astype(str):
             warped = nib.load(results / "explain" / group / "warped" / f"{eid}.nii.gz")

@@ -359,6 +359,11 @@ def template(group, iteration):
     return f"{ATLAS_DIR}/{group}/iter{iteration}/template.nii.gz"
 
 
+def channel_files(path):
+    """An atlas's or template's files, one per registration channel (registration.channels)."""
+    return paths.channel_files(path, config["registration"]["channels"])
+
+
 def group_files(pattern):
     """One path per test participant of the wildcard's group."""
     return lambda wc: per_participant(pattern, test_members(wc.group), group=wc.group)

@@ -9,7 +9,7 @@ rule atlas_init:
             STITCH_MANIFEST, [atlas_reference(wc.group)], BATCH_COUNT
         ),
     output:
-        template(r"{group}", 0),
+        channel_files(template(r"{group}", 0)),
     log:
         f"{LOGS}/atlas/{{group}}/init.log",
     conda:
@@ -21,6 +21,7 @@ rule atlas_init:
     params:
         stitched=lambda wc: STITCHED.format(eid=atlas_reference(wc.group)),
         clip=config["registration"]["clip"],
+        channels=config["registration"]["channels"],
     script:
         "../scripts/explain/atlas_init.py"
 
@@ -30,7 +31,9 @@ rule atlas_init:
 rule atlas_register:
     input:
         cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
-        template=f"{ATLAS_DIR}/{{group}}/iter{{iteration}}/template.nii.gz",
+        template=channel_files(
+            f"{ATLAS_DIR}/{{group}}/iter{{iteration}}/template.nii.gz"
+        ),
         stitch=lambda wc: manifests_for(
             STITCH_MANIFEST, atlas_members(wc.group), BATCH_COUNT
         ),
@@ -65,10 +68,12 @@ rule atlas_register:
 rule atlas_update:
     input:
         cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
-        template=lambda wc: template(wc.group, int(wc.iteration) - 1),
+        template=lambda wc: channel_files(template(wc.group, int(wc.iteration) - 1)),
         members=lambda wc: f"{ATLAS_DIR}/{wc.group}/iter{int(wc.iteration) - 1}/members.tsv",
     output:
-        template=f"{ATLAS_DIR}/{{group}}/iter{{iteration,[1-9][0-9]*}}/template.nii.gz",
+        template=channel_files(
+            f"{ATLAS_DIR}/{{group}}/iter{{iteration,[1-9][0-9]*}}/template.nii.gz"
+        ),
         record=f"{ATLAS_DIR}/{{group}}/iter{{iteration,[1-9][0-9]*}}/template.json",
     log:
         f"{LOGS}/atlas/{{group}}/iter{{iteration}}/update.log",
@@ -81,15 +86,16 @@ rule atlas_update:
     params:
         members=lambda wc: f"{ATLAS_DIR}/{wc.group}/iter{int(wc.iteration) - 1}/members",
         eids=lambda wc: atlas_members(wc.group),
+        channels=config["registration"]["channels"],
     script:
         "../scripts/explain/atlas_update.py"
 
 
 rule atlas:
     input:
-        lambda wc: template(wc.group, ATLAS_ITERATIONS),
+        lambda wc: channel_files(template(wc.group, ATLAS_ITERATIONS)),
     output:
-        f"{ATLAS_DIR}/{{group}}.nii.gz",
+        channel_files(f"{ATLAS_DIR}/{{group}}.nii.gz"),
     log:
         f"{LOGS}/atlas/{{group}}/final.log",
     conda:

@@ -9,6 +9,12 @@ if not 0 <= _REG["finest_level"] < _REG["levels"]:
         f"registration: finest_level must be below levels (0 to {_REG['levels'] - 1}), "
         f"got finest_level {_REG['finest_level']} with levels {_REG['levels']}"
     )
+_missing = set(_REG["channels"]) - set(config["stitch"]["contrasts"])
+if _missing:
+    raise WorkflowError(
+        f"registration: channels {sorted(_missing)} are not stitched; add them to "
+        f"stitch.contrasts (now {config['stitch']['contrasts']})"
+    )
 for _mm, _voxels in (
     ("control_point_spacing_mm", "stride"),
     ("lncc_window_mm", "lncc_kernel"),
@@ -22,7 +28,7 @@ for _mm, _voxels in (
 rule register:
     input:
         cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
-        atlas=lambda wc: atlas_path(wc.group),
+        atlas=lambda wc: channel_files(atlas_path(wc.group)),
         stitch=lambda wc: manifests_for(
             STITCH_MANIFEST, register_members(wc), BATCH_COUNT
         ),

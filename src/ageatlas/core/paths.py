@@ -42,3 +42,12 @@ def eid_of_path(path) -> str:
 def stitched_path(stitched_dir: str | Path, eid: str, contrast: str) -> Path:
     """A stitched contrast (W, F, in, opp) inside a participant's ingest folder."""
     return Path(stitched_dir) / f"{eid}_{contrast}.nii.gz"
+
+
+def channel_files(path: str, channels) -> list[str]:
+    """An atlas's or template's files, one per registration channel: ``path`` for the first
+    (the one figures show) and ``{stem}_{contrast}.nii.gz`` beside it for each further one."""
+    path = str(path)
+    if not path.endswith(".nii.gz"):
+        raise ValueError(f"an atlas image is a .nii.gz file, got {path}")
+    return [path] + [f"{path[: -len('.nii.gz')]}_{c}.nii.gz" for c in list(channels)[1:]]

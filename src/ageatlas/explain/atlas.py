@@ -23,7 +23,13 @@ import numpy as np
 import torch
 
 from ageatlas.core.files import nifti_image
-from ageatlas.explain.register import Registration, grid_from_nifti, normalise_for_registration
+from ageatlas.explain.register import (
+    Channels,
+    Registration,
+    channels_of,
+    grid_from_nifti,
+    normalise_for_registration,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,48 +50,59 @@ def warped_member(
 
 @dataclass
 class TemplateUpdate:
-    """The next template and what went into it."""
+    """The next template (one image per registration channel) and what went into it."""
 
-    template: nib.Nifti1Image
+    templates: list[nib.Nifti1Image]
     n_members: int
     mean_displacement_mm: float  # mean |mean displacement| over the template's voxels
     excluded: dict[int, str] = field(default_factory=dict)
 
+    @property
+    def template(self) -> nib.Nifti1Image:
+        """The first channel's (water's) template."""
+        return self.templates[0]
+
 
 def update_template(
-    template: nib.Nifti1Image,
-    members: dict[int, tuple[Registration, nib.Nifti1Image]],
+    template: Channels,
+    members: dict[int, tuple[Registration, Channels]],
     excluded: dict[int, str] | None = None,
     description: str = "ageatlas template",
 ) -> TemplateUpdate:
-    """Mean of the warped members, moved to their mean shape.
+    """Mean of the warped members, moved to their mean shape, per channel.
 
-    ``members`` maps eid to (registration to ``template``, warped image on
-    the template grid). Streams one member at a time. With displacement d
-    from template to member, the members' mean shape puts the anatomy of
-    template point x at x + mean(d)(x); the new template T'(y) = M(y - d(y))
-    is the first-order inverse of that map.
+    ``members`` maps eid to (registration to ``template``, warped image(s) on
+    the template grid, as many as the template has channels). Streams one
+    member at a time. With displacement d from template to member, the
+    members' mean shape puts the anatomy of template point x at x + mean(d)(x);
+    the new template T'(y) = M(y - d(y)) is the first-order inverse of that map.
     """
     if not members:
         raise ValueError("no member registration passed QC; cannot update the template")
-    mean_image = np.zeros(template.shape[:3], dtype=np.float64)
+    channels = channels_of(template)
+    mean_images = [np.zeros(channels[0].shape[:3], dtype=np.float64) for _ in channels]
     mean_disp = None
     for registration, warped in members.values():
-        _check_on_grid(warped, template)
-        mean_image += np.asarray(warped.get_fdata(), dtype=np.float64)
+        warped = channels_of(warped)
+        if len(warped) != len(channels):
+            raise ValueError(f"a member has {len(warped)} channel(s), the template {len(channels)}")
+        for mean_image, image in zip(mean_images, warped):
+            _check_on_grid(image, channels[0])
+            mean_image += np.asarray(image.get_fdata(), dtype=np.float64)
         disp = registration.displacement_mm()
         mean_disp = disp.astype(np.float64) if mean_disp is None else mean_disp + disp
-    mean_image /= len(members)
     mean_disp /= len(members)
-    unbiased = _shift(mean_image, template, -mean_disp)
     magnitude = float(np.linalg.norm(mean_disp, axis=-1).mean())
     log.info("template update: %d members, mean |displacement| %.2f mm", len(members), magnitude)
-    return TemplateUpdate(
-        nifti_image(unbiased, template.affine, description),
-        len(members),
-        magnitude,
-        dict(excluded or {}),
-    )
+    templates = [
+        nifti_image(
+            _shift(mean_image / len(members), channels[0], -mean_disp),
+            channels[0].affine,
+            description,
+        )
+        for mean_image in mean_images
+    ]
+    return TemplateUpdate(templates, len(members), magnitude, dict(excluded or {}))
 
 
 def _check_on_grid(image: nib.Nifti1Image, template: nib.Nifti1Image) -> None:

@@ -13,6 +13,10 @@ The result, a `Registration`, maps points of the fixed grid to the moving
 image: ``y = affine(svffd(x))``, i.e. the deformation lives in fixed (atlas)
 space (`ageatlas.explain.registration_transform`).
 
+An image may have several channels on one grid (``registration.channels``,
+e.g. water and fat), each normalised on its own; the similarities average
+over them, so one transform aligns what any channel shows.
+
 Registration runs on the device given (a GPU when there is one): the images,
 their pyramids and the fitted transforms live there. Many participants to
 one atlas (`register_many`) prepare the atlas once.
@@ -20,9 +24,10 @@ one atlas (`register_many`) prepare the atlas once.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -45,6 +50,10 @@ from ageatlas.explain.registration_transform import (  # noqa: F401
     to_tensor,
 )
 
+# A registration image: one NIfTI, or several on one grid whose LNCC (and MSE for the affine
+# step) is averaged over them, e.g. (water, fat).
+Channels = nib.Nifti1Image | Sequence[nib.Nifti1Image]
+
 # Registering an image to itself can lose a little similarity to optimiser
 # noise; only a loss beyond this NCC is "made it worse".
 NCC_TOLERANCE = 0.01
@@ -66,12 +75,33 @@ def _minmax(image: np.ndarray) -> np.ndarray:
     return ((image - low) / (high - low)).astype(np.float32)
 
 
-def to_image(img: nib.Nifti1Image, clip: float | None, device) -> Image:
-    """deepali image of a NIfTI; ``clip=None`` only min-max normalises it."""
-    data = np.asanyarray(img.dataobj)
-    data = _minmax(data) if clip is None else normalise_for_registration(data, clip)
-    grid = grid_from_nifti(img.affine, img.shape)
-    return Image(to_tensor(data), grid=grid, device=device)
+def to_image(images: Channels, clip: float | None, device) -> Image:
+    """deepali image of one NIfTI or of several on one grid (channels, e.g. water and fat),
+    each normalised on its own; ``clip=None`` only min-max normalises them."""
+    images = channels_of(images)
+    for other in images[1:]:
+        if other.shape[:3] != images[0].shape[:3] or not np.allclose(
+            other.affine, images[0].affine, atol=1e-3
+        ):
+            raise ValueError("the channels of a registration image are not on one grid")
+    tensors = []
+    for img in images:
+        data = np.asanyarray(img.dataobj)
+        data = _minmax(data) if clip is None else normalise_for_registration(data, clip)
+        tensors.append(to_tensor(data))
+    grid = grid_from_nifti(images[0].affine, images[0].shape)
+    return Image(torch.cat(tensors), grid=grid, device=device)
+
+
+def channels_of(images: Channels) -> list[nib.Nifti1Image]:
+    return [images] if isinstance(images, nib.Nifti1Image) else list(images)
+
+
+def load_channels(paths) -> list[nib.Nifti1Image]:
+    """The image(s) of one path or of a sequence of paths (channels on one grid)."""
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    return [nib.load(str(path)) for path in paths]
 
 
 def _ncc(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -212,7 +242,7 @@ class FixedImage:
 
 
 def prepare_fixed(
-    fixed: nib.Nifti1Image,
+    fixed: Channels,
     settings: RegistrationSettings = RegistrationSettings(),
     *,
     device=None,
@@ -228,8 +258,8 @@ def prepare_fixed(
 
 
 def register(
-    moving: nib.Nifti1Image,
-    fixed: nib.Nifti1Image,
+    moving: Channels,
+    fixed: Channels,
     settings: RegistrationSettings = RegistrationSettings(),
     *,
     device=None,
@@ -246,13 +276,18 @@ def register(
     return result
 
 
-def register_to(moving: nib.Nifti1Image, fixed: FixedImage) -> Registration:
+def register_to(moving: Channels, fixed: FixedImage) -> Registration:
     """Register ``moving`` to a prepared fixed image, on its device, with its settings; the
-    metrics' seconds leave the fixed image's preparation out."""
+    metrics' seconds leave the fixed image's preparation out. Both have the same channels."""
     start = time.perf_counter()
     settings, target = fixed.settings, fixed.target
     fixed_img, fixed_levels = fixed.image, fixed.levels
     moving_img = to_image(moving, settings.clip, fixed_img.device)
+    if moving_img.shape[0] != fixed_img.shape[0]:
+        raise ValueError(
+            f"the moving image has {moving_img.shape[0]} channel(s), the fixed image "
+            f"{fixed_img.shape[0]}"
+        )
     identity = Registration(
         fixed_img.grid(),
         moving_img.grid(),
@@ -313,7 +348,8 @@ def register_files(
     fixed_normalised: bool = False,
     device=None,
 ) -> tuple[Registration | None, dict]:
-    """Register one image file to another and judge the result.
+    """Register one image file to another and judge the result; either may be a sequence of
+    files, one per channel (the same number for both).
 
     Never raises for a bad participant: an unreadable image or a crashed
     optimisation is a failed record (status, reasons), like failed QC, so
@@ -321,7 +357,7 @@ def register_files(
     """
     try:
         fixed = prepare_fixed(
-            nib.load(str(fixed_path)), settings, device=device, fixed_normalised=fixed_normalised
+            load_channels(fixed_path), settings, device=device, fixed_normalised=fixed_normalised
         )
     except Exception as exc:  # noqa: BLE001 - any failure is this participant's QC result
         return None, _failed(exc)
@@ -345,7 +381,7 @@ def register_many(
     here, before any participant (it is the job's input, not theirs).
     """
     fixed = prepare_fixed(
-        nib.load(str(fixed_path)), settings, device=device, fixed_normalised=fixed_normalised
+        load_channels(fixed_path), settings, device=device, fixed_normalised=fixed_normalised
     )
     return (register_prepared(path, fixed, max_folding_share) for path in moving_paths)
 
@@ -353,7 +389,7 @@ def register_many(
 def register_prepared(moving_path, fixed: FixedImage, max_folding_share: float):
     """`register_files` to an atlas already prepared (:func:`prepare_fixed`)."""
     try:
-        result = register_to(nib.load(str(moving_path)), fixed)
+        result = register_to(load_channels(moving_path), fixed)
     except Exception as exc:  # noqa: BLE001 - any failure is this participant's QC result
         return None, _failed(exc)
     reasons = qc_reasons(result.metrics, max_folding_share)

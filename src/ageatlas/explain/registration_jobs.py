@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -34,12 +34,17 @@ def _threads(torch_threads: int | None) -> None:
 
 
 @functools.lru_cache(maxsize=2)
-def _prepared_atlas(path: str, mtime_ns: int, section: str, built_atlas: bool, device: str):
+def _prepared_atlas(
+    paths: tuple[str, ...], mtimes_ns: tuple[int, ...], section: str, built_atlas: bool, device: str
+):
     """The atlas read, normalised and on the device once per job (a GPU batch registers its
     participants in turn in one process)."""
     settings = registration_settings.settings_from_config(json.loads(section))
     return reg.prepare_fixed(
-        nib.load(path), settings, device=torch.device(device), fixed_normalised=built_atlas
+        reg.load_channels(paths),
+        settings,
+        device=torch.device(device),
+        fixed_normalised=built_atlas,
     )
 
 
@@ -47,25 +52,26 @@ def register_to_atlas(
     *,
     eid: str,
     group: str,
-    water: str,
-    atlas: str,
+    images: Sequence[str],
+    atlas: Sequence[str],
     transform_out: str,
     record_out: str,
     section: Mapping,
     built_atlas: bool,
     torch_threads: int | None = None,
 ) -> dict:
-    """Register a test participant's water image to its group's atlas (affine, then SVFFD)."""
+    """Register a test participant's images (one per registration channel: water, then any
+    other) to its group's atlas, which has the same channels (affine, then SVFFD)."""
     _threads(torch_threads)
     device = pick_device(None, "registration")
     fixed = _prepared_atlas(
-        str(atlas),
-        os.stat(atlas).st_mtime_ns,
+        tuple(str(p) for p in atlas),
+        tuple(os.stat(p).st_mtime_ns for p in atlas),
         json.dumps(dict(section), sort_keys=True),
         bool(built_atlas),
         str(device),
     )
-    registration, record = reg.register_prepared(water, fixed, section["max_folding_share"])
+    registration, record = reg.register_prepared(images, fixed, section["max_folding_share"])
     record = {"eid": eid, "group": group, **record}
     reg.save_outcome(registration, record, transform_out, record_out)
     log.info("participant %s to atlas %s: %s", eid, group, record)
@@ -75,21 +81,22 @@ def register_to_atlas(
 def register_atlas_member(
     *,
     eid: str,
-    water: str,
-    template: str,
+    images: Sequence[str],
+    template: Sequence[str],
     transform_out: str,
     record_out: str,
-    warped_out: str,
+    warped_out: Sequence[str],
     section: Mapping,
     torch_threads: int | None = None,
 ) -> dict:
-    """Register an atlas member to its group's current template; keep its warped image."""
+    """Register an atlas member to its group's current template (one image of each per
+    registration channel); keep its warped images."""
     from ageatlas.explain.atlas import warped_member
 
     _threads(torch_threads)
     settings = registration_settings.settings_from_config(section)
     registration, record = reg.register_files(
-        water,
+        images,
         template,
         settings,
         max_folding_share=section["max_folding_share"],
@@ -100,12 +107,15 @@ def register_atlas_member(
     if registration is None:
         # Left out of the template (atlas_update reads the record); NaN so it can never be
         # averaged by mistake.
-        warped = nan_map(nib.load(template), "registration failed: not an image")
+        warped = [nan_map(nib.load(template[0]), "registration failed: not an image")] * len(
+            warped_out
+        )
         log.warning("participant %s failed: %s", eid, "; ".join(record["reasons"]))
     else:
-        warped = warped_member(registration, nib.load(water), settings.clip)
+        warped = [warped_member(registration, nib.load(p), settings.clip) for p in images]
         log.info("participant %s: %s", eid, record)
-    save_nifti(warped_out, warped)
+    for image, out in zip(warped, warped_out, strict=True):
+        save_nifti(out, image)
     return {"status": record["status"]}
 
 

@@ -17,6 +17,8 @@ import numpy as np
 # full resolution): B-spline stride (4, 4, 8) voxels and a 7-voxel LNCC window.
 AUTHORS_CONTROL_POINT_SPACING_MM = (8.928, 8.928, 24.0)
 AUTHORS_LNCC_WINDOW_MM = (15.624, 15.624, 21.0)
+# Stitched contrasts a registration can use (ageatlas.core.paths.stitched_path).
+CONTRASTS = {"W", "F", "in", "opp"}
 # A pyramid level coarser than this along any axis has nothing left to align.
 MIN_LEVEL_SIZE = 4
 
@@ -55,6 +57,9 @@ class RegistrationSettings:
     clip: float = 0.6
     stride: tuple[int, int, int] | None = None
     lncc_kernel: int | None = None
+    # Stitched contrasts registered together, the similarity averaged over them (the authors:
+    # water alone). The first is the one the atlas's figures show.
+    channels: tuple[str, ...] = ("W",)
 
     def __post_init__(self) -> None:
         if self.levels < 1:
@@ -73,6 +78,13 @@ class RegistrationSettings:
             object.__setattr__(self, "stride", tuple(int(v) for v in self.stride))
             if len(self.stride) != 3 or min(self.stride) < 1:
                 raise ValueError(f"registration stride must be 3 integers >= 1, got {self.stride}")
+        channels = tuple(str(c) for c in self.channels)
+        if not channels or len(set(channels)) != len(channels) or set(channels) - CONTRASTS:
+            raise ValueError(
+                f"registration channels must be distinct contrasts of {sorted(CONTRASTS)}, "
+                f"got {list(channels)}"
+            )
+        object.__setattr__(self, "channels", channels)
         if self.lncc_kernel is not None and self.lncc_kernel < 1:
             raise ValueError(f"registration lncc_kernel must be >= 1, got {self.lncc_kernel}")
 

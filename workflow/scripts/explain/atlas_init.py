@@ -1,4 +1,5 @@
-"""Iteration-0 template of one group's atlas: its reference participant's water image."""
+"""Iteration-0 template of one group's atlas: its reference participant's image of each
+registration channel (water first)."""
 
 import logging
 
@@ -9,8 +10,10 @@ from ageatlas.core.paths import stitched_path
 from ageatlas.explain.atlas import initial_template
 
 logs.to_file(snakemake.log[0])
-stitched = snakemake.params.stitched
-water = stitched_path(stitched, stitched.rstrip("/").split("/")[-1], "W")
-nib.save(initial_template(nib.load(water), snakemake.params.clip), snakemake.output[0])
-logging.info("group %s: reference %s", snakemake.wildcards.group, water)
+stitched, params = snakemake.params.stitched, snakemake.params
+eid = stitched.rstrip("/").split("/")[-1]
+for channel, out in zip(params.channels, snakemake.output):
+    image = stitched_path(stitched, eid, channel)
+    nib.save(initial_template(nib.load(image), params.clip), out)
+    logging.info("group %s: reference %s", snakemake.wildcards.group, image)
 provenance.record(snakemake)

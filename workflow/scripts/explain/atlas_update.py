@@ -7,6 +7,7 @@ import nibabel as nib
 
 from ageatlas.core import logs, provenance
 from ageatlas.core.batch_run import failures
+from ageatlas.core.paths import channel_files
 from ageatlas.explain.atlas import update_template
 from ageatlas.explain.register import load_outcome
 
@@ -18,20 +19,21 @@ for eid in snakemake.params.eids:
         excluded[int(eid)] = failed[eid]
         continue
     base = f"{snakemake.params.members}/{eid}"
-    transform, warped = f"{base}.pt", f"{base}.nii.gz"
     record = json.loads(open(f"{base}.json").read())
     if record["status"] != "ok":
         excluded[int(eid)] = "; ".join(record["reasons"])
         continue
-    members[int(eid)] = (load_outcome(transform), nib.load(warped))
+    warped = [nib.load(p) for p in channel_files(f"{base}.nii.gz", snakemake.params.channels)]
+    members[int(eid)] = (load_outcome(f"{base}.pt"), warped)
 group, iteration = snakemake.wildcards.group, snakemake.wildcards.iteration
 update = update_template(
-    nib.load(snakemake.input.template),
+    [nib.load(p) for p in snakemake.input.template],
     members,
     excluded,
     description=f"ageatlas {group} template iter{iteration}",
 )
-nib.save(update.template, snakemake.output.template)
+for image, out in zip(update.templates, snakemake.output.template):
+    nib.save(image, out)
 summary = {
     "group": group,
     "iteration": int(iteration),
