@@ -71,6 +71,13 @@ def test_memory_scales_and_has_a_floor():
     assert batches.batch_request(ENTRY, 1, 4, pooled=True, mem_scale=0.01)[1] == 100
 
 
+def test_scaled_minutes_leave_memory_and_the_measured_entry_alone():
+    measured = {"cpu": {"minutes_per_participant": 2.0, "mb_per_process": 100, "from": "x"}}
+    scaled = batches.scale_minutes(measured, 28.0)
+    assert scaled == {"cpu": {"minutes_per_participant": 56.0, "mb_per_process": 100, "from": "x"}}
+    assert measured["cpu"]["minutes_per_participant"] == 2.0
+
+
 def test_a_broken_requests_file_names_the_file_and_entry(tmp_path):
     path = tmp_path / "requests.yaml"
     path.write_text("rules:\n  stitch:\n    cpu: {minutes_per_participant: 0, mb_per_process: 5}\n")

@@ -78,6 +78,7 @@ def gpu_rules(tmp_path_factory) -> dict:
         train={"gpus": 1},
         registration={"gpus": 1},
         baseline={"gpus": 1},
+        gradcam={"method": "hirescam"},  # the default; the requests file's unit
     )
 
 
@@ -89,6 +90,7 @@ def cpu_rules(tmp_path_factory) -> dict:
         train={"gpus": 0},
         registration={"gpus": 0},
         baseline={"gpus": 0},
+        gradcam={"method": "hirescam"},
     )
 
 
@@ -176,6 +178,17 @@ def test_retries_ask_for_more_memory_and_time(gpu_rules):
 
 
 MAX_RUNTIME = 2880  # resources.max_runtime's default
+
+
+def test_gradcam_jobs_ask_for_the_time_their_method_needs(gpu_rules, tmp_path):
+    """Integrated gradients cost about 28 HiResCAM maps (32 steps): their batch jobs ask for
+    that much longer instead of being killed at a layer method's limit."""
+    ig = load_rules(
+        tmp_path, train={"gpus": 1}, gradcam={"method": "integrated_gradients", "steps": 32}
+    )
+    hirescam = at_attempt(gpu_rules["gradcam"], "runtime", 1) - batches.STARTUP_MINUTES
+    integrated = at_attempt(ig["gradcam"], "runtime", 1) - batches.STARTUP_MINUTES
+    assert integrated == pytest.approx(27.9 * hirescam, rel=0.05)
 
 
 def test_batch_requests_follow_the_requests_file_and_the_device(gpu_rules, cpu_rules):

@@ -85,6 +85,15 @@ def load_requests(path: str | Path) -> dict[str, dict[str, dict]]:
     return rules
 
 
+def scale_minutes(devices: dict[str, dict], factor: float) -> dict[str, dict]:
+    """One rule's requests (device -> entry) with the per-participant minutes times ``factor``
+    (a participant's work in units of what was measured)."""
+    return {
+        device: {**entry, "minutes_per_participant": entry["minutes_per_participant"] * factor}
+        for device, entry in devices.items()
+    }
+
+
 def batch_request(
     entry: dict,
     members: int,
