@@ -39,7 +39,11 @@ from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.core import paths
 from ageatlas.core.files import load_npy
 from ageatlas.explain.gradcam import grad_cam, map_grid, to_stitched_grid
-from ageatlas.explain.reference_attribution import attribute_against_reference, reference_volume
+from ageatlas.explain.reference_attribution import (
+    atlas_reference,
+    attribute_against_reference,
+    reference_volume,
+)
 from ageatlas.explain.register import RegistrationFailed, load_outcome
 from ageatlas.explain.truth import (
     enrichment,
@@ -59,13 +63,20 @@ METHODS = [
     ("hirescam", "layer3", "receptive_field"),
     ("hirescam", "layer2", "receptive_field"),
     ("integrated_gradients", "input", "input"),
+    # against the group atlas brought into each body (gradcam.reference: group_atlas)
+    ("integrated_gradients", "input", "group_atlas"),
 ]
 AGE_LABELS = [v for v, name in REGION_LABELS.items() if name in AGE_REGIONS]
 
 
-def method_map(model, volume, reference, method, layer, placement, steps) -> torch.Tensor:
-    """The method's map on the input grid, scaled as the workflow's default does."""
+def method_map(model, volume, references, method, layer, placement, steps) -> torch.Tensor:
+    """The method's map on the input grid, scaled as the workflow's default does.
+
+    ``references``: {"input": the mean training volume, "group_atlas": the
+    participant's atlas reference}, for integrated gradients (by placement).
+    """
     if method == "integrated_gradients":
+        reference = references[placement]
         return attribute_against_reference(
             model, volume, reference, method, steps=steps, batch=steps
         )[0]
@@ -140,14 +151,21 @@ def main() -> None:
                 registration = None
             cached = load_npy(str(cache).format(eid=eid))
             volume = torch.from_numpy(model_input(cached, eid, seed))[None, None]
+            references = {"input": reference}
+            if registration is not None:
+                pulled = np.asarray(registration.pull_back(atlas).dataobj)
+                in_body = atlas_reference(pulled, cached, volume[0, 0].numpy(), factor)
+                references["group_atlas"] = torch.from_numpy(in_body)[None, None]
             occlusion = None
             if len(rho[methods[0]]) < args.occlusion:
                 occlusion = attribute_against_reference(
                     model, volume, reference, "occlusion", block=args.block, batch=16
                 )[0].numpy()
             for m in methods:
+                if m[2] not in references and m[2] == "group_atlas":
+                    continue  # no registration: no atlas in this body
                 start = time.perf_counter()
-                on_input = method_map(model, volume, reference, *m, args.steps).numpy()
+                on_input = method_map(model, volume, references, *m, args.steps).numpy()
                 seconds[m].append(time.perf_counter() - start)
                 if occlusion is not None:
                     rho[m].append(block_rho(on_input, occlusion, args.block))

@@ -152,6 +152,9 @@ def test_reference_methods_need_a_train_split_or_a_given_reference(tmp_path, giv
         *given, gradcam={"method": method, "reference": str(tmp_path / "no.npy")}
     )
     assert "gradcam.reference: " in given_model.problems(missing, INSTALLED)[0]
+    # Each participant's group atlas needs no train split.
+    atlas = given_whole_cohort(*given, gradcam={"method": method, "reference": "group_atlas"})
+    assert given_model.problems(atlas, INSTALLED) == []
 
 
 def test_the_deviation_target_needs_the_training_mean_age(given):

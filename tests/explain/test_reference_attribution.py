@@ -104,3 +104,96 @@ def test_reference_volume_counts_the_drawn_background_as_zero(tmp_path):
     np.save(tmp_path / "a.npy", np.array([[np.nan, 2.0]], dtype=np.float16))
     np.save(tmp_path / "b.npy", np.array([[4.0, 4.0]], dtype=np.float16))
     assert np.allclose(reference_volume([tmp_path / "a.npy", tmp_path / "b.npy"]), [[2.0, 3.0]])
+
+
+def test_atlas_reference_is_scaled_as_a_cache_and_keeps_the_background():
+    from ageatlas.age.preprocess import downsample, normalise
+    from ageatlas.explain.reference_attribution import atlas_reference
+
+    rng = np.random.default_rng(1)
+    atlas = np.zeros((8, 8, 8), np.float32)
+    atlas[2:6, 2:6, 2:8] = rng.uniform(100, 300, (4, 4, 6))
+    cached = np.full((4, 4, 4), np.nan, np.float32)
+    cached[1:3, 1:3, 1:4] = 0.5
+    drawn = rng.standard_normal(cached.shape).astype(np.float32)
+    model_input = np.where(np.isnan(cached), drawn, cached)
+    reference = atlas_reference(atlas, cached, model_input, 2)
+    tissue = ~np.isnan(cached)
+    # Where the participant has tissue: the atlas z-scored as a cache would be.
+    expected = normalise(downsample(atlas, 2), background="zero")
+    np.testing.assert_allclose(reference[tissue], expected[tissue], rtol=1e-6)
+    # Elsewhere: the participant's own drawn background, so it adds nothing.
+    np.testing.assert_array_equal(reference[~tissue], model_input[~tissue])
+    with pytest.raises(ValueError, match="shape"):
+        atlas_reference(atlas, cached[:2], model_input, 2)
+    with pytest.raises(ValueError, match="no tissue"):
+        atlas_reference(np.zeros_like(atlas), cached, model_input, 2)
+
+
+def _identity_registration(image: nib.Nifti1Image):
+    from deepali import spatial
+
+    from ageatlas.explain.registration_settings import RegistrationSettings
+    from ageatlas.explain.registration_transform import Registration, grid_from_nifti
+
+    grid = grid_from_nifti(image.affine, image.shape)
+    return Registration(grid, grid, spatial.AffineTransform(grid), None, RegistrationSettings())
+
+
+def test_participant_map_against_its_group_atlas(tmp_path):
+    """The atlas brought into the participant's body, scaled as the cache is: a participant
+    whose body is the atlas gets a reference equal to their input, and nothing to attribute."""
+    from ageatlas.age.preprocess import prepare
+    from ageatlas.explain.registration_transform import save_outcome
+
+    torch.manual_seed(0)
+    model = build_model(hidden=8).eval()
+    water = np.zeros((16, 32, 32), np.float32)
+    water[4:12, 6:26, 4:28] = np.random.default_rng(0).uniform(50, 250, (8, 20, 24))
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    image = nib.Nifti1Image(water, affine)
+    nib.save(image, tmp_path / "water.nii.gz")
+    nib.save(image, tmp_path / "atlas.nii.gz")
+    prepare(tmp_path / "water.nii.gz", tmp_path / "cache.npy", downsample_factor=2)
+    registration = _identity_registration(image)
+    save_outcome(registration, {}, tmp_path / "reg.pt", tmp_path / "reg.json")
+    torch.save(
+        {"model": model.state_dict(), "config": asdict(TrainConfig(hidden=8))},
+        tmp_path / "checkpoint.pt",
+    )
+    args = (tmp_path / "checkpoint.pt", tmp_path / "cache.npy", tmp_path / "water.nii.gz")
+    options = dict(method="integrated_gradients", normalise=False, device="cpu")
+    info = cam_for_participant(
+        *args,
+        tmp_path / "m.nii.gz",
+        atlas=(tmp_path / "atlas.nii.gz", tmp_path / "reg.pt"),
+        **options,
+    )
+    assert info["reference"] == str(tmp_path / "atlas.nii.gz")
+    # float16 cache against the float32 reference: a rounding's worth of difference.
+    assert abs(info["above_reference"]) < 1e-2
+    assert np.abs(nib.load(tmp_path / "m.nii.gz").get_fdata()).max() < 1e-2
+    # An atlas that differs from the body in one place: importance sits there.
+    changed = water.copy()
+    changed[4:8, 6:14, 4:12] *= 0.3
+    nib.save(nib.Nifti1Image(changed, affine), tmp_path / "atlas2.nii.gz")
+    cam_for_participant(
+        *args,
+        tmp_path / "m2.nii.gz",
+        atlas=(tmp_path / "atlas2.nii.gz", tmp_path / "reg.pt"),
+        **options,
+    )
+    importance = np.abs(nib.load(tmp_path / "m2.nii.gz").get_fdata())
+    inside = np.zeros(water.shape, bool)
+    inside[4:8, 6:14, 4:12] = True
+    body = water > 0
+    assert importance[inside].mean() > 5 * importance[body & ~inside].mean()
+    # A failed registration is this participant's error, naming the file.
+    save_outcome(None, {"reasons": ["folding"]}, tmp_path / "bad.pt", tmp_path / "bad.json")
+    with pytest.raises(RuntimeError, match="bad.pt"):
+        cam_for_participant(
+            *args,
+            tmp_path / "m3.nii.gz",
+            atlas=(tmp_path / "atlas.nii.gz", tmp_path / "bad.pt"),
+            **options,
+        )

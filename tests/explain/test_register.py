@@ -192,6 +192,20 @@ def test_warped_image_approaches_fixed(pair, result):
     assert after < 0.5 * before
 
 
+def test_pull_back_brings_the_atlas_into_the_participant(pair, result):
+    # The inverse direction: the fixed image (the atlas) resampled into the
+    # moving image's space should look like the moving image there.
+    fixed = normalise_for_registration(pair["fixed"].get_fdata())
+    moving = normalise_for_registration(pair["moving"].get_fdata())
+    pulled = result.pull_back(nib.Nifti1Image(fixed, pair["fixed"].affine))
+    assert pulled.shape == SHAPE
+    np.testing.assert_allclose(pulled.affine, pair["moving"].affine, atol=1e-4)
+    before = np.abs(fixed - moving).mean()
+    assert np.abs(pulled.get_fdata() - moving).mean() < 0.5 * before
+    with pytest.raises(ValueError, match="fixed"):
+        result.pull_back(pair["moving"])
+
+
 def test_label_warp_keeps_labels_and_improves_dice(pair, result):
     warped = result.warp(pair["moving_labels"], order=0)
     data = np.asanyarray(warped.dataobj)

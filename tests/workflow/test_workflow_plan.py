@@ -347,3 +347,29 @@ def test_a_missing_given_checkpoint_is_named_before_anything_runs(tmp_path):
     assert result.returncode != 0
     assert f"model.checkpoint: {config['model']['checkpoint']} does not exist" in output
     assert not (tmp_path / "results").exists()
+
+
+def test_maps_against_the_group_atlas_wait_for_their_members_registrations(tmp_path):
+    """gradcam.reference group_atlas: a gradcam batch reads, for each group among its members,
+    that group's atlas and the registration batches that hold its members; no mean volume."""
+    config = write_config(
+        tmp_path, 48, gradcam={"method": "integrated_gradients", "reference": "group_atlas"}
+    )
+    table = fake_finished_run(tmp_path, config)
+    jobs = planned_inputs(snakemake(tmp_path, "all", "-n", "--forcerun", "gradcam"))
+    assert "reference_volume" not in {rule for rule, _ in jobs}
+    results = config["results_dir"]
+    count = batches.batch_count(len(table), BATCH_SIZE)
+    test = table[table["split"] == "test"].astype({"eid": str})
+    gradcam_jobs = [files for rule, files in jobs if rule == "gradcam"]
+    assert len(gradcam_jobs) == len({batches.batch_name(e, count) for e in test["eid"]})
+    for files in gradcam_jobs:
+        manifest = next(f for f in files if "/batches/preprocess/" in f)
+        name = Path(manifest).stem
+        groups = set(test.loc[[batches.batch_name(e, count) == name for e in test["eid"]], "group"])
+        registered = {
+            Path(f).parts[-4] for f in files if "/batches/register/" in f and Path(f).exists()
+        }
+        atlases = {Path(f).name[: -len(".nii.gz")] for f in files if "/explain/atlas/" in f}
+        assert registered == groups == atlases, (name, files)
+        assert all(f.startswith(results) for f in files if "/register/" in f)

@@ -321,6 +321,7 @@ _TRAIN_CACHES = not GIVEN_CHECKPOINT or (
 CACHED_SPLITS = ("train", "val", "test") if _TRAIN_CACHES else ("val", "test")
 register_members = plan_members(["test"], per_group=True)
 WARPED = f"{EXPLAIN}/{{group}}/warped/{{eid}}.nii.gz"
+REGISTRATION = f"{EXPLAIN}/{{group}}/registration/{{eid}}.pt"
 REGISTRATION_RECORD = f"{EXPLAIN}/{{group}}/registration/{{eid}}.json"
 
 
@@ -436,12 +437,56 @@ def explain_targets(wc):
 REFERENCE_VOLUME = f"{EXPLAIN}/reference_volume.npy"
 
 
+# gradcam.reference group_atlas: each participant's map is drawn against their
+# group's atlas in their own body, so gradcam waits for their registration.
+ATLAS_REFERENCE = (
+    config["gradcam"]["method"] in given_model.REFERENCE_METHODS
+    and config["gradcam"]["reference"] == given_model.GROUP_ATLAS
+)
+
+
 def gradcam_reference(wildcards):
     """The reference volume (gradcam.reference, else the mean training volume), for the methods
-    that attribute against one."""
-    if config["gradcam"]["method"] in given_model.REFERENCE_METHODS:
+    that attribute against one (group_atlas: gradcam_atlases)."""
+    if (
+        config["gradcam"]["method"] in given_model.REFERENCE_METHODS
+        and not ATLAS_REFERENCE
+    ):
         return config["gradcam"]["reference"] or REFERENCE_VOLUME
     return []
+
+
+def _batch_groups(wildcards):
+    """group -> eids of a gradcam batch's members in groups that get maps."""
+    groups = (
+        cohort_frame().set_index("eid").loc[plan_members(["test"])(wildcards), "group"]
+    )
+    active = set(active_groups())
+    return {
+        group: list(eids.index)
+        for group, eids in groups.groupby(groups)
+        if group in active
+    }
+
+
+def gradcam_registrations(wildcards):
+    """With ATLAS_REFERENCE: the registration batches of a gradcam batch's members."""
+    if not ATLAS_REFERENCE:
+        return []
+    return [
+        path
+        for group, eids in _batch_groups(wildcards).items()
+        for path in manifests_for(
+            REGISTER_MANIFEST, eids, cohort_plan(["test"], group)[0], group=group
+        )
+    ]
+
+
+def gradcam_atlases(wildcards):
+    """With ATLAS_REFERENCE: group -> atlas (water) of a gradcam batch's members."""
+    if not ATLAS_REFERENCE:
+        return {}
+    return {group: atlas_path(group) for group in _batch_groups(wildcards)}
 
 
 PROJECTION = f"{BASELINE}/projections/{{eid}}.npy"  # and {eid}.png, its preview

@@ -30,6 +30,8 @@ rule gradcam:
         ),
         cohort=COHORT_TABLE,
         reference=gradcam_reference,
+        registrations=gradcam_registrations,
+        atlases=lambda wc: list(gradcam_atlases(wc).values()),
     output:
         GRADCAM_MANIFEST,
     log:
@@ -54,6 +56,8 @@ rule gradcam:
         stitched=literal(STITCHED),
         cache=literal(CACHE),
         out=literal(GRADCAM),
+        atlases=gradcam_atlases,
+        registration=literal(REGISTRATION),
         records=batch_records(EXPLAIN, "gradcam"),
         logs=f"{LOGS}/gradcam",
     script:

@@ -255,7 +255,7 @@ if SYNTHETIC:
             mem_mb=memory(8000),
             runtime=grows(30),
         params:
-            transforms=group_files(f"{EXPLAIN}/{{group}}/registration/{{eid}}.pt"),
+            transforms=group_files(REGISTRATION),
             gradcam_maps=group_files(GRADCAM),
             stitched=group_files(STITCHED),
             gradcam=config["gradcam"],

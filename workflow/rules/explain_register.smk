@@ -80,7 +80,7 @@ rule warp_gradcam:
     params:
         eids=register_members,
         gradcam=literal(GRADCAM),
-        registration=literal(f"{EXPLAIN}/{{group}}/registration/{{eid}}.pt"),
+        registration=literal(REGISTRATION),
         out=literal(WARPED),
         records=batch_records(f"{EXPLAIN}/{{group}}", "warp_gradcam"),
         logs=f"{LOGS}/warp/{{group}}",
@@ -111,6 +111,6 @@ rule registration_qc:
         mem_mb=memory(2000),
         runtime=grows(10),
     params:
-        records=all_test_files(f"{EXPLAIN}/{{group}}/registration/{{eid}}.json"),
+        records=all_test_files(REGISTRATION_RECORD),
     script:
         "../scripts/explain/registration_qc.py"

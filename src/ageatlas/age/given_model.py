@@ -25,6 +25,8 @@ from ageatlas.core.vocabulary import group_names
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 COEFFICIENT_METHODS = ("delta", "cole")  # ageatlas.age.bias.METHODS (statsmodels left unloaded)
 REFERENCE_METHODS = ("integrated_gradients", "occlusion")  # attribute against a reference volume
+# gradcam.reference: each participant's group atlas in their own body (needs their registration)
+GROUP_ATLAS = "group_atlas"
 
 
 def given_checkpoint(config: Mapping) -> str | None:
@@ -131,12 +133,15 @@ def problems(config: Mapping, installed_checkpoint: str) -> list[str]:
     gradcam = config["gradcam"]
     reference = gradcam.get("reference")
     if reference is not None:
-        out.append(_file_problem(reference, "gradcam.reference", (".npy",), "a reference volume"))
+        if reference != GROUP_ATLAS:
+            what = f"a reference volume, or {GROUP_ATLAS}"
+            out.append(_file_problem(reference, "gradcam.reference", (".npy",), what))
     elif gradcam["method"] in REFERENCE_METHODS and no_train:
         out.append(
             f"gradcam.method {gradcam['method']} attributes against the mean of the train split's "
             f"inputs, but split.sizes is {sizes}: give gradcam.reference (e.g. "
-            "explain/reference_volume.npy of the run that trained the model) or a train size"
+            f"explain/reference_volume.npy of the run that trained the model, or {GROUP_ATLAS}) "
+            "or a train size"
         )
     if gradcam["method"] not in REFERENCE_METHODS and gradcam["target"] == "deviation" and no_train:
         out.append(

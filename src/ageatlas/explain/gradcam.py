@@ -249,6 +249,7 @@ def cam_for_participant(
     target: str = "age",
     reference_age: float | None = None,
     reference_path=None,
+    atlas=None,
     steps: int = 32,
     block: int = 4,
 ) -> dict:
@@ -256,8 +257,10 @@ def cam_for_participant(
     true affine.
 
     ``method`` is a layer method (:data:`CAM_METHODS`, read at ``layer_name``)
-    or an input-level one with a reference volume (``reference_path``, the
-    mean training volume on the cache grid; :mod:`reference_attribution`).
+    or an input-level one with a reference (:mod:`reference_attribution`):
+    ``reference_path``, a volume on the cache grid such as the mean training
+    volume, or ``atlas``, (group atlas, the participant's registration to it)
+    paths, the atlas brought into the participant's body.
     The cache may be the stitched volume block-averaged by an integer factor
     (preprocess.downsample); the factor is inferred from the two shapes unless
     given. Returns {"predicted_age", "seconds", "device", ...}.
@@ -291,17 +294,11 @@ def cam_for_participant(
         )
         cam, predicted_age = result.map.numpy(), result.predicted_age
     else:
-        if reference_path is None:
-            raise ValueError(f"method {method!r} needs a reference volume (reference_path)")
         if target != "age":
             raise ValueError(f"method {method!r} attributes the predicted age; target must be age")
-        reference = load_npy(reference_path)
-        if reference.shape != cached.shape:
-            raise ValueError(
-                f"reference volume {reference_path} has shape {reference.shape}, "
-                f"the cache {cache_path} {cached.shape}"
-            )
-        reference = torch.from_numpy(np.array(reference, dtype=np.float32))[None, None]
+        reference, info["reference"] = reference_attribution.reference_for(
+            participant, volume, reference_path=reference_path, atlas=atlas
+        )
         attribution, predicted_age, above_reference = (
             reference_attribution.attribute_against_reference(
                 model, volume.to(device), reference.to(device), method, steps=steps, block=block

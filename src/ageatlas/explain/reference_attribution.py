@@ -12,9 +12,15 @@
   independent check the layer methods are compared with
   (benchmarks/attribution.py).
 
-The reference is the mean training volume (``mean_volume``): the workflow
-writes it once per model (rule ``reference_volume``), on the cache grid.
-Both maps are signed, at the input's own resolution.
+The reference (``gradcam.reference``) is the mean training volume by default
+(``mean_volume``; the workflow writes it once per model, rule
+``reference_volume``, on the cache grid), or, with ``group_atlas``, each
+participant's group atlas brought into their own body through the inverse of
+their registration (``atlas_reference``). The mean volume differs from any
+one body wherever shapes and positions differ, so integrated gradients spread
+importance over the whole body; against the participant's own anatomy, drawn
+from the group's average tissue, what is left to attribute is what fills the
+body differently. Both maps are signed, at the input's own resolution.
 """
 
 from __future__ import annotations
@@ -73,6 +79,80 @@ def attribute_against_reference(
         model.train(was_training)
     predicted, at_reference = (float(a) for a in ages.detach().reshape(-1))
     return attribution.detach().sum(dim=1)[0].float().cpu(), predicted, predicted - at_reference
+
+
+def reference_for(participant, volume: torch.Tensor, *, reference_path=None, atlas=None):
+    """(reference (1, 1, ...) like ``volume``, where it came from) for one participant.
+
+    ``participant`` is a ``gradcam.ParticipantInput``, ``volume`` its model
+    input. ``atlas`` = (atlas path, registration path): the group atlas in the
+    participant's body (:func:`atlas_reference`); a failed registration raises
+    ``RegistrationFailed`` naming its file. Else ``reference_path``: a volume
+    on the cache grid.
+    """
+    import nibabel as nib
+
+    from ageatlas.core.files import load_npy
+    from ageatlas.explain.registration_transform import load_outcome
+
+    cached = participant.cached
+    if atlas is not None:
+        atlas_path, registration_path = atlas
+        pulled = load_outcome(registration_path).pull_back(nib.load(str(atlas_path)))
+        stitched = participant.stitched
+        if pulled.shape != stitched.shape[:3] or not np.allclose(
+            pulled.affine, stitched.affine, atol=1e-3
+        ):
+            raise ValueError(
+                f"registration {registration_path} was fitted to another grid than the "
+                f"stitched image of cache {participant.cache_path}"
+            )
+        data = atlas_reference(
+            np.asarray(pulled.dataobj), cached, volume[0, 0].cpu().numpy(), participant.factor
+        )
+        return torch.from_numpy(data)[None, None].to(volume.device), str(atlas_path)
+    if reference_path is None:
+        raise ValueError("integrated gradients and occlusion need a reference volume or an atlas")
+    reference = load_npy(reference_path)
+    if reference.shape != cached.shape:
+        raise ValueError(
+            f"reference volume {reference_path} has shape {reference.shape}, "
+            f"the cache {participant.cache_path} {cached.shape}"
+        )
+    reference = torch.from_numpy(np.array(reference, dtype=np.float32))[None, None]
+    return reference.to(volume.device), str(reference_path)
+
+
+def atlas_reference(
+    pulled_atlas: np.ndarray, cached: np.ndarray, model_input: np.ndarray, factor: int
+) -> np.ndarray:
+    """A participant's reference on the cache grid from their group atlas in their own space.
+
+    ``pulled_atlas`` is the atlas on the participant's stitched grid
+    (``Registration.pull_back``; 0 outside the atlas); ``cached`` the
+    participant's cache (NaN background, or 0 with background "zero") and
+    ``model_input`` their input as the model reads it
+    (``preprocess.model_input``). The atlas is block-averaged by ``factor``
+    and z-scored over its voxels > 0, as a cache is made from a water image
+    (``preprocess.prepare``); where the atlas has no tissue the reference is
+    0, the background noise's mean. Where the participant has no tissue the
+    reference is their own input, so their background contributes nothing.
+    """
+    from ageatlas.age.preprocess import downsample, normalise
+
+    atlas = downsample(np.clip(np.asarray(pulled_atlas, dtype=np.float32), 0, None), factor)
+    cached = np.asarray(cached, dtype=np.float32)
+    if atlas.shape != cached.shape or cached.shape != model_input.shape:
+        raise ValueError(
+            f"the atlas on the participant's grid, downsampled by {factor}, has shape "
+            f"{atlas.shape}, the cache {cached.shape}, the model input {model_input.shape}"
+        )
+    if not np.any(atlas > 0):
+        raise ValueError("the atlas brought into the participant's space holds no tissue")
+    drawn = np.isnan(cached)
+    tissue = ~drawn if drawn.any() else cached != 0
+    reference = normalise(atlas, background="zero")
+    return np.where(tissue, reference, model_input).astype(np.float32)
 
 
 def reference_volume(cache_paths) -> np.ndarray:

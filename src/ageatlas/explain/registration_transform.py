@@ -143,6 +143,30 @@ class Registration:
             out[~self.coverage()] = np.nan
         return nib.Nifti1Image(out, _nifti_affine(self.fixed_grid))
 
+    def pull_back(self, image: nib.Nifti1Image) -> nib.Nifti1Image:
+        """An image on the fixed grid (the atlas) resampled into the moving image's space
+        (trilinear, 0 outside the atlas), through the inverse transform.
+
+        The inverse is exact up to interpolation: the affine's matrix inverse and
+        the SVFFD's negated velocity field (deepali's ``inverse``). It brings the
+        group's atlas into a participant's body, e.g. as an attribution reference.
+        """
+        if tuple(image.shape[:3]) != tuple(self.fixed_grid.shape[::-1]) or not np.allclose(
+            image.affine, _nifti_affine(self.fixed_grid), atol=1e-3
+        ):
+            raise ValueError("image is not on the fixed (atlas) grid")
+        transformer = spatial.ImageTransformer(
+            self.transform().inverse(),
+            target=self.moving_grid,
+            source=self.fixed_grid,
+            sampling="linear",
+            padding=0,
+        )
+        batch = to_tensor(np.asanyarray(image.dataobj)).unsqueeze(0).to(self.device)
+        with torch.no_grad():
+            out = from_tensor(transformer(batch)[0])
+        return nib.Nifti1Image(out.astype(np.float32), _nifti_affine(self.moving_grid))
+
     def displacement_mm(self) -> np.ndarray:
         """World displacement (LPS mm) of every fixed-grid voxel, shape (Z, Y, X, 3).
 

@@ -26,19 +26,19 @@ common = dict(
     block=settings["block"],
     downsample_factor=params.downsample,
 )
+group_of = cohort.set_index("eid")["group"]
 tasks = []
 for eid in params.eids:
     cache = params.cache.format(eid=eid)
     water = str(stitched_path(params.stitched.format(eid=eid), eid, "W"))
     out = params.out.format(eid=eid)
     kwargs = dict(common, cache_path=cache, water_nifti_path=water, out_path=out)
-    model_inputs = (
-        inputs.checkpoint,
-        cache,
-        water,
-        *([inputs.reference] if inputs.reference else []),
-    )
-    tasks.append(Task(eid, model_inputs, (out,), kwargs))
+    reference = [inputs.reference] if inputs.reference else []
+    if params.atlases:  # gradcam.reference group_atlas: the group's atlas in this body
+        group = group_of[eid]
+        atlas = (params.atlases[group], params.registration.format(group=group, eid=eid))
+        kwargs["atlas"], reference = atlas, list(atlas)
+    tasks.append(Task(eid, (inputs.checkpoint, cache, water, *reference), (out,), kwargs))
 if settings["method"] in CAM_METHODS:
     # Layer methods: the model loads once and maps batch_size participants per pass.
     layer_options = {k: common[k] for k in ("layer_name", "method", "placement", "normalise")}
