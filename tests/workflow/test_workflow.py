@@ -257,7 +257,8 @@ def write_trained_elsewhere(folder: Path) -> tuple[Path, Path]:
 
 def test_a_given_model_predicts_corrects_and_explains_without_training(tmp_path):
     """model.checkpoint and bias.coefficients on a cohort that is all test: no training, Table 1
-    says "given checkpoint", and the sidecars name the given model and coefficients."""
+    says "given checkpoint", the sidecars name the given model and coefficients, and the maps
+    are drawn against each group's atlas (gradcam.reference group_atlas needs no train split)."""
     checkpoint, coefficients = write_trained_elsewhere(tmp_path / "trained_elsewhere")
     eids = [str(p.eid) for p in make_cohort(6, seed=3)]
     config = base_config(tmp_path) | {
@@ -268,7 +269,10 @@ def test_a_given_model_predicts_corrects_and_explains_without_training(tmp_path)
         "train": {"gpus": 0},
         "model": {"checkpoint": str(checkpoint)},
         "bias": {"coefficients": str(coefficients)},
-        "atlas": {"splits": ["test"]},
+        "atlas": {"splits": ["test"], "n_members": 2, "iterations": 1},
+        # Maps against each group's atlas in the participant's body: no train split needed.
+        "gradcam": {"method": "integrated_gradients", "reference": "group_atlas", "steps": 4},
+        "registration": {"affine_iterations": 10, "levels": 2, "max_steps": 5, "gpus": 0},
     }
     results = tmp_path / "results"
     # Attribution maps come from batch jobs: the target is the batch manifest (6 participants in
@@ -293,6 +297,11 @@ def test_a_given_model_predicts_corrects_and_explains_without_training(tmp_path)
     ):
         (named,) = provenance.read_sidecar(path)["models"]
         assert {k: named[k] for k in model} == model, path
+    # Each map was drawn against its own group's atlas, brought in by its registration.
+    cohort = pd.read_csv(results / "cohort" / "cohort.tsv", sep="\t", dtype={"eid": str})
+    for eid, group in cohort.set_index("eid")["group"].items():
+        done = json.loads((results / "explain/batches/gradcam/done" / f"{eid}.json").read_text())
+        assert done["info"]["reference"] == str(results / "explain/atlas" / f"{group}.nii.gz")
     (named,) = provenance.read_sidecar(results / "explain" / "ageing_classes.tsv")["models"]
     assert named["sha256"] == sha and named["bias_correction"]["source"] == "given"
     assert named["bias_correction"]["path"] == str(coefficients)
