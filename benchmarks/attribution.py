@@ -12,8 +12,9 @@ labels), each method's map is computed once and scored:
   ceiling      the same two scores for the planted mask pooled to the method's
                cells and placed back as its maps are (its resolution's best)
   occlusion    Spearman rank correlation, over occlusion blocks, of |map| with
-               |occlusion| (captum, blocks of --block voxels against the mean
-               training volume) on the first --occlusion test participants
+               |occlusion| (captum, blocks of --block voxels against the method's
+               reference: the mean training volume, or for group_atlas the
+               participant's atlas reference) on the first --occlusion test participants
   seconds      per participant, at the run's input size
 
     .venv/bin/python benchmarks/attribution.py --results results/demo --config config/demo.yaml \
@@ -129,6 +130,7 @@ def main() -> None:
     test = cohort[cohort["split"] == "test"].sort_values(["group", "eid"])
 
     rows, seconds, rho = [], {m: [] for m in methods}, {m: [] for m in methods}
+    occluded = 0  # participants with occlusion maps so far
     for group, members in test.groupby("group"):
         atlas = nib.load(results / paths.ATLAS / f"{group}.nii.gz")
         per_method = {
@@ -156,17 +158,21 @@ def main() -> None:
                 pulled = np.asarray(registration.pull_back(atlas).dataobj)
                 in_body = atlas_reference(pulled, cached, volume[0, 0].numpy(), factor)
                 references["group_atlas"] = torch.from_numpy(in_body)[None, None]
-            occlusion = None
-            if len(rho[methods[0]]) < args.occlusion:
-                occlusion = attribute_against_reference(
-                    model, volume, reference, "occlusion", block=args.block, batch=16
-                )[0].numpy()
+            # Occlusion against each reference a method uses (the mean volume for layer methods).
+            occlusions = {}
+            if occluded < args.occlusion:
+                occluded += 1
+                for key in {m[2] if m[2] in references else "input" for m in methods}:
+                    occlusions[key] = attribute_against_reference(
+                        model, volume, references[key], "occlusion", block=args.block, batch=16
+                    )[0].numpy()
             for m in methods:
                 if m[2] not in references and m[2] == "group_atlas":
                     continue  # no registration: no atlas in this body
                 start = time.perf_counter()
                 on_input = method_map(model, volume, references, *m, args.steps).numpy()
                 seconds[m].append(time.perf_counter() - start)
+                occlusion = occlusions.get(m[2] if m[2] in references else "input")
                 if occlusion is not None:
                     rho[m].append(block_rho(on_input, occlusion, args.block))
                 on_grid = to_stitched_grid(on_input, label_data.shape, factor)
