@@ -39,9 +39,9 @@ from ageatlas.age.preprocess import downsample, model_input
 from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.core import paths
 from ageatlas.core.files import load_npy
-from ageatlas.explain.gradcam import grad_cam, map_grid, to_stitched_grid
+from ageatlas.explain.gradcam import ParticipantInput, grad_cam, map_grid, to_stitched_grid
 from ageatlas.explain.reference_attribution import (
-    atlas_reference,
+    atlas_in_body,
     attribute_against_reference,
     reference_volume,
 )
@@ -70,6 +70,12 @@ METHODS = [
 AGE_LABELS = [v for v, name in REGION_LABELS.items() if name in AGE_REGIONS]
 
 
+def reference_of(method: tuple) -> str:
+    """The key of a method's reference: "group_atlas" or "input" (the mean training volume;
+    layer methods are compared with occlusion against it)."""
+    return "group_atlas" if method[2] == "group_atlas" else "input"
+
+
 def method_map(model, volume, references, method, layer, placement, steps) -> torch.Tensor:
     """The method's map on the input grid, scaled as the workflow's default does.
 
@@ -77,7 +83,7 @@ def method_map(model, volume, references, method, layer, placement, steps) -> to
     participant's atlas reference}, for integrated gradients (by placement).
     """
     if method == "integrated_gradients":
-        reference = references[placement]
+        reference = references[reference_of((method, layer, placement))]
         return attribute_against_reference(
             model, volume, reference, method, steps=steps, batch=steps
         )[0]
@@ -155,24 +161,23 @@ def main() -> None:
             volume = torch.from_numpy(model_input(cached, eid, seed))[None, None]
             references = {"input": reference}
             if registration is not None:
-                pulled = np.asarray(registration.pull_back(atlas).dataobj)
-                in_body = atlas_reference(pulled, cached, volume[0, 0].numpy(), factor)
-                references["group_atlas"] = torch.from_numpy(in_body)[None, None]
+                participant = ParticipantInput(str(cache).format(eid=eid), cached, water, factor)
+                references["group_atlas"] = atlas_in_body(registration, atlas, participant, volume)
             # Occlusion against each reference a method uses (the mean volume for layer methods).
             occlusions = {}
             if occluded < args.occlusion:
                 occluded += 1
-                for key in {m[2] if m[2] in references else "input" for m in methods}:
+                for key in {reference_of(m) for m in methods} & references.keys():
                     occlusions[key] = attribute_against_reference(
                         model, volume, references[key], "occlusion", block=args.block, batch=16
                     )[0].numpy()
             for m in methods:
-                if m[2] not in references and m[2] == "group_atlas":
+                if reference_of(m) not in references:
                     continue  # no registration: no atlas in this body
                 start = time.perf_counter()
                 on_input = method_map(model, volume, references, *m, args.steps).numpy()
                 seconds[m].append(time.perf_counter() - start)
-                occlusion = occlusions.get(m[2] if m[2] in references else "input")
+                occlusion = occlusions.get(reference_of(m))
                 if occlusion is not None:
                     rho[m].append(block_rho(on_input, occlusion, args.block))
                 on_grid = to_stitched_grid(on_input, label_data.shape, factor)

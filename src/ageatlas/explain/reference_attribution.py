@@ -98,19 +98,11 @@ def reference_for(participant, volume: torch.Tensor, *, reference_path=None, atl
     cached = participant.cached
     if atlas is not None:
         atlas_path, registration_path = atlas
-        pulled = load_outcome(registration_path).pull_back(nib.load(str(atlas_path)))
-        stitched = participant.stitched
-        if pulled.shape != stitched.shape[:3] or not np.allclose(
-            pulled.affine, stitched.affine, atol=1e-3
-        ):
-            raise ValueError(
-                f"registration {registration_path} was fitted to another grid than the "
-                f"stitched image of cache {participant.cache_path}"
-            )
-        data = atlas_reference(
-            np.asarray(pulled.dataobj), cached, volume[0, 0].cpu().numpy(), participant.factor
+        registration = load_outcome(registration_path)
+        in_body = atlas_in_body(
+            registration, nib.load(str(atlas_path)), participant, volume, str(registration_path)
         )
-        return torch.from_numpy(data)[None, None].to(volume.device), str(atlas_path)
+        return in_body, str(atlas_path)
     if reference_path is None:
         raise ValueError("integrated gradients and occlusion need a reference volume or an atlas")
     reference = load_npy(reference_path)
@@ -121,6 +113,30 @@ def reference_for(participant, volume: torch.Tensor, *, reference_path=None, atl
         )
     reference = torch.from_numpy(np.array(reference, dtype=np.float32))[None, None]
     return reference.to(volume.device), str(reference_path)
+
+
+def atlas_in_body(
+    registration, atlas, participant, volume: torch.Tensor, registration_name: str = "registration"
+) -> torch.Tensor:
+    """The group ``atlas`` (NIfTI, the registration's fixed grid) brought into the participant's
+    body by ``registration`` (``Registration.pull_back``) and made a reference like ``volume``
+    (:func:`atlas_reference`); ``participant`` is a ``gradcam.ParticipantInput``."""
+    pulled = registration.pull_back(atlas)
+    stitched = participant.stitched
+    if pulled.shape != stitched.shape[:3] or not np.allclose(
+        pulled.affine, stitched.affine, atol=1e-3
+    ):
+        raise ValueError(
+            f"{registration_name} was fitted to another grid than the stitched image of cache "
+            f"{participant.cache_path}"
+        )
+    data = atlas_reference(
+        np.asarray(pulled.dataobj),
+        participant.cached,
+        volume[0, 0].cpu().numpy(),
+        participant.factor,
+    )
+    return torch.from_numpy(data)[None, None].to(volume.device)
 
 
 def atlas_reference(

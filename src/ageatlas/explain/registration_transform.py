@@ -82,22 +82,36 @@ class Registration:
             return self.affine
         return spatial.SequentialTransform(self.svffd, self.affine)
 
-    def _transformer(self, sampling: str) -> spatial.ImageTransformer:
+    def _transformer(self, sampling: str, inverse: bool = False) -> spatial.ImageTransformer:
+        if inverse:  # fixed image into the moving space
+            transform, target, source = (
+                self.transform().inverse(),
+                self.moving_grid,
+                self.fixed_grid,
+            )
+        else:
+            transform, target, source = self.transform(), self.fixed_grid, self.moving_grid
         return spatial.ImageTransformer(
-            self.transform(),
-            target=self.fixed_grid,
-            source=self.moving_grid,
-            sampling=sampling,
-            padding=0,
+            transform, target=target, source=source, sampling=sampling, padding=0
         )
 
-    def warp_tensor(self, tensor: torch.Tensor, *, order: int = 1) -> torch.Tensor:
-        """Warp a (C, Z, Y, X) tensor on the moving grid onto the fixed grid."""
+    def warp_tensor(
+        self, tensor: torch.Tensor, *, order: int = 1, inverse: bool = False
+    ) -> torch.Tensor:
+        """Warp a (C, Z, Y, X) tensor on the moving grid onto the fixed grid (``inverse``: on
+        the fixed grid onto the moving grid)."""
         sampling = {0: "nearest", 1: "linear"}[order]
-        transformer = self._transformer(sampling)
+        transformer = self._transformer(sampling, inverse)
         batch = tensor.unsqueeze(0).float().to(transformer.grid_coords.device)
         with torch.no_grad():
             return transformer(batch)[0].cpu()
+
+    @staticmethod
+    def _check_on(image: nib.Nifti1Image, grid: Grid, name: str) -> None:
+        same_shape = tuple(image.shape[:3]) == tuple(grid.shape[::-1])
+        # 1e-3 mm tolerance: grids round-trip through float32 on save/load.
+        if not (same_shape and np.allclose(image.affine, _nifti_affine(grid), atol=1e-3)):
+            raise ValueError(f"image is not on the {name} grid")
 
     def coverage(self) -> np.ndarray:
         """Voxels of the fixed grid (NIfTI order) that map into the moving image's field of view.
@@ -130,12 +144,7 @@ class Registration:
             self.to(device)
         if mark_outside and order == 0:
             raise ValueError("mark_outside needs order=1: a label map cannot hold NaN")
-        same_shape = tuple(image.shape[:3]) == tuple(self.moving_grid.shape[::-1])
-        # 1e-3 mm tolerance: grids round-trip through float32 on save/load.
-        if not (
-            same_shape and np.allclose(image.affine, _nifti_affine(self.moving_grid), atol=1e-3)
-        ):
-            raise ValueError("image is not on the moving image's grid")
+        self._check_on(image, self.moving_grid, "moving image's")
         data = np.asanyarray(image.dataobj)
         out = from_tensor(self.warp_tensor(to_tensor(data), order=order))
         out = out.astype(data.dtype) if order == 0 else out.astype(np.float32)
@@ -151,20 +160,8 @@ class Registration:
         the SVFFD's negated velocity field (deepali's ``inverse``). It brings the
         group's atlas into a participant's body, e.g. as an attribution reference.
         """
-        if tuple(image.shape[:3]) != tuple(self.fixed_grid.shape[::-1]) or not np.allclose(
-            image.affine, _nifti_affine(self.fixed_grid), atol=1e-3
-        ):
-            raise ValueError("image is not on the fixed (atlas) grid")
-        transformer = spatial.ImageTransformer(
-            self.transform().inverse(),
-            target=self.moving_grid,
-            source=self.fixed_grid,
-            sampling="linear",
-            padding=0,
-        )
-        batch = to_tensor(np.asanyarray(image.dataobj)).unsqueeze(0).to(self.device)
-        with torch.no_grad():
-            out = from_tensor(transformer(batch)[0])
+        self._check_on(image, self.fixed_grid, "fixed (atlas)")
+        out = from_tensor(self.warp_tensor(to_tensor(np.asanyarray(image.dataobj)), inverse=True))
         return nib.Nifti1Image(out.astype(np.float32), _nifti_affine(self.moving_grid))
 
     def displacement_mm(self) -> np.ndarray:
