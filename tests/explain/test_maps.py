@@ -87,6 +87,41 @@ def test_signed_maps_with_coverage(tmp_path):
     assert np.isnan(mean_map([uncovered]).mean.get_fdata()).all()
 
 
+def test_per_year_is_the_least_squares_slope_on_the_predicted_age(tmp_path):
+    """Evidence that grows with the predicted age stands out; evidence that does not, cancels."""
+    rng = np.random.default_rng(3)
+    predicted = np.linspace(45.0, 80.0, 20)
+    pattern = np.zeros(SHAPE)
+    pattern[4:8, 4:8, 6:10] = 0.05  # years of attribution per year of predicted age
+    noise = rng.normal(0.0, 1.0, size=(len(predicted), *SHAPE))  # large, of either sign
+    data = (predicted - 60.0)[:, None, None, None] * pattern + noise
+    data[0, 0, 0, :] = np.nan  # outside the first participant's field of view
+    paths = [_write(tmp_path / f"p{i}.nii.gz", d) for i, d in enumerate(data)]
+    out = mean_map(paths, predicted=predicted).per_year.get_fdata()
+    expected = np.empty(SHAPE)
+    for index in np.ndindex(SHAPE):
+        covered = np.isfinite(data[(slice(None), *index)])
+        expected[index] = np.polyfit(predicted[covered], data[(covered, *index)], 1)[0]
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
+    # The planted pattern dominates the slope map, not the mean |map|.
+    inside = pattern > 0
+    slope_contrast = np.abs(out[inside]).mean() / np.abs(out[~inside]).mean()
+    mean_contrast = np.abs(data[:, inside]).mean() / np.nanmean(np.abs(data[:, ~inside]))
+    assert slope_contrast > 2 and mean_contrast < 1.3
+
+
+def test_per_year_needs_two_maps_with_different_predictions(tmp_path):
+    maps = np.array([[[[1.0, 2.0, np.nan]]], [[[3.0, 2.0, 1.0]]]])
+    paths = [_write(tmp_path / f"q{i}.nii.gz", m) for i, m in enumerate(maps)]
+    out = mean_map(paths, predicted=[50.0, 60.0]).per_year.get_fdata().ravel()
+    np.testing.assert_allclose(out[:2], [0.2, 0.0])
+    assert np.isnan(out[2])  # one map covers it
+    assert np.isnan(mean_map(paths, predicted=[55.0, 55.0]).per_year.get_fdata()).all()
+    assert np.isnan(mean_map(paths).per_year.get_fdata()).all()  # no predictions given
+    with pytest.raises(ValueError, match="2 maps.*1 predicted"):
+        mean_map(paths, predicted=[50.0])
+
+
 def test_empty_path_list_rejected():
     with pytest.raises(ValueError, match="at least one"):
         mean_map([])

@@ -435,6 +435,10 @@ def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
             covered = count > 0
             assert np.all(np.isnan(mean[~covered])) and np.all(mean[covered] >= 0)
             assert np.all(parts[0][covered] >= 0) and np.all(parts[1][covered] <= 0)
+            per_year = nib.load(maps / "all_per_year.nii.gz").get_fdata()
+            assert per_year.shape == count.shape and np.all(np.isnan(per_year[count < 2]))
+            if summary["n"] > 2:
+                assert np.isfinite(per_year[count == summary["n"]]).any()
         band = json.loads(
             (results / "explain" / group / "stats" / "age_band_lt60_vs_ge70.json").read_text()
         )
@@ -448,6 +452,8 @@ def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
     assert (results / "explain" / "figures" / "importance_by_group.png").stat().st_size > 5000
     truth = pd.read_csv(results / "explain" / "truth_check.tsv", sep="\t")
     assert sorted(truth["group"]) == sorted(test["group"].unique())
+    scored = truth.dropna(subset=["atlas_enrichment"])  # groups with 2 or more registered
+    assert len(scored) and scored["atlas_enrichment_per_year"].notna().all()
 
 
 def test_results_carry_provenance(pipeline_run):

@@ -32,6 +32,7 @@ rule population_map:
     input:
         cohort=COHORT_TABLE,  # params read the cohort (checkpoint)
         classes=rules.ageing_classes.output[0],
+        predictions=rules.correct_bias.output.predictions,
         atlas=lambda wc: atlas_path(wc.group),
         warp=lambda wc: stage_manifests(WARP_MANIFEST, ["test"], wc.group),
         registration=lambda wc: stage_manifests(REGISTER_MANIFEST, ["test"], wc.group),
@@ -41,6 +42,7 @@ rule population_map:
         positive=f"{EXPLAIN}/{{group}}/maps/{{subset}}_positive.nii.gz",
         negative=f"{EXPLAIN}/{{group}}/maps/{{subset}}_negative.nii.gz",
         coverage=f"{EXPLAIN}/{{group}}/maps/{{subset}}_count.nii.gz",
+        per_year=f"{EXPLAIN}/{{group}}/maps/{{subset}}_per_year.nii.gz",
         members=f"{EXPLAIN}/{{group}}/maps/{{subset}}.json",
     log:
         f"{LOGS}/maps/{{group}}/{{subset}}.log",
@@ -240,6 +242,7 @@ if SYNTHETIC:
             atlas=lambda wc: atlas_path(wc.group),
             labels=f"{ZIP_DIR}/truth",
             mean=f"{EXPLAIN}/{{group}}/maps/all_mean.nii.gz",
+            per_year=f"{EXPLAIN}/{{group}}/maps/all_per_year.nii.gz",
             warp=lambda wc: stage_manifests(WARP_MANIFEST, ["test"], wc.group),
             registration=lambda wc: stage_manifests(
                 REGISTER_MANIFEST, ["test"], wc.group

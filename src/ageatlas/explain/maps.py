@@ -67,10 +67,11 @@ class PopulationMaps:
     positive: nib.Nifti1Image
     negative: nib.Nifti1Image
     count: nib.Nifti1Image
+    per_year: nib.Nifti1Image
     n: int
 
 
-def mean_map(paths: list[str]) -> PopulationMaps:
+def mean_map(paths: list[str], predicted=None) -> PopulationMaps:
     """Voxel-wise population maps of warped maps on one grid, over the maps that cover each voxel.
 
     ``mean`` and ``sd`` (ddof=1) are of the importance |map| (for one-sided
@@ -82,13 +83,25 @@ def mean_map(paths: list[str]) -> PopulationMaps:
     two. Streams with Welford's update so only one map is held at a time (a
     group has ~200 whole-body volumes). The first map fixes the reference
     shape and affine; any other map that differs raises, naming the file.
+
+    ``per_year`` (with ``predicted``, each map's predicted age in ``paths``'
+    order) is the voxel-wise least-squares slope of the signed map on the
+    predicted age, over the maps covering the voxel: map units per year of
+    predicted age (for maps in years, the share of each year that the voxel
+    carries). Evidence that rises with the prediction adds up; evidence of
+    either sign that does not, such as one participant's noise, cancels,
+    which the mean |map| cannot do. NaN where fewer than 2 maps cover a voxel
+    or their predictions do not differ, and everywhere without ``predicted``.
     """
     if not paths:
         raise ValueError("mean_map needs at least one map")
+    if predicted is not None and len(predicted) != len(paths):
+        raise ValueError(f"{len(paths)} maps but {len(predicted)} predicted ages")
     first, affine = load_on_grid(paths[0])
     count = np.zeros(first.shape, dtype=np.int64)
     mean, m2, positive, negative = (np.zeros(first.shape) for _ in range(4))
-    for path in paths:
+    slope = _SlopeOnPrediction(first.shape) if predicted is not None else None
+    for i, path in enumerate(paths):
         data, _ = load_on_grid(path, first.shape, affine) if path != paths[0] else (first, affine)
         covered = np.isfinite(data)
         signed = np.where(covered, data, 0.0)
@@ -100,6 +113,8 @@ def mean_map(paths: list[str]) -> PopulationMaps:
         m2 += delta * np.where(covered, magnitude - mean, 0.0)
         positive += np.maximum(signed, 0.0)
         negative += np.minimum(signed, 0.0)
+        if slope is not None:
+            slope.add(signed, covered, float(predicted[i]))
     n = len(paths)
     with np.errstate(invalid="ignore", divide="ignore"):
         uncovered = count == 0
@@ -117,8 +132,38 @@ def mean_map(paths: list[str]) -> PopulationMaps:
         image(positive, "positive"),
         image(negative, "negative"),
         image(count.astype(np.float32), "count"),
+        image(slope.result() if slope else np.full(first.shape, np.nan), "per year"),
         n,
     )
+
+
+class _SlopeOnPrediction:
+    """Streaming voxel-wise least-squares slope of maps on one number per map.
+
+    Sums are taken around the first prediction seen, so that ages near 60
+    do not cancel catastrophically in the variance.
+    """
+
+    def __init__(self, shape):
+        self.origin = None
+        self.n, self.x, self.xx, self.y, self.xy = (np.zeros(shape) for _ in range(5))
+
+    def add(self, signed, covered, predicted: float) -> None:
+        self.origin = predicted if self.origin is None else self.origin
+        x = np.where(covered, predicted - self.origin, 0.0)
+        self.n += covered
+        self.x += x
+        self.xx += x * x
+        self.y += signed
+        self.xy += x * signed
+
+    def result(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            n = np.maximum(self.n, 1)
+            variance = self.xx - self.x * self.x / n
+            slope = (self.xy - self.x * self.y / n) / variance
+        spread = variance > 1e-9 * np.maximum(self.xx, 1.0)
+        return np.where((self.n >= 2) & spread, slope, np.nan)
 
 
 def ageing_table(

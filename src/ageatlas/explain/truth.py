@@ -11,6 +11,9 @@ The synthetic phantom (:mod:`ageatlas.synthetic.phantom`) knows where age was pl
   importance (|map|: signed maps count by magnitude) inside the age regions
   divided by their share of the body volume: 1 means no preference, above 1
   means enrichment.
+- The same for the population map of the signed maps' slope on the predicted
+  age (``per_year``, :func:`ageatlas.explain.maps.mean_map`), where evidence
+  that does not rise with the prediction cancels.
 - How far could it go? The ceiling: the planted age mask brought to the
   model's input grid, pooled to the layer's cells and placed back exactly as
   the maps are (:func:`resolution_ceiling`), then scored the same way. The
@@ -141,6 +144,7 @@ def group_check(
     age_labels,
     n_labels: int,
     ceiling=None,
+    per_year: nib.Nifti1Image | None = None,
 ) -> dict:
     """Registration Dice per stage, importance enrichment and its ceiling for one group.
 
@@ -150,6 +154,7 @@ def group_check(
     from their own grid for Dice (:func:`labels_in_atlas`). ``ceiling`` maps an
     age mask on the stitched grid to the best map the method's resolution
     allows (:func:`resolution_ceiling`); without it no ceiling is reported.
+    ``per_year``, the group's slope map, is scored beside ``population_mean``.
     Failed registrations are counted, not used.
     """
     stages = {stage: [] for stage in STAGES}
@@ -194,11 +199,19 @@ def group_check(
     result["atlas_enrichment"] = enrichment(
         np.asarray(population_mean.get_fdata()), consensus, age_labels
     )
+    if per_year is not None:
+        result["atlas_enrichment_per_year"] = enrichment(
+            np.asarray(per_year.get_fdata()), consensus, age_labels
+        )
     if warped_ceilings:
         result["atlas_ceiling"] = enrichment(
             np.mean(warped_ceilings, axis=0), consensus, age_labels
         )
-        result["atlas_share_of_ceiling"] = result["atlas_enrichment"] / result["atlas_ceiling"]
+        for scored in ("", "_per_year"):
+            if f"atlas_enrichment{scored}" in result:
+                result[f"atlas_share_of_ceiling{scored}"] = (
+                    result[f"atlas_enrichment{scored}"] / result["atlas_ceiling"]
+                )
     return result
 
 

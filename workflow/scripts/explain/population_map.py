@@ -1,5 +1,6 @@
 """Population maps of one group's warped attribution maps over one subset (all, an age band, an
-ageing class): mean and SD of the importance |map|, means of the signed parts, coverage count."""
+ageing class): mean and SD of the importance |map|, means of the signed parts, coverage count,
+and the signed map's slope on the predicted age (the model's raw output, which the maps explain)."""
 
 import json
 import logging
@@ -18,9 +19,11 @@ eids = subset_eids(classes, group, subset)
 # Inputs are the batch manifests; the per-participant files come as params.
 failed = failures([snakemake.input.warp, snakemake.input.registration])
 paths, excluded = usable_maps(eids, snakemake.params.warped, snakemake.params.records, failed)
-names = ("mean", "sd", "positive", "negative", "count")
+names = ("mean", "sd", "positive", "negative", "count", "per_year")
 if paths:
-    maps = mean_map(paths)
+    predictions = pd.read_csv(snakemake.input.predictions, sep="\t", dtype={"eid": str})
+    predicted = predictions.set_index("eid")["predicted"]
+    maps = mean_map(paths, predicted=[predicted[eid_of_path(p)] for p in paths])
     images, n = {name: getattr(maps, name) for name in names}, maps.n
 else:
     # An empty subset still gets its files (targets must exist): NaN, n=0 in the record.

@@ -56,6 +56,7 @@ result = group_check(
     age_labels,
     n_labels=max(REGION_LABELS) + 1,
     ceiling=ceiling,
+    per_year=nib.load(snakemake.input.per_year),
 )
 method = {k: settings[k] for k in ("method", "layer", "placement", "target")}
 result = {"group": snakemake.wildcards.group, **method, **result}
