@@ -61,7 +61,8 @@ def where(configfile: str) -> str:
             f"  importance    {explain / 'figures'}/importance_by_group.png, examples_*.png"
         )
         lines.append(
-            f"  per group     {explain}/{{group}}/maps/ (mean, SD per subset), stats/, figures/"
+            f"  per group     {explain}/{{group}}/maps/ (mean, SD, signed parts, per year),"
+            " stats/, figures/"
         )
     registration_qc = results / paths.REGISTRATION_QC
     if registration_qc.exists():
