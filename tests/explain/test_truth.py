@@ -113,3 +113,43 @@ def test_labels_reach_atlas_space_sampled_once_from_their_own_grid():
     assert (stages["none"] == 2).any()
     assert np.array_equal(stages["affine"], stages["none"])
     assert np.array_equal(stages["deformable"], stages["none"])
+
+
+def test_group_check_scores_the_per_year_map_beside_the_mean():
+    """Both population maps are scored against the same consensus and ceiling."""
+    from deepali import spatial
+
+    from ageatlas.explain.register import Registration, RegistrationSettings, grid_from_nifti
+    from ageatlas.explain.truth import group_check
+
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    shape = (12, 12, 12)
+    labels = np.zeros(shape, np.uint8)
+    labels[2:10, 2:10, 2:10] = 1  # body
+    labels[4:6, 4:8, 4:8] = 2  # the age region
+    grid = grid_from_nifti(affine, shape)
+
+    def participants():
+        for eid in range(3):
+            identity = Registration(
+                grid, grid, spatial.AffineTransform(grid), None, RegistrationSettings()
+            )
+            cam = nib.Nifti1Image((labels > 0).astype(np.float32), affine)
+            yield eid, identity, nib.Nifti1Image(labels, affine), cam
+
+    flat = nib.Nifti1Image((labels > 0).astype(np.float32), affine)
+    focused = nib.Nifti1Image((labels == 2).astype(np.float32), affine)
+    result = group_check(
+        participants(),
+        nib.Nifti1Image(np.zeros(shape, np.float32), affine),
+        flat,
+        age_labels=[2],
+        n_labels=3,
+        ceiling=lambda mask: mask,
+        per_year=focused,
+    )
+    volume_share = (labels == 2).sum() / (labels > 0).sum()
+    assert result["atlas_enrichment"] == pytest.approx(1.0)
+    assert result["atlas_enrichment_per_year"] == pytest.approx(1 / volume_share)
+    assert result["atlas_share_of_ceiling_per_year"] == pytest.approx(1.0)
+    assert result["atlas_share_of_ceiling"] == pytest.approx(volume_share)

@@ -452,8 +452,6 @@ def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
     assert (results / "explain" / "figures" / "importance_by_group.png").stat().st_size > 5000
     truth = pd.read_csv(results / "explain" / "truth_check.tsv", sep="\t")
     assert sorted(truth["group"]) == sorted(test["group"].unique())
-    scored = truth.dropna(subset=["atlas_enrichment"])  # groups with 2 or more registered
-    assert len(scored) and scored["atlas_enrichment_per_year"].notna().all()
 
 
 def test_results_carry_provenance(pipeline_run):
