@@ -132,7 +132,7 @@ def mean_map(paths: list[str], predicted=None) -> PopulationMaps:
         image(positive, "positive"),
         image(negative, "negative"),
         image(count.astype(np.float32), "count"),
-        image(slope.result() if slope else np.full(first.shape, np.nan), "per year"),
+        image(slope.result(count) if slope else np.full(first.shape, np.nan), "per year"),
         n,
     )
 
@@ -146,24 +146,24 @@ class _SlopeOnPrediction:
 
     def __init__(self, shape):
         self.origin = None
-        self.n, self.x, self.xx, self.y, self.xy = (np.zeros(shape) for _ in range(5))
+        self.x, self.xx, self.y, self.xy = (np.zeros(shape) for _ in range(4))
 
     def add(self, signed, covered, predicted: float) -> None:
         self.origin = predicted if self.origin is None else self.origin
         x = np.where(covered, predicted - self.origin, 0.0)
-        self.n += covered
         self.x += x
         self.xx += x * x
         self.y += signed
         self.xy += x * signed
 
-    def result(self) -> np.ndarray:
+    def result(self, count: np.ndarray) -> np.ndarray:
+        """The slope, given how many maps covered each voxel (the population's count)."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            n = np.maximum(self.n, 1)
+            n = np.maximum(count, 1)
             variance = self.xx - self.x * self.x / n
             slope = (self.xy - self.x * self.y / n) / variance
         spread = variance > 1e-9 * np.maximum(self.xx, 1.0)
-        return np.where((self.n >= 2) & spread, slope, np.nan)
+        return np.where((count >= 2) & spread, slope, np.nan)
 
 
 def ageing_table(

@@ -196,22 +196,20 @@ def group_check(
             np.nanmean(leave_one_out_dice(maps, all_labels))
         )
     consensus = majority_labels(stages["deformable"], n_labels)
-    result["atlas_enrichment"] = enrichment(
-        np.asarray(population_mean.get_fdata()), consensus, age_labels
-    )
-    if per_year is not None:
-        result["atlas_enrichment_per_year"] = enrichment(
-            np.asarray(per_year.get_fdata()), consensus, age_labels
+    population = {"": population_mean, "_per_year": per_year}
+    scored = {suffix: image for suffix, image in population.items() if image is not None}
+    for suffix, image in scored.items():
+        result[f"atlas_enrichment{suffix}"] = enrichment(
+            np.asarray(image.get_fdata()), consensus, age_labels
         )
     if warped_ceilings:
         result["atlas_ceiling"] = enrichment(
             np.mean(warped_ceilings, axis=0), consensus, age_labels
         )
-        for scored in ("", "_per_year"):
-            if f"atlas_enrichment{scored}" in result:
-                result[f"atlas_share_of_ceiling{scored}"] = (
-                    result[f"atlas_enrichment{scored}"] / result["atlas_ceiling"]
-                )
+        for suffix in scored:
+            result[f"atlas_share_of_ceiling{suffix}"] = (
+                result[f"atlas_enrichment{suffix}"] / result["atlas_ceiling"]
+            )
     return result
 
 
