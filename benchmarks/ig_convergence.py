@@ -9,8 +9,7 @@ correlation over the voxels, and the completeness gap |sum of the map -
 the attribution rule can take fewer (its cost is linear in the steps).
 
     PYTHONPATH=src .venv/bin/python benchmarks/ig_convergence.py --results results/demo \
-        --configfile config/demo.yaml --steps 8 16 32 64 \
-        --save benchmarks/records/ig_convergence_demo.json
+        --steps 8 16 32 64 --save benchmarks/records/ig_convergence_demo.json
 """
 
 from __future__ import annotations
@@ -19,19 +18,13 @@ import argparse
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-import torch
-import yaml
 
 from ageatlas.age.model import load_trained
-from ageatlas.age.preprocess import model_input
 from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.core import paths
-from ageatlas.core.files import load_npy
-from ageatlas.explain.gradcam import ParticipantInput
-from ageatlas.explain.reference_attribution import atlas_in_body, attribute_against_reference
-from ageatlas.explain.register import load_outcome
+from ageatlas.explain.gradcam import model_seed, read_participant
+from ageatlas.explain.reference_attribution import attribute_against_reference, reference_for
 
 
 def agreement(model, volume, reference, steps: list[int]) -> list[dict]:
@@ -52,7 +45,6 @@ def agreement(model, volume, reference, steps: list[int]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, required=True, help="a finished run")
-    parser.add_argument("--configfile", type=Path, default=Path("config/demo.yaml"))
     parser.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--n", type=int, default=6, help="test participants")
     parser.add_argument("--save", type=Path)
@@ -60,20 +52,20 @@ def main() -> None:
     results = args.results
     cohort = read_participant_tsv(results / paths.COHORT_TABLE)
     model, meta = load_trained(results / paths.AGE_MODEL / "checkpoint.pt", "cpu")
-    seed = int(meta["config"].get("seed", 0))
-    config = yaml.safe_load(args.configfile.read_text())
-    factor = int(config.get("preprocess", {}).get("downsample", 1))
     test = cohort[cohort["split"] == "test"].sort_values(["group", "eid"]).head(args.n)
     records = []
     for eid, group in zip(test["eid"], test["group"]):
-        stitched = paths.stitched_path(results / paths.STITCHED.format(eid=eid), eid, "W")
-        registration = load_outcome(results / paths.EXPLAIN / group / "registration" / f"{eid}.pt")
-        cache = str(results / paths.CACHE).format(eid=eid)
-        cached = load_npy(cache)
-        volume = torch.from_numpy(model_input(cached, eid, seed))[None, None]
-        participant = ParticipantInput(cache, cached, nib.load(stitched), factor)
-        atlas = nib.load(results / paths.ATLAS / f"{group}.nii.gz")
-        reference = atlas_in_body(registration, atlas, participant, volume)
+        # The participant and its atlas reference as the workflow's gradcam rule reads them.
+        participant = read_participant(
+            str(results / paths.CACHE).format(eid=eid),
+            paths.stitched_path(results / paths.STITCHED.format(eid=eid), eid, "W"),
+        )
+        volume = participant.volume(model_seed(meta))
+        atlas = (
+            results / paths.ATLAS / f"{group}.nii.gz",
+            results / paths.EXPLAIN / group / "registration" / f"{eid}.pt",
+        )
+        reference, _ = reference_for(participant, volume, atlas=atlas)
         for row in agreement(model, volume, reference, args.steps):
             records.append({"eid": str(eid), "group": group, **row})
             print(records[-1], flush=True)
