@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -263,6 +263,21 @@ def test_more_epochs_resume_and_other_config_or_data_start_afresh(tmp_path, tiny
     remade = TrainConfig(epochs=2, lr=3e-4, batch_size=1, accumulate=2)
     assert train(*tiny, tmp_path, remade, device="cpu")["resumed_after"] == 0
     assert "another data" in caplog.text
+
+
+def test_cosine_schedule_falls_to_zero_and_longer_runs_start_afresh(tmp_path, tiny, caplog):
+    caplog.set_level(logging.INFO, logger="ageatlas.age.train")
+    cosine = TrainConfig(epochs=4, lr=1e-3, batch_size=1, accumulate=2, lr_schedule="cosine")
+    train(*tiny, tmp_path, cosine, device="cpu")
+    lrs = pd.read_csv(tmp_path / "metrics.tsv", sep="\t")["lr"].tolist()
+    # the lr an epoch ran at: half a cosine from lr towards 0 over the 4 epochs
+    assert lrs == pytest.approx([1e-3 * (1 + np.cos(np.pi * e / 4)) / 2 for e in range(4)])
+    # with cosine the number of epochs sets every epoch's lr: 5 epochs is another run
+    longer = replace(cosine, epochs=5)
+    assert train(*tiny, tmp_path, longer, device="cpu")["resumed_after"] == 0
+    assert "another config" in caplog.text
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train(*tiny, tmp_path / "bad", replace(cosine, lr_schedule="step"), device="cpu")
 
 
 def test_early_stopping_rule():

@@ -172,9 +172,7 @@ def _setup(
     model.to(device, memory_format=paths.memory_format)
     # fused: one kernel for all parameters (the GPU's path; torch has a CPU kernel too)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=paths.fused_adam)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience
-    )
+    scheduler = lr_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
     if cuda and config.bf16 and not paths.bf16:
         log.warning("this GPU has no bfloat16: training in float32")
@@ -358,6 +356,19 @@ def _validate(job: Job, loader: DataLoader) -> torch.Tensor:
     )
 
 
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The config's learning-rate schedule, stepped once an epoch (:func:`_record`)."""
+    if config.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience
+        )
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
+    raise ValueError(f"train.lr_schedule: unknown {config.lr_schedule!r} (plateau or cosine)")
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -365,7 +376,10 @@ def _synchronize(device: torch.device) -> None:
 
 def _record(job: Job, progress: Progress, row: dict) -> None:
     """Scheduler, best epoch and early-stopping counter after an epoch; identical on every rank."""
-    job.scheduler.step(row["val_mae"])
+    if isinstance(job.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        job.scheduler.step(row["val_mae"])
+    else:
+        job.scheduler.step()
     progress.epoch = row["epoch"]
     progress.metrics.append(row)
     if row["val_mae"] < progress.best_val_mae:

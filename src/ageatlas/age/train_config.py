@@ -42,8 +42,12 @@ class TrainConfig:
     batch_size: int = 1  # per process
     # effective batch = batch_size * accumulate samples, whatever the world size
     accumulate: int = 32
+    # "plateau" (the authors): ReduceLROnPlateau on validation MAE; "cosine": the lr falls
+    # from `lr` to 0 along a half cosine over `epochs`, so the last epochs take small steps
+    # whatever validation does (then `epochs` changes the numbers and is not resumable).
+    lr_schedule: str = "plateau"
     plateau_factor: float = 0.1
-    plateau_patience: int = 3  # ReduceLROnPlateau on validation MAE
+    plateau_patience: int = 3
     early_stopping: int | None = None  # patience in epochs, None = off
     seed: int = 42
     num_workers: int = 0
@@ -97,7 +101,10 @@ class TrainConfig:
 
 
 def config_key(config: TrainConfig) -> str:
-    settings = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_SETTINGS}
+    resumable = set(RESUMABLE_SETTINGS)
+    if config.lr_schedule == "cosine":  # the schedule's length is part of every epoch's lr
+        resumable.discard("epochs")
+    settings = {k: v for k, v in asdict(config).items() if k not in resumable}
     return _digest(settings)
 
 

@@ -56,7 +56,7 @@ class Job:
     model: nn.Module
     wrapped: torch.nn.Module  # model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # plateau or cosine: train.lr_scheduler
     generator: torch.Generator
     paths: FastPaths  # bf16, channels_last, fused Adam, pinned memory: on CUDA or when asked
     accumulate: int  # steps per process
