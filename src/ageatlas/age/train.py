@@ -1,4 +1,4 @@
-"""Training of the age model: L1 on years, Adam, accumulation, plateau LR, resumable, DDP.
+"""Training of the age model: L1 on years, Adam, accumulation, plateau or cosine LR, resumable, DDP.
 
 The same loop trains the 2.5D baseline: the config's class says which model,
 which input files, which augmentation and which loss (`ageatlas.age.train_config`).
