@@ -17,7 +17,7 @@ labels), each method's map is computed once and scored:
                participant's atlas reference) on the first --occlusion test participants
   seconds      per participant, at the run's input size
 
-    .venv/bin/python benchmarks/attribution.py --results results/demo --config config/demo.yaml \
+    .venv/bin/python benchmarks/attribution.py --results results/demo \
         --save benchmarks/records/attribution_demo.tsv
 """
 
@@ -31,15 +31,19 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from scipy.stats import spearmanr
 
 from ageatlas.age.model import load_trained
-from ageatlas.age.preprocess import downsample, model_input
+from ageatlas.age.preprocess import downsample
 from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.core import paths
-from ageatlas.core.files import load_npy
-from ageatlas.explain.gradcam import ParticipantInput, grad_cam, map_grid, to_stitched_grid
+from ageatlas.explain.gradcam import (
+    grad_cam,
+    map_grid,
+    model_seed,
+    read_participant,
+    to_stitched_grid,
+)
 from ageatlas.explain.reference_attribution import (
     atlas_in_body,
     attribute_against_reference,
@@ -106,7 +110,6 @@ def block_rho(a: np.ndarray, b: np.ndarray, block: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, required=True)
-    parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--occlusion", type=int, default=6, help="participants for occlusion")
     parser.add_argument("--block", type=int, default=4)
     parser.add_argument("--steps", type=int, default=32, help="integrated gradients' steps")
@@ -120,14 +123,11 @@ def main() -> None:
     unknown = set(methods) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; known: {METHODS}")
-    config = yaml.safe_load(args.config.read_text())
-    factor = int(config.get("preprocess", {}).get("downsample", 1))
     results = args.results
     truth = results / paths.SYNTHETIC / "truth"
     cohort = read_participant_tsv(results / paths.COHORT_TABLE)
     checkpoint = args.checkpoint or results / paths.AGE_MODEL / "checkpoint.pt"
     model, meta = load_trained(checkpoint, "cpu")
-    seed = int(meta["config"].get("seed", 0))
     cache = results / paths.CACHE
     reference = reference_volume(
         str(cache).format(eid=e) for e in cohort.loc[cohort["split"] == "train", "eid"]
@@ -157,11 +157,12 @@ def main() -> None:
                 warped_labels.append(in_atlas["deformable"])
             except RegistrationFailed:
                 registration = None
-            cached = load_npy(str(cache).format(eid=eid))
-            volume = torch.from_numpy(model_input(cached, eid, seed))[None, None]
+            # The participant as the workflow's gradcam rule reads it.
+            participant = read_participant(str(cache).format(eid=eid), water.get_filename())
+            factor = participant.factor
+            volume = participant.volume(model_seed(meta))
             references = {"input": reference}
             if registration is not None:
-                participant = ParticipantInput(str(cache).format(eid=eid), cached, water, factor)
                 references["group_atlas"] = atlas_in_body(registration, atlas, participant, volume)
             # Occlusion against each reference a method uses (the mean volume for layer methods).
             occlusions = {}
