@@ -1,0 +1,162 @@
+"""How a population map's concentration in the age regions grows with the maps it averages.
+
+On a finished SYNTHETIC run, each group's test maps (warped to its atlas) are
+drawn at random, --repeats times for each size in --sizes, and each draw's
+population maps (``mean_map``: mean |map| and the per-year slope on the
+predicted age, as the population_map rule makes them) are scored as the
+truth_check rule scores the group's own: enrichment in the planted age
+regions of the group's consensus labels, divided by the ceiling (the planted
+mask at the map's resolution, warped the same way) of the same participants.
+A share that rises with n points at participant-level noise that averaging
+removes; one that stays flat points at the model or the method.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/population_size.py --results results/demo \
+        --sizes 3 5 --save benchmarks/records/population_size_demo.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from ageatlas.cohort.table import read_participant_tsv
+from ageatlas.core import paths
+from ageatlas.explain.gradcam import map_grid, read_participant
+from ageatlas.explain.maps import mean_map
+from ageatlas.explain.register import RegistrationFailed, load_outcome
+from ageatlas.explain.truth import (
+    enrichment,
+    labels_in_atlas,
+    labels_on,
+    majority_labels,
+    resolution_ceiling,
+)
+from ageatlas.synthetic.phantom import AGE_REGIONS, REGION_LABELS
+
+AGE_LABELS = [v for v, name in REGION_LABELS.items() if name in AGE_REGIONS]
+N_LABELS = max(REGION_LABELS) + 1
+
+
+def group_members(results: Path, group: str, method: dict) -> tuple[list[dict], np.ndarray]:
+    """Each registered test participant's warped map, predicted age and warped ceiling, and
+    the group's consensus labels (majority of the deformably warped truth labels)."""
+    cohort = read_participant_tsv(results / paths.COHORT_TABLE)
+    predicted = pd.read_csv(
+        results / paths.AGE / "predictions_corrected.tsv", sep="\t", dtype={"eid": str}
+    ).set_index("eid")["predicted"]
+    atlas = nib.load(str(results / paths.ATLAS / f"{group}.nii.gz"))
+    members, warped_labels = [], []
+    test = cohort[(cohort["group"] == group) & (cohort["split"] == "test")]
+    for eid in sorted(test["eid"].astype(str)):
+        warped = results / paths.EXPLAIN / group / "warped" / f"{eid}.nii.gz"
+        try:
+            registration = load_outcome(
+                results / paths.EXPLAIN / group / "registration" / f"{eid}.pt"
+            )
+        except (RegistrationFailed, FileNotFoundError):
+            continue
+        if not warped.exists() or eid not in predicted.index:
+            continue
+        labels = nib.load(str(results / paths.SYNTHETIC / "truth" / f"{eid}_regions.nii.gz"))
+        warped_labels.append(labels_in_atlas(registration, labels, atlas)["deformable"])
+        native = nib.load(str(results / paths.GRADCAM.format(eid=eid)))
+        participant = read_participant(
+            str(results / paths.CACHE).format(eid=eid),
+            paths.stitched_path(results / paths.STITCHED.format(eid=eid), eid, "W"),
+        )
+        mask = np.isin(np.asarray(labels_on(native, labels).dataobj), AGE_LABELS)
+        input_shape = participant.cached.shape
+        geometry, cells = map_grid(
+            method["method"], method["layer"], method["placement"], input_shape
+        )
+        best = resolution_ceiling(mask.astype(np.float32), participant.factor, geometry, cells)
+        best = nib.Nifti1Image(best.astype(np.float32), native.affine)
+        members.append(
+            {
+                "eid": eid,
+                "map": str(warped),
+                "predicted": float(predicted[eid]),
+                "ceiling": np.asarray(registration.warp(best, order=1).dataobj),
+            }
+        )
+    return members, majority_labels(warped_labels, N_LABELS)
+
+
+def score_draw(members: list[dict], consensus: np.ndarray) -> dict:
+    """Share of the ceiling of one draw's mean |map| and per-year map."""
+    maps = mean_map([m["map"] for m in members], [m["predicted"] for m in members])
+    ceiling = enrichment(np.mean([m["ceiling"] for m in members], axis=0), consensus, AGE_LABELS)
+    scored = {"mean": maps.mean, "per_year": maps.per_year}
+    return {
+        name: enrichment(np.asarray(image.get_fdata()), consensus, AGE_LABELS) / ceiling
+        for name, image in scored.items()
+    }
+
+
+def mass_by_label(members: list[dict], consensus: np.ndarray) -> dict[str, float]:
+    """Each body label's share of the per-year map's |mass| (and of the body's volume)."""
+    maps = mean_map([m["map"] for m in members], [m["predicted"] for m in members])
+    mass = np.nan_to_num(np.abs(maps.per_year.get_fdata()))
+    body = consensus > 0
+    total = mass[body].sum()
+    return {
+        name: {
+            "mass": float(mass[consensus == value].sum() / total),
+            "volume": float((consensus == value).sum() / body.sum()),
+        }
+        for value, name in REGION_LABELS.items()
+        if value > 0
+    }
+
+
+def draws(n_members: int, size: int, repeats: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``repeats`` random subsets of ``size`` members (one, all of them, when size >= n)."""
+    if size >= n_members:
+        return [np.arange(n_members)]
+    return [np.sort(rng.choice(n_members, size, replace=False)) for _ in range(repeats)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, required=True, help="a finished SYNTHETIC run")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 10, 20])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", type=Path)
+    args = parser.parse_args()
+    truth = pd.read_csv(args.results / paths.TRUTH_CHECK, sep="\t")
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for _, check in truth.iterrows():
+        group = check["group"]
+        members, consensus = group_members(args.results, group, check)
+        sizes = sorted({s for s in args.sizes if s < len(members)} | {len(members)})
+        for size in sizes:
+            shares = [
+                score_draw([members[i] for i in draw], consensus)
+                for draw in draws(len(members), size, args.repeats, rng)
+            ]
+            row = {"group": group, "n": size, "draws": len(shares)}
+            for name in ("mean", "per_year"):
+                values = [s[name] for s in shares]
+                row[f"share_{name}_median"] = float(np.median(values))
+                row[f"share_{name}_min"] = float(np.min(values))
+            if size == len(members):
+                row["per_year_mass_by_label"] = mass_by_label(members, consensus)
+            rows.append(row)
+            print({k: v for k, v in row.items() if k != "per_year_mass_by_label"}, flush=True)
+    table = pd.DataFrame(rows).drop(columns="per_year_mass_by_label")
+    print(table.round(3).to_string(index=False))
+    if args.save:
+        command = "benchmarks/population_size.py " + " ".join(sys.argv[1:])
+        args.save.write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

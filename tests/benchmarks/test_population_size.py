@@ -1,0 +1,47 @@
+"""benchmarks/population_size.py: draws of a group's maps, scored against the truth labels."""
+
+import nibabel as nib
+import numpy as np
+import population_size as bench
+import pytest
+
+
+def test_draws_are_distinct_members_or_everyone():
+    rng = np.random.default_rng(0)
+    assert [d.tolist() for d in bench.draws(4, 4, 3, rng)] == [[0, 1, 2, 3]]
+    subsets = bench.draws(10, 3, 5, rng)
+    assert len(subsets) == 5
+    assert all(len(set(d)) == 3 and d.max() < 10 for d in subsets)
+
+
+def members_on(tmp_path, n: int, rng) -> tuple[list[dict], np.ndarray]:
+    """n maps whose age region rises 1 per year of predicted age and whose other half is noise
+    that does not; the ceiling is the age mask itself."""
+    consensus = np.full((4, 4, 4), 2, np.uint8)  # muscle
+    consensus[:2] = bench.AGE_LABELS[0]
+    age = consensus == bench.AGE_LABELS[0]
+    members = []
+    for i, predicted in enumerate(rng.uniform(45, 80, n)):
+        data = np.where(age, predicted - 60.0, rng.normal(0, 3, age.shape)).astype(np.float32)
+        path = tmp_path / f"{i}.nii.gz"
+        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+        members.append({"map": str(path), "predicted": predicted, "ceiling": age.astype(float)})
+    return members, consensus
+
+
+def test_a_map_whose_noise_cancels_reaches_the_ceiling_per_year_only(tmp_path):
+    members, consensus = members_on(tmp_path, 40, np.random.default_rng(1))
+    shares = bench.score_draw(members, consensus)
+    assert shares["per_year"] == pytest.approx(1.0, abs=0.1)
+    assert shares["mean"] < shares["per_year"] - 0.1  # |noise| does not cancel in the mean |map|
+    few = bench.score_draw(members[:3], consensus)
+    assert few["per_year"] < shares["per_year"]
+
+
+def test_the_per_year_mass_sits_in_the_age_region_when_only_it_rises(tmp_path):
+    members, consensus = members_on(tmp_path, 40, np.random.default_rng(2))
+    by_label = bench.mass_by_label(members, consensus)
+    age_name = bench.REGION_LABELS[bench.AGE_LABELS[0]]
+    assert by_label[age_name]["volume"] == pytest.approx(0.5)
+    assert by_label[age_name]["mass"] > 0.9
+    assert by_label["muscle"]["mass"] == pytest.approx(1 - by_label[age_name]["mass"])
