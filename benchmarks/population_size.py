@@ -2,8 +2,8 @@
 
 On a finished SYNTHETIC run, each group's test maps (warped to its atlas) are
 drawn at random, --repeats times for each size in --sizes, and each draw's
-population maps (``mean_map``: mean |map| and the per-year slope on the
-predicted age, as the population_map rule makes them) are scored as the
+population maps (``mean_map``: mean |map| and the per-year slopes on the
+predicted and on the chronological age, as the population_map rule makes them) are scored as the
 truth_check rule scores the group's own: enrichment in the planted age
 regions of the group's consensus labels, divided by the ceiling (the planted
 mask at the map's resolution, warped the same way) of the same participants.
@@ -47,9 +47,9 @@ def group_members(results: Path, group: str, method: dict) -> tuple[list[dict], 
     """Each registered test participant's warped map, predicted age and warped ceiling, and
     the group's consensus labels (majority of the deformably warped truth labels)."""
     cohort = read_participant_tsv(results / paths.COHORT_TABLE)
-    predicted = pd.read_csv(
+    predictions = pd.read_csv(
         results / paths.AGE / "predictions_corrected.tsv", sep="\t", dtype={"eid": str}
-    ).set_index("eid")["predicted"]
+    ).set_index("eid")
     atlas = nib.load(str(results / paths.ATLAS / f"{group}.nii.gz"))
     members, warped_labels = [], []
     test = cohort[(cohort["group"] == group) & (cohort["split"] == "test")]
@@ -61,7 +61,7 @@ def group_members(results: Path, group: str, method: dict) -> tuple[list[dict], 
             )
         except (RegistrationFailed, FileNotFoundError):
             continue
-        if not warped.exists() or eid not in predicted.index:
+        if not warped.exists() or eid not in predictions.index:
             continue
         labels = nib.load(str(results / paths.SYNTHETIC / "truth" / f"{eid}_regions.nii.gz"))
         warped_labels.append(labels_in_atlas(registration, labels, atlas)["deformable"])
@@ -81,7 +81,8 @@ def group_members(results: Path, group: str, method: dict) -> tuple[list[dict], 
             {
                 "eid": eid,
                 "map": str(warped),
-                "predicted": float(predicted[eid]),
+                "predicted": float(predictions.loc[eid, "predicted"]),
+                "age": float(predictions.loc[eid, "age"]),
                 "ceiling": np.asarray(registration.warp(best, order=1).dataobj),
             }
         )
@@ -89,10 +90,10 @@ def group_members(results: Path, group: str, method: dict) -> tuple[list[dict], 
 
 
 def score_draw(members: list[dict], consensus: np.ndarray) -> dict:
-    """Share of the ceiling of one draw's mean |map| and per-year map."""
-    maps = mean_map([m["map"] for m in members], [m["predicted"] for m in members])
+    """Share of the ceiling of one draw's mean |map| and per-year maps."""
+    maps = _maps(members)
     ceiling = enrichment(np.mean([m["ceiling"] for m in members], axis=0), consensus, AGE_LABELS)
-    scored = {"mean": maps.mean, "per_year": maps.per_year}
+    scored = {"mean": maps.mean, "per_year": maps.per_year, "per_year_of_age": maps.per_year_of_age}
     return {
         name: enrichment(np.asarray(image.get_fdata()), consensus, AGE_LABELS) / ceiling
         for name, image in scored.items()
@@ -101,8 +102,7 @@ def score_draw(members: list[dict], consensus: np.ndarray) -> dict:
 
 def mass_by_label(members: list[dict], consensus: np.ndarray) -> dict[str, float]:
     """Each body label's share of the per-year map's |mass| (and of the body's volume)."""
-    maps = mean_map([m["map"] for m in members], [m["predicted"] for m in members])
-    mass = np.nan_to_num(np.abs(maps.per_year.get_fdata()))
+    mass = np.nan_to_num(np.abs(_maps(members).per_year.get_fdata()))
     body = consensus > 0
     total = mass[body].sum()
     return {
@@ -113,6 +113,14 @@ def mass_by_label(members: list[dict], consensus: np.ndarray) -> dict[str, float
         for value, name in REGION_LABELS.items()
         if value > 0
     }
+
+
+def _maps(members: list[dict]):
+    return mean_map(
+        [m["map"] for m in members],
+        predicted=[m["predicted"] for m in members],
+        age=[m["age"] for m in members],
+    )
 
 
 def draws(n_members: int, size: int, repeats: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -143,7 +151,7 @@ def main() -> None:
                 for draw in draws(len(members), size, args.repeats, rng)
             ]
             row = {"group": group, "n": size, "draws": len(shares)}
-            for name in ("mean", "per_year"):
+            for name in ("mean", "per_year", "per_year_of_age"):
                 values = [s[name] for s in shares]
                 row[f"share_{name}_median"] = float(np.median(values))
                 row[f"share_{name}_min"] = float(np.min(values))

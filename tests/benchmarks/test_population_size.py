@@ -25,7 +25,14 @@ def members_on(tmp_path, n: int, rng) -> tuple[list[dict], np.ndarray]:
         data = np.where(age, predicted - 60.0, rng.normal(0, 3, age.shape)).astype(np.float32)
         path = tmp_path / f"{i}.nii.gz"
         nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-        members.append({"map": str(path), "predicted": predicted, "ceiling": age.astype(float)})
+        members.append(
+            {
+                "map": str(path),
+                "predicted": predicted,
+                "age": predicted,
+                "ceiling": age.astype(float),
+            }
+        )
     return members, consensus
 
 
@@ -33,6 +40,7 @@ def test_a_map_whose_noise_cancels_reaches_the_ceiling_per_year_only(tmp_path):
     members, consensus = members_on(tmp_path, 40, np.random.default_rng(1))
     shares = bench.score_draw(members, consensus)
     assert shares["per_year"] == pytest.approx(1.0, abs=0.1)
+    assert shares["per_year_of_age"] == pytest.approx(shares["per_year"])  # here age = prediction
     assert shares["mean"] < shares["per_year"] - 0.1  # |noise| does not cancel in the mean |map|
     few = bench.score_draw(members[:3], consensus)
     assert few["per_year"] < shares["per_year"]

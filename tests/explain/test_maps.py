@@ -122,6 +122,33 @@ def test_per_year_needs_two_maps_with_different_predictions(tmp_path):
         mean_map(paths, predicted=[50.0])
 
 
+def test_per_year_of_age_keeps_what_follows_age_and_drops_what_follows_only_the_prediction(
+    tmp_path,
+):
+    """A model that also reads a region with no age in it (here: its errors come from there)
+    puts that region in the slope on the prediction, not in the slope on age."""
+    rng = np.random.default_rng(5)
+    age = np.linspace(45.0, 80.0, 30)
+    error = rng.normal(0.0, 8.0, size=age.size)  # what the model reads in the confound region
+    error -= np.polyval(np.polyfit(age, error, 1), age)  # made exactly unrelated to age
+    predicted = age + error
+    age_region, confound = np.zeros(SHAPE, bool), np.zeros(SHAPE, bool)
+    age_region[4:8, 4:8, 6:10] = True
+    confound[0:4, 0:4, 0:4] = True
+    data = np.zeros((age.size, *SHAPE))
+    data[:, age_region] = 0.05 * (age - 60.0)[:, None]
+    data[:, confound] = 0.05 * error[:, None]
+    paths = [_write(tmp_path / f"c{i}.nii.gz", d) for i, d in enumerate(data)]
+    maps = mean_map(paths, predicted=predicted, age=age)
+    on_prediction, on_age = maps.per_year.get_fdata(), maps.per_year_of_age.get_fdata()
+    np.testing.assert_allclose(on_age[age_region], 0.05, rtol=1e-6)
+    np.testing.assert_allclose(on_age[confound], 0.0, atol=1e-9)
+    assert np.abs(on_prediction[confound]).min() > 0.01  # the confound rises with the prediction
+    assert np.isnan(mean_map(paths, predicted=predicted).per_year_of_age.get_fdata()).all()
+    with pytest.raises(ValueError, match="30 maps but 2 ages"):
+        mean_map(paths, age=[50.0, 60.0])
+
+
 def test_empty_path_list_rejected():
     with pytest.raises(ValueError, match="at least one"):
         mean_map([])

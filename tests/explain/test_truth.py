@@ -115,8 +115,8 @@ def test_labels_reach_atlas_space_sampled_once_from_their_own_grid():
     assert np.array_equal(stages["deformable"], stages["none"])
 
 
-def test_group_check_scores_the_per_year_map_beside_the_mean():
-    """Both population maps are scored against the same consensus and ceiling."""
+def test_group_check_scores_the_per_year_maps_beside_the_mean():
+    """The population maps are scored against the same consensus and ceiling."""
     from deepali import spatial
 
     from ageatlas.explain.register import Registration, RegistrationSettings, grid_from_nifti
@@ -147,8 +147,10 @@ def test_group_check_scores_the_per_year_map_beside_the_mean():
         n_labels=3,
         ceiling=lambda mask: mask,
         per_year=focused,
+        per_year_of_age=flat,
     )
     volume_share = (labels == 2).sum() / (labels > 0).sum()
+    assert result["atlas_share_of_ceiling_per_year_of_age"] == pytest.approx(volume_share)
     assert result["atlas_enrichment"] == pytest.approx(1.0)
     assert result["atlas_enrichment_per_year"] == pytest.approx(1 / volume_share)
     assert result["atlas_share_of_ceiling_per_year"] == pytest.approx(1.0)

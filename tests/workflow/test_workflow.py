@@ -436,8 +436,9 @@ def check_explain_outputs(results: Path, cohort: pd.DataFrame) -> None:
             assert np.all(np.isnan(mean[~covered])) and np.all(mean[covered] >= 0)
             assert np.all(parts[0][covered] >= 0) and np.all(parts[1][covered] <= 0)
             # One map a group here: the slope's values are tested in tests/explain/test_maps.py.
-            per_year = nib.load(maps / "all_per_year.nii.gz").get_fdata()
-            assert per_year.shape == count.shape and np.all(np.isnan(per_year[count < 2]))
+            for slope in ("per_year", "per_year_of_age"):
+                per_year = nib.load(maps / f"all_{slope}.nii.gz").get_fdata()
+                assert per_year.shape == count.shape and np.all(np.isnan(per_year[count < 2]))
         band = json.loads(
             (results / "explain" / group / "stats" / "age_band_lt60_vs_ge70.json").read_text()
         )

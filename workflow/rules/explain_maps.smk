@@ -43,6 +43,7 @@ rule population_map:
         negative=f"{EXPLAIN}/{{group}}/maps/{{subset}}_negative.nii.gz",
         coverage=f"{EXPLAIN}/{{group}}/maps/{{subset}}_count.nii.gz",
         per_year=f"{EXPLAIN}/{{group}}/maps/{{subset}}_per_year.nii.gz",
+        per_year_of_age=f"{EXPLAIN}/{{group}}/maps/{{subset}}_per_year_of_age.nii.gz",
         members=f"{EXPLAIN}/{{group}}/maps/{{subset}}.json",
     log:
         f"{LOGS}/maps/{{group}}/{{subset}}.log",
@@ -243,6 +244,7 @@ if SYNTHETIC:
             labels=f"{ZIP_DIR}/truth",
             mean=f"{EXPLAIN}/{{group}}/maps/all_mean.nii.gz",
             per_year=f"{EXPLAIN}/{{group}}/maps/all_per_year.nii.gz",
+            per_year_of_age=f"{EXPLAIN}/{{group}}/maps/all_per_year_of_age.nii.gz",
             warp=lambda wc: stage_manifests(WARP_MANIFEST, ["test"], wc.group),
             registration=lambda wc: stage_manifests(
                 REGISTER_MANIFEST, ["test"], wc.group

@@ -68,10 +68,11 @@ class PopulationMaps:
     negative: nib.Nifti1Image
     count: nib.Nifti1Image
     per_year: nib.Nifti1Image
+    per_year_of_age: nib.Nifti1Image
     n: int
 
 
-def mean_map(paths: list[str], predicted=None) -> PopulationMaps:
+def mean_map(paths: list[str], predicted=None, age=None) -> PopulationMaps:
     """Voxel-wise population maps of warped maps on one grid, over the maps that cover each voxel.
 
     ``mean`` and ``sd`` (ddof=1) are of the importance |map| (for one-sided
@@ -92,15 +93,26 @@ def mean_map(paths: list[str], predicted=None) -> PopulationMaps:
     either sign that does not, such as one participant's noise, cancels,
     which the mean |map| cannot do. NaN where fewer than 2 maps cover a voxel
     or their predictions do not differ, and everywhere without ``predicted``.
+
+    ``per_year_of_age`` (with ``age``, each participant's chronological age)
+    is the same slope on the chronological age: how the model's evidence
+    changes as people age. Evidence the model uses that does not follow age
+    (a confound, or what makes its errors) cancels here too, where it adds up
+    in ``per_year``; the paper's age-band maps ask the same question in bins.
     """
     if not paths:
         raise ValueError("mean_map needs at least one map")
-    if predicted is not None and len(predicted) != len(paths):
-        raise ValueError(f"{len(paths)} maps but {len(predicted)} predicted ages")
+    for name, values in (("predicted ages", predicted), ("ages", age)):
+        if values is not None and len(values) != len(paths):
+            raise ValueError(f"{len(paths)} maps but {len(values)} {name}")
     first, affine = load_on_grid(paths[0])
     count = np.zeros(first.shape, dtype=np.int64)
     mean, m2, positive, negative = (np.zeros(first.shape) for _ in range(4))
-    slope = _SlopeOnPrediction(first.shape) if predicted is not None else None
+    slopes = {
+        name: (_Slope(first.shape), values)
+        for name, values in (("per year", predicted), ("per year of age", age))
+        if values is not None
+    }
     for i, path in enumerate(paths):
         data, _ = load_on_grid(path, first.shape, affine) if path != paths[0] else (first, affine)
         covered = np.isfinite(data)
@@ -113,8 +125,8 @@ def mean_map(paths: list[str], predicted=None) -> PopulationMaps:
         m2 += delta * np.where(covered, magnitude - mean, 0.0)
         positive += np.maximum(signed, 0.0)
         negative += np.minimum(signed, 0.0)
-        if slope is not None:
-            slope.add(signed, covered, float(predicted[i]))
+        for slope, values in slopes.values():
+            slope.add(signed, covered, float(values[i]))
     n = len(paths)
     with np.errstate(invalid="ignore", divide="ignore"):
         uncovered = count == 0
@@ -126,31 +138,37 @@ def mean_map(paths: list[str], predicted=None) -> PopulationMaps:
     def image(data, what):
         return nifti_image(data, affine, f"ageatlas {what} n={n}")
 
+    def slope_image(what):
+        if what not in slopes:
+            return image(np.full(first.shape, np.nan), what)
+        return image(slopes[what][0].result(count), what)
+
     return PopulationMaps(
         image(mean, "mean"),
         image(sd, "sd"),
         image(positive, "positive"),
         image(negative, "negative"),
         image(count.astype(np.float32), "count"),
-        image(slope.result(count) if slope else np.full(first.shape, np.nan), "per year"),
+        slope_image("per year"),
+        slope_image("per year of age"),
         n,
     )
 
 
-class _SlopeOnPrediction:
-    """Streaming voxel-wise least-squares slope of maps on one number per map.
+class _Slope:
+    """Streaming voxel-wise least-squares slope of maps on one number per map (an age).
 
-    Sums are taken around the first prediction seen, so that ages near 60
-    do not cancel catastrophically in the variance.
+    Sums are taken around the first value seen, so that ages near 60 do not
+    cancel catastrophically in the variance.
     """
 
     def __init__(self, shape):
         self.origin = None
         self.x, self.xx, self.y, self.xy = (np.zeros(shape) for _ in range(4))
 
-    def add(self, signed, covered, predicted: float) -> None:
-        self.origin = predicted if self.origin is None else self.origin
-        x = np.where(covered, predicted - self.origin, 0.0)
+    def add(self, signed, covered, value: float) -> None:
+        self.origin = value if self.origin is None else self.origin
+        x = np.where(covered, value - self.origin, 0.0)
         self.x += x
         self.xx += x * x
         self.y += signed

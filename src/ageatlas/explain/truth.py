@@ -11,9 +11,10 @@ The synthetic phantom (:mod:`ageatlas.synthetic.phantom`) knows where age was pl
   importance (|map|: signed maps count by magnitude) inside the age regions
   divided by their share of the body volume: 1 means no preference, above 1
   means enrichment.
-- The same for the population map of the signed maps' slope on the predicted
+- The same for the population maps of the signed maps' slope on the predicted
   age (``per_year``, :func:`ageatlas.explain.maps.mean_map`), where evidence
-  that does not rise with the prediction cancels.
+  that does not rise with the prediction cancels, and on the chronological
+  age (``per_year_of_age``), where evidence that does not follow age cancels.
 - How far could it go? The ceiling: the planted age mask brought to the
   model's input grid, pooled to the layer's cells and placed back exactly as
   the maps are (:func:`resolution_ceiling`), then scored the same way. The
@@ -145,6 +146,7 @@ def group_check(
     n_labels: int,
     ceiling=None,
     per_year: nib.Nifti1Image | None = None,
+    per_year_of_age: nib.Nifti1Image | None = None,
 ) -> dict:
     """Registration Dice per stage, importance enrichment and its ceiling for one group.
 
@@ -154,7 +156,8 @@ def group_check(
     from their own grid for Dice (:func:`labels_in_atlas`). ``ceiling`` maps an
     age mask on the stitched grid to the best map the method's resolution
     allows (:func:`resolution_ceiling`); without it no ceiling is reported.
-    ``per_year``, the group's slope map, is scored beside ``population_mean``.
+    ``per_year`` and ``per_year_of_age``, the group's slope maps on the predicted and on the
+    chronological age, are scored beside ``population_mean``.
     Failed registrations are counted, not used.
     """
     stages = {stage: [] for stage in STAGES}
@@ -196,7 +199,7 @@ def group_check(
             np.nanmean(leave_one_out_dice(maps, all_labels))
         )
     consensus = majority_labels(stages["deformable"], n_labels)
-    population = {"": population_mean, "_per_year": per_year}
+    population = {"": population_mean, "_per_year": per_year, "_per_year_of_age": per_year_of_age}
     scored = {suffix: image for suffix, image in population.items() if image is not None}
     for suffix, image in scored.items():
         result[f"atlas_enrichment{suffix}"] = enrichment(

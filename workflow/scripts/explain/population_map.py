@@ -1,6 +1,7 @@
 """Population maps of one group's warped attribution maps over one subset (all, an age band, an
 ageing class): mean and SD of the importance |map|, means of the signed parts, coverage count,
-and the signed map's slope on the predicted age (the model's raw output, which the maps explain)."""
+and the signed map's slopes on the predicted age (the model's raw output, which the maps explain)
+and on the chronological age."""
 
 import json
 import logging
@@ -19,11 +20,16 @@ eids = subset_eids(classes, group, subset)
 # Inputs are the batch manifests; the per-participant files come as params.
 failed = failures([snakemake.input.warp, snakemake.input.registration])
 paths, excluded = usable_maps(eids, snakemake.params.warped, snakemake.params.records, failed)
-names = ("mean", "sd", "positive", "negative", "count", "per_year")
+names = ("mean", "sd", "positive", "negative", "count", "per_year", "per_year_of_age")
 if paths:
     predictions = pd.read_csv(snakemake.input.predictions, sep="\t", dtype={"eid": str})
-    predicted = predictions.set_index("eid")["predicted"]
-    maps = mean_map(paths, predicted=[predicted[eid_of_path(p)] for p in paths])
+    by_eid = predictions.set_index("eid")
+    eids = [eid_of_path(p) for p in paths]
+    maps = mean_map(
+        paths,
+        predicted=by_eid.loc[eids, "predicted"].to_numpy(),
+        age=by_eid.loc[eids, "age"].to_numpy(),
+    )
     images, n = {name: getattr(maps, name) for name in names}, maps.n
 else:
     # An empty subset still gets its files (targets must exist): NaN, n=0 in the record.

@@ -57,6 +57,7 @@ result = group_check(
     n_labels=max(REGION_LABELS) + 1,
     ceiling=ceiling,
     per_year=nib.load(snakemake.input.per_year),
+    per_year_of_age=nib.load(snakemake.input.per_year_of_age),
 )
 method = {k: settings[k] for k in ("method", "layer", "placement", "target")}
 result = {"group": snakemake.wildcards.group, **method, **result}
