@@ -57,7 +57,7 @@ from ageatlas.explain.truth import (
     majority_labels,
     resolution_ceiling,
 )
-from ageatlas.synthetic.phantom import AGE_REGIONS, REGION_LABELS
+from ageatlas.synthetic.phantom import AGE_LABELS, REGION_LABELS
 
 # (method, layer, placement); the first is the paper's Grad-CAM as M3d-CAM placed it.
 METHODS = [
@@ -71,7 +71,6 @@ METHODS = [
     # against the group atlas brought into each body (gradcam.reference: group_atlas)
     ("integrated_gradients", "input", "group_atlas"),
 ]
-AGE_LABELS = [v for v, name in REGION_LABELS.items() if name in AGE_REGIONS]
 
 
 def reference_of(method: tuple) -> str:

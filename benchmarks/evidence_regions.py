@@ -37,9 +37,8 @@ from ageatlas.core import paths
 from ageatlas.explain.gradcam import model_seed, read_participant
 from ageatlas.explain.reference_attribution import attribute_against_reference, reference_for
 from ageatlas.explain.truth import labels_on
-from ageatlas.synthetic.phantom import AGE_REGIONS, REGION_LABELS
+from ageatlas.synthetic.phantom import AGE_LABELS, REGION_LABELS
 
-AGE_LABELS = [v for v, name in REGION_LABELS.items() if name in AGE_REGIONS]
 MUSCLE = [v for v, name in REGION_LABELS.items() if name == "muscle"]
 
 

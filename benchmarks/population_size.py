@@ -37,9 +37,8 @@ from ageatlas.explain.truth import (
     majority_labels,
     resolution_ceiling,
 )
-from ageatlas.synthetic.phantom import AGE_REGIONS, REGION_LABELS
+from ageatlas.synthetic.phantom import AGE_LABELS, REGION_LABELS
 
-AGE_LABELS = [v for v, name in REGION_LABELS.items() if name in AGE_REGIONS]
 N_LABELS = max(REGION_LABELS) + 1
 
 

@@ -274,9 +274,9 @@ def register_one(item) -> dict:
 
 def summarise(done: list[dict]) -> dict:
     from ageatlas.explain.truth import STAGES, leave_one_out_dice
-    from ageatlas.synthetic.phantom import AGE_REGIONS, REGION_LABELS
+    from ageatlas.synthetic.phantom import AGE_LABELS, REGION_LABELS
 
-    age = [v for v, name in REGION_LABELS.items() if name in AGE_REGIONS]
+    age = list(AGE_LABELS)
     every = [v for v in REGION_LABELS if v > 0]
     table = {}
     for group in sorted({d["group"] for d in done}):

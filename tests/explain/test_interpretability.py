@@ -26,12 +26,11 @@ from ageatlas.explain.gradcam import grad_cam, to_stitched_grid
 from ageatlas.explain.truth import enrichment
 from ageatlas.ingest.grid import Grid, grid_affine
 from ageatlas.synthetic.participants import make_cohort
-from ageatlas.synthetic.phantom import AGE_REGIONS, REGION_LABELS, region_labels, tissue_signal
+from ageatlas.synthetic.phantom import AGE_LABELS, region_labels, tissue_signal
 
 GRID = Grid(shape=(56, 44, 92), spacing=(8.928, 8.928, 12.0))  # the demo's 1/4 grid
 FACTOR = 2  # the demo's downsample: 28 x 22 x 46 model input
 N, N_TRAIN, N_VAL, N_TEST = 120, 80, 16, 16
-AGE_LABELS = [value for value, name in REGION_LABELS.items() if name in AGE_REGIONS]
 
 
 def _lps_axes(affine: np.ndarray, shape) -> tuple[np.ndarray, ...]:

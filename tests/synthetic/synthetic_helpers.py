@@ -13,11 +13,11 @@ from pydicom.errors import InvalidDicomError
 
 from ageatlas.core import field20201 as layout
 from ageatlas.synthetic.dicom import write_participant_zip
-from ageatlas.synthetic.phantom import AGE_REGIONS, REGION_LABELS
+from ageatlas.synthetic.phantom import AGE_LABELS, REGION_LABELS
 
 SCALE = 0.2
 SEED = 7
-AGE_VALUES = [v for v, name in REGION_LABELS.items() if name in AGE_REGIONS]
+AGE_VALUES = list(AGE_LABELS)
 LABEL = {name: v for v, name in REGION_LABELS.items()}
 
 

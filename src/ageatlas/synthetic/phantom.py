@@ -60,6 +60,8 @@ REGION_LABELS: dict[int, str] = {
 }
 #: Regions whose content changes with biological age.
 AGE_REGIONS: tuple[str, ...] = ("intervertebral_disc", "back_muscle", "heart", "aorta")
+#: Their label values.
+AGE_LABELS: tuple[int, ...] = tuple(v for v, name in REGION_LABELS.items() if name in AGE_REGIONS)
 _L = {name: value for value, name in REGION_LABELS.items()}
 
 

@@ -12,10 +12,9 @@ from ageatlas.core.batch_run import failures
 from ageatlas.explain.gradcam import map_grid
 from ageatlas.explain.register import RegistrationFailed, load_outcome
 from ageatlas.explain.truth import group_check, resolution_ceiling
-from ageatlas.synthetic.phantom import AGE_REGIONS, REGION_LABELS
+from ageatlas.synthetic.phantom import AGE_LABELS, REGION_LABELS
 
 logs.to_file(snakemake.log[0])
-age_labels = [v for v, name in REGION_LABELS.items() if name in AGE_REGIONS]
 settings, factor = snakemake.params.gradcam, snakemake.params.downsample
 
 
@@ -53,7 +52,7 @@ result = group_check(
     participants(),
     nib.load(snakemake.input.atlas),
     nib.load(snakemake.input.mean),
-    age_labels,
+    AGE_LABELS,
     n_labels=max(REGION_LABELS) + 1,
     ceiling=ceiling,
     per_year=nib.load(snakemake.input.per_year),
