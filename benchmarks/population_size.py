@@ -27,7 +27,7 @@ import pandas as pd
 
 from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.core import paths
-from ageatlas.explain.gradcam import map_grid, read_participant
+from ageatlas.explain.gradcam import read_participant
 from ageatlas.explain.maps import mean_map
 from ageatlas.explain.register import RegistrationFailed, load_outcome
 from ageatlas.explain.truth import (
@@ -35,7 +35,7 @@ from ageatlas.explain.truth import (
     labels_in_atlas,
     labels_on,
     majority_labels,
-    resolution_ceiling,
+    method_ceiling,
 )
 from ageatlas.synthetic.phantom import AGE_LABELS, REGION_LABELS
 
@@ -70,11 +70,7 @@ def group_members(results: Path, group: str, method: dict) -> tuple[list[dict], 
             paths.stitched_path(results / paths.STITCHED.format(eid=eid), eid, "W"),
         )
         mask = np.isin(np.asarray(labels_on(native, labels).dataobj), AGE_LABELS)
-        input_shape = participant.cached.shape
-        geometry, cells = map_grid(
-            method["method"], method["layer"], method["placement"], input_shape
-        )
-        best = resolution_ceiling(mask.astype(np.float32), participant.factor, geometry, cells)
+        best = method_ceiling(mask.astype(np.float32), participant.factor, method)
         best = nib.Nifti1Image(best.astype(np.float32), native.affine)
         members.append(
             {
@@ -88,20 +84,28 @@ def group_members(results: Path, group: str, method: dict) -> tuple[list[dict], 
     return members, majority_labels(warped_labels, N_LABELS)
 
 
-def score_draw(members: list[dict], consensus: np.ndarray) -> dict:
-    """Share of the ceiling of one draw's mean |map| and per-year maps."""
-    maps = _maps(members)
+def score_draw(members: list[dict], consensus: np.ndarray, by_label: bool = False) -> dict:
+    """Share of the ceiling of one draw's mean |map| and per-year maps; with ``by_label``, also
+    where the per-year map's mass sits (``per_year_mass_by_label``, :func:`mass_by_label`)."""
+    maps = mean_map(
+        [m["map"] for m in members],
+        predicted=[m["predicted"] for m in members],
+        age=[m["age"] for m in members],
+    )
     ceiling = enrichment(np.mean([m["ceiling"] for m in members], axis=0), consensus, AGE_LABELS)
     scored = {"mean": maps.mean, "per_year": maps.per_year, "per_year_of_age": maps.per_year_of_age}
-    return {
+    shares = {
         name: enrichment(np.asarray(image.get_fdata()), consensus, AGE_LABELS) / ceiling
         for name, image in scored.items()
     }
+    if by_label:
+        shares["per_year_mass_by_label"] = mass_by_label(maps.per_year.get_fdata(), consensus)
+    return shares
 
 
-def mass_by_label(members: list[dict], consensus: np.ndarray) -> dict[str, float]:
+def mass_by_label(per_year: np.ndarray, consensus: np.ndarray) -> dict[str, float]:
     """Each body label's share of the per-year map's |mass| (and of the body's volume)."""
-    mass = np.nan_to_num(np.abs(_maps(members).per_year.get_fdata()))
+    mass = np.nan_to_num(np.abs(per_year))
     body = consensus > 0
     total = mass[body].sum()
     return {
@@ -112,14 +116,6 @@ def mass_by_label(members: list[dict], consensus: np.ndarray) -> dict[str, float
         for value, name in REGION_LABELS.items()
         if value > 0
     }
-
-
-def _maps(members: list[dict]):
-    return mean_map(
-        [m["map"] for m in members],
-        predicted=[m["predicted"] for m in members],
-        age=[m["age"] for m in members],
-    )
 
 
 def draws(n_members: int, size: int, repeats: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -145,8 +141,9 @@ def main() -> None:
         members, consensus = group_members(args.results, group, check)
         sizes = sorted({s for s in args.sizes if s < len(members)} | {len(members)})
         for size in sizes:
+            everyone = size == len(members)
             shares = [
-                score_draw([members[i] for i in draw], consensus)
+                score_draw([members[i] for i in draw], consensus, by_label=everyone)
                 for draw in draws(len(members), size, args.repeats, rng)
             ]
             row = {"group": group, "n": size, "draws": len(shares)}
@@ -154,8 +151,8 @@ def main() -> None:
                 values = [s[name] for s in shares]
                 row[f"share_{name}_median"] = float(np.median(values))
                 row[f"share_{name}_min"] = float(np.min(values))
-            if size == len(members):
-                row["per_year_mass_by_label"] = mass_by_label(members, consensus)
+            if everyone:
+                row["per_year_mass_by_label"] = shares[0]["per_year_mass_by_label"]
             rows.append(row)
             print({k: v for k, v in row.items() if k != "per_year_mass_by_label"}, flush=True)
     table = pd.DataFrame(rows).drop(columns="per_year_mass_by_label")

@@ -48,7 +48,7 @@ def test_a_map_whose_noise_cancels_reaches_the_ceiling_per_year_only(tmp_path):
 
 def test_the_per_year_mass_sits_in_the_age_region_when_only_it_rises(tmp_path):
     members, consensus = members_on(tmp_path, 40, np.random.default_rng(2))
-    by_label = bench.mass_by_label(members, consensus)
+    by_label = bench.score_draw(members, consensus, by_label=True)["per_year_mass_by_label"]
     age_name = bench.REGION_LABELS[bench.AGE_LABELS[0]]
     assert by_label[age_name]["volume"] == pytest.approx(0.5)
     assert by_label[age_name]["mass"] > 0.9

@@ -133,6 +133,17 @@ def resolution_ceiling(mask: np.ndarray, factor: int, geometry, cells_shape) -> 
     return to_stitched_grid(placed, mask.shape, factor)
 
 
+def method_ceiling(mask: np.ndarray, factor: int, method) -> np.ndarray:
+    """:func:`resolution_ceiling` at the cells of ``method`` (the gradcam config's ``method``,
+    ``layer`` and ``placement``) for a model input of the stitched grid downsampled by
+    ``factor``."""
+    from ageatlas.explain.gradcam import map_grid
+
+    input_shape = tuple(n // factor for n in mask.shape)
+    geometry, cells = map_grid(method["method"], method["layer"], method["placement"], input_shape)
+    return resolution_ceiling(mask, factor, geometry, cells)
+
+
 def _is_empty(importance: np.ndarray) -> bool:
     finite = importance[np.isfinite(importance)]
     return finite.size == 0 or not np.any(finite != 0)

@@ -9,9 +9,8 @@ import nibabel as nib
 
 from ageatlas.core import logs
 from ageatlas.core.batch_run import failures
-from ageatlas.explain.gradcam import map_grid
 from ageatlas.explain.register import RegistrationFailed, load_outcome
-from ageatlas.explain.truth import group_check, resolution_ceiling
+from ageatlas.explain.truth import group_check, method_ceiling
 from ageatlas.synthetic.phantom import AGE_LABELS, REGION_LABELS
 
 logs.to_file(snakemake.log[0])
@@ -41,11 +40,7 @@ def participants():
 
 
 def ceiling(mask):
-    input_shape = tuple(n // factor for n in mask.shape)
-    geometry, cells = map_grid(
-        settings["method"], settings["layer"], settings["placement"], input_shape
-    )
-    return resolution_ceiling(mask, factor, geometry, cells)
+    return method_ceiling(mask, factor, settings)
 
 
 result = group_check(
