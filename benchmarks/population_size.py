@@ -17,6 +17,7 @@ removes; one that stays flat points at the model or the method.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ import pandas as pd
 from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.core import paths
 from ageatlas.explain.gradcam import read_participant
-from ageatlas.explain.maps import mean_map
+from ageatlas.explain.maps import mean_map, smooth
 from ageatlas.explain.register import RegistrationFailed, load_outcome
 from ageatlas.explain.truth import (
     enrichment,
@@ -78,26 +79,34 @@ def group_members(results: Path, group: str, method: dict) -> tuple[list[dict], 
                 "map": str(warped),
                 "predicted": float(predictions.loc[eid, "predicted"]),
                 "age": float(predictions.loc[eid, "age"]),
-                "ceiling": np.asarray(registration.warp(best, order=1).dataobj),
+                "ceiling": np.asarray(registration.warp(best, order=1).dataobj, dtype=np.float64),
             }
         )
     return members, majority_labels(warped_labels, N_LABELS)
 
 
-def score_draw(members: list[dict], consensus: np.ndarray, by_label: bool = False) -> dict:
-    """Share of the ceiling of one draw's mean |map| and per-year maps; with ``by_label``, also
-    where the per-year map's mass sits (``per_year_mass_by_label``, :func:`mass_by_label`)."""
+def score_draw(
+    members: list[dict], consensus: np.ndarray, by_label: bool = False, fwhm_mm=None
+) -> dict:
+    """Share of the ceiling of one draw's mean |map| and per-year maps, smoothed by ``fwhm_mm``
+    as the population_map rule does; with ``by_label``, also where the per-year map's mass sits
+    (``per_year_mass_by_label``, :func:`mass_by_label`)."""
     maps = mean_map(
         [m["map"] for m in members],
         predicted=[m["predicted"] for m in members],
         age=[m["age"] for m in members],
+        fwhm_mm=fwhm_mm,
     )
-    ceiling = enrichment(np.mean([m["ceiling"] for m in members], axis=0), consensus, AGE_LABELS)
+    affine = maps.mean.affine
+    ceilings = [smooth(m["ceiling"], affine, fwhm_mm) for m in members]
+    ceiling = enrichment(np.mean(ceilings, axis=0), consensus, AGE_LABELS)
     scored = {"mean": maps.mean, "per_year": maps.per_year, "per_year_of_age": maps.per_year_of_age}
-    shares = {
-        name: enrichment(np.asarray(image.get_fdata()), consensus, AGE_LABELS) / ceiling
-        for name, image in scored.items()
-    }
+    shares = {"ceiling": ceiling}
+    for name, image in scored.items():
+        shares[f"enrichment_{name}"] = enrichment(
+            np.asarray(image.get_fdata()), consensus, AGE_LABELS
+        )
+        shares[name] = shares[f"enrichment_{name}"] / ceiling
     if by_label:
         shares["per_year_mass_by_label"] = mass_by_label(maps.per_year.get_fdata(), consensus)
     return shares
@@ -131,6 +140,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 10, 20])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fwhm", type=float, nargs="+", default=[0.0], help="smoothing FWHMs (mm) to compare"
+    )
     parser.add_argument("--save", type=Path)
     args = parser.parse_args()
     truth = pd.read_csv(args.results / paths.TRUTH_CHECK, sep="\t")
@@ -140,18 +152,21 @@ def main() -> None:
         group = check["group"]
         members, consensus = group_members(args.results, group, check)
         sizes = sorted({s for s in args.sizes if s < len(members)} | {len(members)})
-        for size in sizes:
+        for fwhm, size in itertools.product(args.fwhm, sizes):
             everyone = size == len(members)
             shares = [
-                score_draw([members[i] for i in draw], consensus, by_label=everyone)
+                score_draw([members[i] for i in draw], consensus, everyone, fwhm)
                 for draw in draws(len(members), size, args.repeats, rng)
             ]
-            row = {"group": group, "n": size, "draws": len(shares)}
+            row = {"group": group, "fwhm_mm": fwhm, "n": size, "draws": len(shares)}
             for name in ("mean", "per_year", "per_year_of_age"):
                 values = [s[name] for s in shares]
                 row[f"share_{name}_median"] = float(np.median(values))
                 row[f"share_{name}_min"] = float(np.min(values))
             if everyone:
+                for name in ("ceiling", "enrichment_mean", "enrichment_per_year"):
+                    row[name] = shares[0][name]
+                row["enrichment_per_year_of_age"] = shares[0]["enrichment_per_year_of_age"]
                 row["per_year_mass_by_label"] = shares[0]["per_year_mass_by_label"]
             rows.append(row)
             print({k: v for k, v in row.items() if k != "per_year_mass_by_label"}, flush=True)

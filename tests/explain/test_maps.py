@@ -11,6 +11,7 @@ from ageatlas.explain.maps import (
     ageing_table,
     mean_map,
     near_perfect,
+    smooth,
     subset_eids,
     usable_maps,
 )
@@ -309,3 +310,47 @@ def test_eid_of_path_and_nan_map():
     assert placeholder.shape == SHAPE and np.allclose(placeholder.affine, AFFINE)
     assert np.isnan(placeholder.get_fdata()).all()
     assert placeholder.header["descrip"].tobytes().startswith(b"registration failed")
+
+
+def test_smooth_has_its_fwhm_in_millimetres_on_each_axis():
+    """A point spreads to half its peak at FWHM / 2 mm, whatever the voxel size of the axis."""
+    point = np.zeros((41, 41, 41))
+    point[20, 20, 20] = 1.0
+    affine = np.diag([2.0, 4.0, 5.0, 1.0])
+    blurred = smooth(point, affine, 20.0)
+    for axis, spacing in enumerate((2.0, 4.0, 5.0)):
+        profile = np.moveaxis(blurred, axis, 0)[:, 20, 20]
+        half = profile.max() / 2
+        # linear interpolation of where the profile crosses half its peak, in mm
+        above = np.flatnonzero(profile >= half)
+        edge = above[-1]
+        crossing = edge + (profile[edge] - half) / (profile[edge] - profile[edge + 1])
+        assert (crossing - 20) * spacing == pytest.approx(10.0, rel=0.1)
+    assert blurred.sum() == pytest.approx(1.0)
+
+
+def test_smooth_cancels_opposite_signs_and_keeps_the_field_of_view():
+    checker = np.indices((12, 12, 16)).sum(axis=0) % 2 * 2.0 - 1.0  # +-1 alternating
+    data = checker + 3.0
+    data[:, :, 12:] = np.nan  # outside the participant's field of view
+    out = smooth(data, AFFINE, 8.0)
+    assert np.isnan(out[:, :, 12:]).all()
+    # A constant level survives to the edge of the field of view (not pulled towards the
+    # zeros outside it); the +-1 pattern averages out.
+    assert np.allclose(out[:, :, :12], 3.0, atol=0.05)
+    assert smooth(data, AFFINE, None) is data and smooth(data, AFFINE, 0) is data
+
+
+def test_mean_map_smooths_each_map_before_the_magnitude(tmp_path):
+    """Smoothing after |map| would keep the noise; each signed map is smoothed first."""
+    checker = np.indices(SHAPE).sum(axis=0) % 2 * 2.0 - 1.0
+    paths = [_write(tmp_path / f"m{i}.nii.gz", checker * (i + 1)) for i in range(3)]
+    raw = mean_map(paths)
+    smoothed = mean_map(paths, predicted=[50, 60, 70], fwhm_mm=8.0)
+    assert np.allclose(raw.mean.get_fdata(), 2.0)
+    assert np.nanmax(smoothed.mean.get_fdata()) < 0.2
+    expected = np.mean([np.abs(smooth(checker * (i + 1), AFFINE, 8.0)) for i in range(3)], axis=0)
+    assert np.allclose(smoothed.mean.get_fdata(), expected, atol=1e-5)
+    # The map says how it was smoothed.
+    assert b"fwhm 8" in smoothed.mean.header["descrip"].tobytes()
+    assert b"fwhm" not in raw.mean.header["descrip"].tobytes()

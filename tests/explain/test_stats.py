@@ -339,3 +339,20 @@ def test_contrast_with_too_few_usable_maps_is_not_tested(tmp_path):
     assert summary["tested"] is False and "fewer than 2" in summary["reason"]
     assert (summary["n_lt60"], summary["n_ge70"]) == (3, 1)
     assert "1004" in summary["excluded"]
+
+
+def test_maps_are_smoothed_before_the_test(tmp_path):
+    """A voxel-level difference of alternating sign is significant in the raw maps and cancels
+    when each map is smoothed first (fwhm_mm), as the population maps are."""
+    rng = np.random.default_rng(3)
+    checker = (np.indices(SHAPE).sum(axis=0) % 2 * 2.0 - 1.0) * 5.0
+    inner = (slice(4, 8), slice(4, 8), slice(5, 11))  # away from the edges, where it cannot cancel
+    a = _maps(tmp_path, "acc", N_PER_CLASS, rng)
+    for path in a:
+        data = nib.load(path).get_fdata()
+        nib.save(nib.Nifti1Image((data + checker).astype(np.float32), AFFINE), path)
+    b = _maps(tmp_path, "dec", N_PER_CLASS, rng)
+    raw = compare_classes(a, b, n_perm=100, seed=0)["significant"].get_fdata()[inner]
+    smoothed = compare_classes(a, b, n_perm=100, seed=0, fwhm_mm=6.0)["significant"]
+    assert raw.mean() > 0.9
+    assert smoothed.get_fdata()[inner].sum() == 0

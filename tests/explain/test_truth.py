@@ -155,3 +155,45 @@ def test_group_check_scores_the_per_year_maps_beside_the_mean():
     assert result["atlas_enrichment_per_year"] == pytest.approx(1 / volume_share)
     assert result["atlas_share_of_ceiling_per_year"] == pytest.approx(1.0)
     assert result["atlas_share_of_ceiling"] == pytest.approx(volume_share)
+
+
+def test_group_check_smooths_the_ceiling_as_the_population_maps_were_smoothed():
+    """A smoothed population map is scored against the mask smoothed alike, not the sharp one."""
+    from deepali import spatial
+
+    from ageatlas.explain.maps import smooth
+    from ageatlas.explain.register import Registration, RegistrationSettings, grid_from_nifti
+    from ageatlas.explain.truth import group_check
+
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    shape = (12, 12, 12)
+    labels = np.zeros(shape, np.uint8)
+    labels[2:10, 2:10, 2:10] = 1
+    labels[4:6, 4:8, 4:8] = 2
+    grid = grid_from_nifti(affine, shape)
+    mask = (labels == 2).astype(np.float32)
+
+    def participants():
+        for eid in range(3):
+            identity = Registration(
+                grid, grid, spatial.AffineTransform(grid), None, RegistrationSettings()
+            )
+            yield eid, identity, nib.Nifti1Image(labels, affine), nib.Nifti1Image(mask, affine)
+
+    def check(fwhm):
+        population = nib.Nifti1Image(smooth(mask.astype(float), affine, fwhm), affine)
+        return group_check(
+            participants(),
+            nib.Nifti1Image(np.zeros(shape, np.float32), affine),
+            population,
+            age_labels=[2],
+            n_labels=3,
+            ceiling=lambda m: m,
+            fwhm_mm=fwhm,
+        )
+
+    sharp, smoothed = check(None), check(8.0)
+    assert sharp["atlas_share_of_ceiling"] == pytest.approx(1.0)
+    # The smoothed map of the mask is the best a map smoothed by 8 mm can do.
+    assert smoothed["atlas_share_of_ceiling"] == pytest.approx(1.0, abs=1e-4)
+    assert smoothed["atlas_ceiling"] < 0.8 * sharp["atlas_ceiling"]

@@ -56,6 +56,7 @@ rule population_map:
     params:
         warped=group_files(WARPED),
         records=group_files(REGISTRATION_RECORD),
+        fwhm_mm=config["maps"]["fwhm_mm"],
     script:
         "../scripts/explain/population_map.py"
 
@@ -265,6 +266,7 @@ if SYNTHETIC:
             stitched=group_files(STITCHED),
             gradcam=config["gradcam"],
             downsample=config["preprocess"]["downsample"],
+            fwhm_mm=config["maps"]["fwhm_mm"],
         script:
             "../scripts/explain/truth_check.py"
 

@@ -47,19 +47,21 @@ def _reference(path: str) -> tuple[tuple, np.ndarray]:
     return img.shape, img.affine
 
 
-def _testable_voxels(paths: list[str], shape, affine) -> tuple[np.ndarray, np.ndarray]:
+def _testable_voxels(
+    paths: list[str], shape, affine, fwhm_mm=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Voxels finite in every map, and voxels whose value is not identical in every map.
 
     A voxel outside one participant's field of view (NaN) cannot enter a test
     of all of them; a constant voxel (background) carries no information and
     would give 0/0 t-values. Streams the maps.
     """
-    first, _ = load_on_grid(paths[0], shape, affine)
+    first, _ = load_on_grid(paths[0], shape, affine, fwhm_mm)
     finite = np.isfinite(first)
     lo = np.where(finite, first, np.inf)
     hi = np.where(finite, first, -np.inf)
     for path in paths[1:]:
-        data, _ = load_on_grid(path, shape, affine)
+        data, _ = load_on_grid(path, shape, affine, fwhm_mm)
         finite &= np.isfinite(data)
         np.fmin(lo, data, out=lo)  # fmin/fmax skip NaN; those voxels are out anyway
         np.fmax(hi, data, out=hi)
@@ -86,11 +88,13 @@ def _volume(values, mask_bool: np.ndarray, reference, description: str, dtype=np
     return nifti_image(volume, reference.affine, description, reference=reference, dtype=dtype)
 
 
-def _masked_rows(paths: list[str], mask_bool: np.ndarray, shape, affine) -> np.ndarray:
-    """Stack in-mask voxels of each map, one row per map."""
+def _masked_rows(
+    paths: list[str], mask_bool: np.ndarray, shape, affine, fwhm_mm=None
+) -> np.ndarray:
+    """Stack in-mask voxels of each map (smoothed by ``fwhm_mm``), one row per map."""
     rows = np.empty((len(paths), int(mask_bool.sum())), dtype=np.float32)
     for i, path in enumerate(paths):
-        data, _ = load_on_grid(path, shape, affine)
+        data, _ = load_on_grid(path, shape, affine, fwhm_mm)
         rows[i] = data[mask_bool]
     return rows
 
@@ -169,6 +173,7 @@ def compare_classes(
     n_jobs: int = 1,
     alpha: float = 0.05,
     two_sided: bool = True,
+    fwhm_mm=None,
 ) -> dict:
     """Permutation two-sample test of maps_a vs maps_b with max-t FWE control.
 
@@ -182,7 +187,8 @@ def compare_classes(
     "logp_fwe_tfce". All maps must share the first map's shape and affine.
     `mask` defaults to every voxel; only voxels finite and varying over the
     maps are tested. Raises `Untestable` when a set has fewer than
-    MIN_PER_CLASS maps or no voxel is left.
+    MIN_PER_CLASS maps or no voxel is left. ``fwhm_mm``: each map is smoothed first
+    (:func:`maps.smooth`), as the population maps are.
     """
     for name, maps in (("maps_a", maps_a), ("maps_b", maps_b)):
         if len(maps) < MIN_PER_CLASS:
@@ -195,13 +201,13 @@ def compare_classes(
     design = np.r_[np.ones(len(maps_a)), -np.ones(len(maps_b))][:, None]
     covars, confound_record = confound_matrix(confounds, design[:, 0])
     wanted = np.ones(shape[:3], bool) if mask is None else _check_mask(mask, shape, affine)
-    finite, varying = _testable_voxels(paths, shape, affine)
+    finite, varying = _testable_voxels(paths, shape, affine, fwhm_mm)
     mask_bool = wanted & varying
     if not mask_bool.any():
         raise Untestable("no voxel is finite in every map and varies across them")
     mask = nib.Nifti1Image(mask_bool.astype(np.uint8), affine)
     masker = NiftiMasker(mask_img=mask).fit()  # TFCE needs the 3D neighbourhood
-    target = _masked_rows(paths, mask_bool, shape, affine)
+    target = _masked_rows(paths, mask_bool, shape, affine, fwhm_mm)
     # The intercept is nilearn's (model_intercept): nilearn 0.13 takes one
     # constant column among confounding_vars for an intercept *test* and then
     # flips signs instead of permuting, so none is passed (constants dropped).

@@ -28,6 +28,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_from_to
 
+from ageatlas.explain.maps import smooth
 from ageatlas.explain.register import Registration, grid_from_nifti
 
 STAGES = ("none", "affine", "deformable")
@@ -158,6 +159,7 @@ def group_check(
     ceiling=None,
     per_year: nib.Nifti1Image | None = None,
     per_year_of_age: nib.Nifti1Image | None = None,
+    fwhm_mm=None,
 ) -> dict:
     """Registration Dice per stage, importance enrichment and its ceiling for one group.
 
@@ -168,7 +170,8 @@ def group_check(
     age mask on the stitched grid to the best map the method's resolution
     allows (:func:`resolution_ceiling`); without it no ceiling is reported.
     ``per_year`` and ``per_year_of_age``, the group's slope maps on the predicted and on the
-    chronological age, are scored beside ``population_mean``.
+    chronological age, are scored beside ``population_mean``. ``fwhm_mm``: the smoothing
+    the population maps were made with (:func:`maps.smooth`); the ceiling is smoothed alike.
     Failed registrations are counted, not used.
     """
     stages = {stage: [] for stage in STAGES}
@@ -190,7 +193,8 @@ def group_check(
             stages[stage].append(warped)
         if best is not None:
             image = nib.Nifti1Image(best.astype(np.float32), gradcam.affine)
-            warped_ceilings.append(np.asarray(registration.warp(image, order=1).dataobj))
+            warped = np.asarray(registration.warp(image, order=1).dataobj, dtype=np.float64)
+            warped_ceilings.append(smooth(warped, atlas.affine, fwhm_mm))
     result = {
         "n": len(native),
         "failed_registrations": failed,

@@ -33,6 +33,7 @@ result, summary = group_contrast(
     seed=snakemake.params.seed,
     tfce=maps["tfce"],
     alpha=maps["alpha"],
+    fwhm_mm=maps["fwhm_mm"],
     n_jobs=snakemake.threads,
 )
 if result is not None:

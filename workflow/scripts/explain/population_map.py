@@ -29,6 +29,7 @@ if paths:
         paths,
         predicted=by_eid.loc[eids, "predicted"].to_numpy(),
         age=by_eid.loc[eids, "age"].to_numpy(),
+        fwhm_mm=snakemake.params.fwhm_mm,
     )
     images, n = {name: getattr(maps, name) for name in names}, maps.n
 else:

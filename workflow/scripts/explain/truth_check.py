@@ -52,6 +52,7 @@ result = group_check(
     ceiling=ceiling,
     per_year=nib.load(snakemake.input.per_year),
     per_year_of_age=nib.load(snakemake.input.per_year_of_age),
+    fwhm_mm=snakemake.params.fwhm_mm,
 )
 method = {k: settings[k] for k in ("method", "layer", "placement", "target")}
 result = {"group": snakemake.wildcards.group, **method, **result}
