@@ -197,3 +197,38 @@ def test_participant_map_against_its_group_atlas(tmp_path):
             atlas=(tmp_path / "atlas.nii.gz", tmp_path / "bad.pt"),
             **options,
         )
+
+
+def test_integrated_gradients_run_one_path_volume_per_pass(tmp_path):
+    """Each step keeps its activations for the backward pass: the workflow's jobs ask for the
+    memory of one volume at a time (benchmarks/explain.py measures it so), not of four."""
+    torch.manual_seed(0)
+    model = build_model(hidden=8).eval()
+    np.save(tmp_path / "cache.npy", np.ones(SHAPE, np.float32))
+    np.save(tmp_path / "reference.npy", np.zeros(SHAPE, np.float32))
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.float32), np.eye(4)), tmp_path / "water.nii.gz")
+    torch.save(
+        {"model": model.state_dict(), "config": asdict(TrainConfig(hidden=8))},
+        tmp_path / "checkpoint.pt",
+    )
+    grad_batches = []
+
+    def record(module, inputs, output):
+        if isinstance(module, nn.Conv3d) and torch.is_grad_enabled():
+            grad_batches.append(inputs[0].shape[0])
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        cam_for_participant(
+            tmp_path / "checkpoint.pt",
+            tmp_path / "cache.npy",
+            tmp_path / "water.nii.gz",
+            tmp_path / "m.nii.gz",
+            method="integrated_gradients",
+            reference_path=tmp_path / "reference.npy",
+            steps=8,
+            device="cpu",
+        )
+    finally:
+        handle.remove()
+    assert grad_batches and max(grad_batches) == 1

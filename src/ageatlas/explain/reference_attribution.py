@@ -31,6 +31,11 @@ from captum.attr import IntegratedGradients, Occlusion
 from torch import nn
 
 INPUT_METHODS = ("integrated_gradients", "occlusion")
+# Volumes per forward pass. Each integrated-gradients step keeps its activations
+# for the backward pass, so one at a time (14 GiB at the full grid on the CPU,
+# benchmarks/explain.py; the gradcam rule's memory request is sized on it);
+# occlusion's passes are forward only.
+VOLUMES_PER_PASS = {"integrated_gradients": 1, "occlusion": 4}
 
 
 def attribute_against_reference(
@@ -41,17 +46,18 @@ def attribute_against_reference(
     *,
     steps: int = 32,
     block: int = 4,
-    batch: int = 4,
+    batch: int | None = None,
 ) -> tuple[torch.Tensor, float, float]:
     """(map at the input's spatial shape, predicted age, f(volume) - f(reference)) for one volume.
 
     ``volume`` and ``reference`` are (1, C, ...) on the model's device. The
     model runs in eval mode (its previous mode is restored). ``steps``: the
     integral's Riemann steps; ``block``: occlusion's cube edge in voxels;
-    ``batch``: volumes per forward pass (memory).
+    ``batch``: volumes per forward pass (memory; default :data:`VOLUMES_PER_PASS`).
     """
     if method not in INPUT_METHODS:
         raise ValueError(f"reference attribution method must be one of {INPUT_METHODS}")
+    batch = batch or VOLUMES_PER_PASS[method]
     if volume.shape != reference.shape or volume.shape[0] != 1:
         raise ValueError(
             f"volume {tuple(volume.shape)} and reference {tuple(reference.shape)} must both be "
