@@ -29,13 +29,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from run_inputs import against_group_atlas
 
 from ageatlas.age.model import load_trained
 from ageatlas.age.preprocess import downsample
 from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.core import paths
-from ageatlas.explain.gradcam import model_seed, read_participant
-from ageatlas.explain.reference_attribution import attribute_against_reference, reference_for
+from ageatlas.explain.reference_attribution import attribute_against_reference
 from ageatlas.explain.truth import labels_on
 from ageatlas.synthetic.phantom import AGE_LABELS, REGION_LABELS
 
@@ -103,15 +103,8 @@ def main() -> None:
     test = cohort[cohort["split"] == "test"].sort_values(["group", "eid"])
     records = []
     for eid, group in test.groupby("group").head(args.n)[["eid", "group"]].itertuples(False):
-        stitched = paths.stitched_path(results / paths.STITCHED.format(eid=eid), eid, "W")
-        participant = read_participant(str(results / paths.CACHE).format(eid=eid), stitched)
-        volume = participant.volume(model_seed(meta))
-        atlas = (
-            results / paths.ATLAS / f"{group}.nii.gz",
-            results / paths.EXPLAIN / group / "registration" / f"{eid}.pt",
-        )
-        reference, _ = reference_for(participant, volume, atlas=atlas)
-        image = nib.load(str(stitched))
+        participant, volume, reference = against_group_atlas(results, eid, group, meta)
+        image = participant.stitched
         truth = nib.load(str(results / paths.SYNTHETIC / "truth" / f"{eid}_regions.nii.gz"))
         labels = np.asarray(labels_on(image, truth).dataobj)
         shares = part_shares(labels, participant.factor)

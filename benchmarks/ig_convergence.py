@@ -19,12 +19,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+from run_inputs import against_group_atlas
 
 from ageatlas.age.model import load_trained
 from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.core import paths
-from ageatlas.explain.gradcam import model_seed, read_participant
-from ageatlas.explain.reference_attribution import attribute_against_reference, reference_for
+from ageatlas.explain.reference_attribution import attribute_against_reference
 
 
 def agreement(model, volume, reference, steps: list[int]) -> list[dict]:
@@ -55,17 +55,7 @@ def main() -> None:
     test = cohort[cohort["split"] == "test"].sort_values(["group", "eid"]).head(args.n)
     records = []
     for eid, group in zip(test["eid"], test["group"]):
-        # The participant and its atlas reference as the workflow's gradcam rule reads them.
-        participant = read_participant(
-            str(results / paths.CACHE).format(eid=eid),
-            paths.stitched_path(results / paths.STITCHED.format(eid=eid), eid, "W"),
-        )
-        volume = participant.volume(model_seed(meta))
-        atlas = (
-            results / paths.ATLAS / f"{group}.nii.gz",
-            results / paths.EXPLAIN / group / "registration" / f"{eid}.pt",
-        )
-        reference, _ = reference_for(participant, volume, atlas=atlas)
+        _, volume, reference = against_group_atlas(results, eid, group, meta)
         for row in agreement(model, volume, reference, args.steps):
             records.append({"eid": str(eid), "group": group, **row})
             print(records[-1], flush=True)
