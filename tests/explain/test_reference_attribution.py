@@ -199,9 +199,23 @@ def test_participant_map_against_its_group_atlas(tmp_path):
         )
 
 
-def test_integrated_gradients_run_one_path_volume_per_pass(tmp_path):
+def test_integrated_gradients_hold_one_full_grid_volume_per_pass():
+    from ageatlas.explain.reference_attribution import volumes_per_pass
+
+    assert volumes_per_pass("integrated_gradients", (224, 174, 370)) == 1
+    assert volumes_per_pass("integrated_gradients", (112, 87, 185)) == 8
+    assert volumes_per_pass("occlusion", (224, 174, 370)) == 4
+
+
+@pytest.mark.parametrize("volumes", [1, 2])
+def test_integrated_gradients_run_the_volumes_per_pass_the_memory_allows(
+    tmp_path, monkeypatch, volumes
+):
     """Each step keeps its activations for the backward pass: the workflow's jobs ask for the
-    memory of one volume at a time (benchmarks/explain.py measures it so), not of four."""
+    memory of one full-grid volume a pass (benchmarks/explain.py measures it so)."""
+    from ageatlas.explain import reference_attribution
+
+    monkeypatch.setattr(reference_attribution, "IG_VOXELS_PER_PASS", volumes * np.prod(SHAPE))
     torch.manual_seed(0)
     model = build_model(hidden=8).eval()
     np.save(tmp_path / "cache.npy", np.ones(SHAPE, np.float32))
@@ -231,4 +245,4 @@ def test_integrated_gradients_run_one_path_volume_per_pass(tmp_path):
         )
     finally:
         handle.remove()
-    assert grad_batches and max(grad_batches) == 1
+    assert grad_batches and max(grad_batches) == volumes

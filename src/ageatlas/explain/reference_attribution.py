@@ -25,17 +25,21 @@ body differently. Both maps are signed, at the input's own resolution.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from captum.attr import IntegratedGradients, Occlusion
 from torch import nn
 
 INPUT_METHODS = ("integrated_gradients", "occlusion")
-# Volumes per forward pass. Each integrated-gradients step keeps its activations
-# for the backward pass, so one at a time (14 GiB at the full grid on the CPU,
-# benchmarks/explain.py; the gradcam rule's memory request is sized on it);
-# occlusion's passes are forward only.
-VOLUMES_PER_PASS = {"integrated_gradients": 1, "occlusion": 4}
+# Voxels per forward pass of integrated gradients: each step keeps its
+# activations for the backward pass, and the gradcam rule's memory request is
+# sized on one volume of the full UK Biobank grid a pass (13.9 GiB on the CPU,
+# benchmarks/explain.py). Smaller inputs take several steps a pass: at the
+# demo's input, 8 at once run 3.4 times faster than one at a time.
+IG_VOXELS_PER_PASS = 224 * 174 * 370
+OCCLUSION_VOLUMES_PER_PASS = 4  # forward passes only
 
 
 def attribute_against_reference(
@@ -53,11 +57,11 @@ def attribute_against_reference(
     ``volume`` and ``reference`` are (1, C, ...) on the model's device. The
     model runs in eval mode (its previous mode is restored). ``steps``: the
     integral's Riemann steps; ``block``: occlusion's cube edge in voxels;
-    ``batch``: volumes per forward pass (memory; default :data:`VOLUMES_PER_PASS`).
+    ``batch``: volumes per forward pass (memory; default :func:`volumes_per_pass`).
     """
     if method not in INPUT_METHODS:
         raise ValueError(f"reference attribution method must be one of {INPUT_METHODS}")
-    batch = batch or VOLUMES_PER_PASS[method]
+    batch = batch or volumes_per_pass(method, volume.shape[2:])
     if volume.shape != reference.shape or volume.shape[0] != 1:
         raise ValueError(
             f"volume {tuple(volume.shape)} and reference {tuple(reference.shape)} must both be "
@@ -85,6 +89,13 @@ def attribute_against_reference(
         model.train(was_training)
     predicted, at_reference = (float(a) for a in ages.detach().reshape(-1))
     return attribution.detach().sum(dim=1)[0].float().cpu(), predicted, predicted - at_reference
+
+
+def volumes_per_pass(method: str, shape) -> int:
+    """Volumes a forward pass of ``method`` takes for an input of ``shape`` voxels."""
+    if method == "occlusion":
+        return OCCLUSION_VOLUMES_PER_PASS
+    return max(1, IG_VOXELS_PER_PASS // math.prod(int(n) for n in shape))
 
 
 def reference_for(participant, volume: torch.Tensor, *, reference_path=None, atlas=None):
