@@ -78,6 +78,13 @@ def test_scaled_minutes_leave_memory_and_the_measured_entry_alone():
     assert measured["cpu"]["minutes_per_participant"] == 2.0
 
 
+def test_scaled_memory_rounds_up_and_leaves_the_minutes_alone():
+    measured = {"cpu": {"minutes_per_participant": 2.0, "mb_per_process": 100, "from": "x"}}
+    scaled = batches.scale_memory(measured, 1.121)
+    assert scaled == {"cpu": {"minutes_per_participant": 2.0, "mb_per_process": 113, "from": "x"}}
+    assert measured["cpu"]["mb_per_process"] == 100
+
+
 def test_a_broken_requests_file_names_the_file_and_entry(tmp_path):
     path = tmp_path / "requests.yaml"
     path.write_text("rules:\n  stitch:\n    cpu: {minutes_per_participant: 0, mb_per_process: 5}\n")

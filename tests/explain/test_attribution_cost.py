@@ -2,7 +2,7 @@
 
 import pytest
 
-from ageatlas.explain.attribution_cost import relative_cost
+from ageatlas.explain.attribution_cost import relative_cost, relative_memory
 
 FULL_INPUT = (224, 174, 370)
 
@@ -26,3 +26,9 @@ def test_occlusion_costs_a_forward_pass_per_block():
     full = relative_cost(section("occlusion"), FULL_INPUT)
     assert full == pytest.approx(56 * 43 * 92 * 51.3 / 4 / 110.5, rel=1e-6)
     assert relative_cost(section("occlusion", block=8), FULL_INPUT) < full / 7
+
+
+def test_memory_is_the_measured_peak_against_the_layer_methods():
+    assert relative_memory(section("hirescam")) == 1.0
+    assert relative_memory(section("integrated_gradients")) == pytest.approx(1.124, abs=0.001)
+    assert relative_memory(section("occlusion")) == pytest.approx(1.536, abs=0.001)

@@ -191,6 +191,17 @@ def test_gradcam_jobs_ask_for_the_time_their_method_needs(gpu_rules, tmp_path):
     assert integrated == pytest.approx(27.9 * hirescam, rel=0.05)
 
 
+def test_gradcam_jobs_ask_for_the_memory_their_method_needs(gpu_rules, tmp_path):
+    """Integrated gradients hold a path volume's activations besides the model's (14,269 MiB
+    at the full grid against Grad-CAM's 12,698): their jobs ask for that much more memory."""
+    ig = load_rules(
+        tmp_path, train={"gpus": 1}, gradcam={"method": "integrated_gradients", "steps": 32}
+    )
+    layer = at_attempt(gpu_rules["gradcam"], "mem_mb", 1)
+    integrated = at_attempt(ig["gradcam"], "mem_mb", 1)
+    assert integrated == pytest.approx(14269.2 / 12697.6 * layer, rel=0.01)
+
+
 def test_batch_requests_follow_the_requests_file_and_the_device(gpu_rules, cpu_rules):
     """workflow/resources/batch_requests.yaml (from the benchmark records) sets what a batch
     asks for: Grad-CAM on a GPU does its participants in turn, on CPUs it spreads them over

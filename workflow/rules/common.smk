@@ -15,7 +15,7 @@ from ageatlas.core import batches, file_state, paths
 from ageatlas.core.field20201 import zip_name
 from ageatlas.core.jobenv import export_source_path
 from ageatlas.core.vocabulary import SUBSETS, group_names
-from ageatlas.explain.attribution_cost import relative_cost
+from ageatlas.explain.attribution_cost import relative_cost, relative_memory
 
 export_source_path(os.path.join(workflow.basedir, "src"))
 
@@ -160,17 +160,21 @@ BATCH_REQUESTS = batches.load_requests(
     config["resources"]["batch_requests"]
     or os.path.join(workflow.basedir, "workflow/resources/batch_requests.yaml")
 )
-# gradcam's minutes are a layer method's map; integrated gradients and occlusion run many
-# passes, and their jobs ask for that much longer (ageatlas.explain.attribution_cost).
-BATCH_REQUESTS["gradcam"] = batches.scale_minutes(
-    BATCH_REQUESTS["gradcam"],
-    relative_cost(
-        config["gradcam"],
-        [
-            n // config["preprocess"]["downsample"]
-            for n in config["stitch"]["grid"]["shape"]
-        ],
+# gradcam's minutes and memory are a layer method's map; integrated gradients and occlusion
+# run many passes and hold more volumes, and their jobs ask for that much longer and more
+# (ageatlas.explain.attribution_cost).
+BATCH_REQUESTS["gradcam"] = batches.scale_memory(
+    batches.scale_minutes(
+        BATCH_REQUESTS["gradcam"],
+        relative_cost(
+            config["gradcam"],
+            [
+                n // config["preprocess"]["downsample"]
+                for n in config["stitch"]["grid"]["shape"]
+            ],
+        ),
     ),
+    relative_memory(config["gradcam"]),
 )
 
 

@@ -94,6 +94,14 @@ def scale_minutes(devices: dict[str, dict], factor: float) -> dict[str, dict]:
     }
 
 
+def scale_memory(devices: dict[str, dict], factor: float) -> dict[str, dict]:
+    """One rule's requests with the MB per process times ``factor``, rounded up."""
+    return {
+        device: {**entry, "mb_per_process": math.ceil(entry["mb_per_process"] * factor)}
+        for device, entry in devices.items()
+    }
+
+
 def batch_request(
     entry: dict,
     members: int,

@@ -1,4 +1,5 @@
-"""What one attribution map costs relative to a layer method's, to size the gradcam rule's jobs.
+"""What one attribution map costs relative to a layer method's, in time and memory, to size the
+gradcam rule's jobs.
 
 The rule's per-participant minutes (workflow/resources/batch_requests.yaml) are
 measured for the layer methods (Grad-CAM, HiResCAM: one forward and one
@@ -19,6 +20,12 @@ LAYER_SECONDS = 110.5  # HiResCAM at layer2, one participant (explain_methods_cp
 IG_FORWARD_SECONDS = 84.6  # the volume and its reference, once (explain_ig_cpu.json)
 IG_STEP_SECONDS = 93.7  # a forward and a backward pass to the input, per step
 OCCLUSION_SECONDS_PER_BLOCK = 51.3 / 4  # forward passes of 4 perturbed volumes at once
+# Peak memory of one process at the full grid, MiB: the rule's request is sized on
+# Grad-CAM's (explain.json); integrated gradients hold one path volume's activations
+# a pass besides (explain_ig_cpu.json), occlusion 4 perturbed volumes
+# (explain_methods_cpu.json).
+LAYER_PEAK_MIB = 12697.6
+PEAK_MIB = {"integrated_gradients": 14269.2, "occlusion": 19499.8}
 
 
 def relative_cost(section: Mapping, input_shape: Sequence[int]) -> float:
@@ -31,3 +38,8 @@ def relative_cost(section: Mapping, input_shape: Sequence[int]) -> float:
         blocks = math.prod(max(1, n // section["block"]) for n in input_shape)
         return blocks * OCCLUSION_SECONDS_PER_BLOCK / LAYER_SECONDS
     return 1.0
+
+
+def relative_memory(section: Mapping) -> float:
+    """A process's peak memory for ``section["method"]`` in units of a layer method's."""
+    return PEAK_MIB.get(section["method"], LAYER_PEAK_MIB) / LAYER_PEAK_MIB
