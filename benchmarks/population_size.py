@@ -164,10 +164,14 @@ def main() -> None:
                 row[f"share_{name}_median"] = float(np.median(values))
                 row[f"share_{name}_min"] = float(np.min(values))
             if everyone:
-                for name in ("ceiling", "enrichment_mean", "enrichment_per_year"):
+                for name in (
+                    "ceiling",
+                    "enrichment_mean",
+                    "enrichment_per_year",
+                    "enrichment_per_year_of_age",
+                    "per_year_mass_by_label",
+                ):
                     row[name] = shares[0][name]
-                row["enrichment_per_year_of_age"] = shares[0]["enrichment_per_year_of_age"]
-                row["per_year_mass_by_label"] = shares[0]["per_year_mass_by_label"]
             rows.append(row)
             print({k: v for k, v in row.items() if k != "per_year_mass_by_label"}, flush=True)
     table = pd.DataFrame(rows).drop(columns="per_year_mass_by_label")

@@ -115,32 +115,41 @@ def test_labels_reach_atlas_space_sampled_once_from_their_own_grid():
     assert np.array_equal(stages["deformable"], stages["none"])
 
 
-def test_group_check_scores_the_per_year_maps_beside_the_mean():
-    """The population maps are scored against the same consensus and ceiling."""
+AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])
+
+
+def _body_with_age_region() -> np.ndarray:
+    labels = np.zeros((12, 12, 12), np.uint8)
+    labels[2:10, 2:10, 2:10] = 1  # body
+    labels[4:6, 4:8, 4:8] = 2  # the age region
+    return labels
+
+
+def _identically_registered(labels: np.ndarray, cam: np.ndarray, n: int = 3):
+    """``n`` participants registered to the atlas by the identity, each with ``cam`` as map."""
     from deepali import spatial
 
     from ageatlas.explain.register import Registration, RegistrationSettings, grid_from_nifti
+
+    grid = grid_from_nifti(AFFINE, labels.shape)
+    for eid in range(n):
+        identity = Registration(
+            grid, grid, spatial.AffineTransform(grid), None, RegistrationSettings()
+        )
+        yield eid, identity, nib.Nifti1Image(labels, AFFINE), nib.Nifti1Image(cam, AFFINE)
+
+
+def test_group_check_scores_the_per_year_maps_beside_the_mean():
+    """The population maps are scored against the same consensus and ceiling."""
     from ageatlas.explain.truth import group_check
 
-    affine = np.diag([4.0, 4.0, 4.0, 1.0])
-    shape = (12, 12, 12)
-    labels = np.zeros(shape, np.uint8)
-    labels[2:10, 2:10, 2:10] = 1  # body
-    labels[4:6, 4:8, 4:8] = 2  # the age region
-    grid = grid_from_nifti(affine, shape)
-
-    def participants():
-        for eid in range(3):
-            identity = Registration(
-                grid, grid, spatial.AffineTransform(grid), None, RegistrationSettings()
-            )
-            cam = nib.Nifti1Image((labels > 0).astype(np.float32), affine)
-            yield eid, identity, nib.Nifti1Image(labels, affine), cam
+    affine, labels = AFFINE, _body_with_age_region()
+    shape = labels.shape
 
     flat = nib.Nifti1Image((labels > 0).astype(np.float32), affine)
     focused = nib.Nifti1Image((labels == 2).astype(np.float32), affine)
     result = group_check(
-        participants(),
+        _identically_registered(labels, (labels > 0).astype(np.float32)),
         nib.Nifti1Image(np.zeros(shape, np.float32), affine),
         flat,
         age_labels=[2],
@@ -159,31 +168,17 @@ def test_group_check_scores_the_per_year_maps_beside_the_mean():
 
 def test_group_check_smooths_the_ceiling_as_the_population_maps_were_smoothed():
     """A smoothed population map is scored against the mask smoothed alike, not the sharp one."""
-    from deepali import spatial
-
     from ageatlas.explain.maps import smooth
-    from ageatlas.explain.register import Registration, RegistrationSettings, grid_from_nifti
     from ageatlas.explain.truth import group_check
 
-    affine = np.diag([4.0, 4.0, 4.0, 1.0])
-    shape = (12, 12, 12)
-    labels = np.zeros(shape, np.uint8)
-    labels[2:10, 2:10, 2:10] = 1
-    labels[4:6, 4:8, 4:8] = 2
-    grid = grid_from_nifti(affine, shape)
+    affine, labels = AFFINE, _body_with_age_region()
+    shape = labels.shape
     mask = (labels == 2).astype(np.float32)
-
-    def participants():
-        for eid in range(3):
-            identity = Registration(
-                grid, grid, spatial.AffineTransform(grid), None, RegistrationSettings()
-            )
-            yield eid, identity, nib.Nifti1Image(labels, affine), nib.Nifti1Image(mask, affine)
 
     def check(fwhm):
         population = nib.Nifti1Image(smooth(mask.astype(float), affine, fwhm), affine)
         return group_check(
-            participants(),
+            _identically_registered(labels, mask),
             nib.Nifti1Image(np.zeros(shape, np.float32), affine),
             population,
             age_labels=[2],

@@ -74,8 +74,8 @@ def smooth(data: np.ndarray, affine: np.ndarray, fwhm_mm) -> np.ndarray:
     towards zero: the smoothed map is divided by the smoothed coverage
     (normalised convolution).
     """
-    fwhm = np.atleast_1d(np.asarray(fwhm_mm if fwhm_mm is not None else 0, dtype=float))
-    if not np.any(fwhm > 0):
+    fwhm = _fwhm(fwhm_mm)
+    if fwhm is None:
         return data
     from nilearn.image import smooth_img
 
@@ -84,6 +84,12 @@ def smooth(data: np.ndarray, affine: np.ndarray, fwhm_mm) -> np.ndarray:
     smoothed = np.asarray(smooth_img(nib.Nifti1Image(stacked, affine), fwhm).dataobj)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(covered, smoothed[..., 0] / smoothed[..., 1], np.nan)
+
+
+def _fwhm(fwhm_mm) -> np.ndarray | None:
+    """``fwhm_mm`` as an array of FWHMs, or None where it asks for no smoothing."""
+    fwhm = np.atleast_1d(np.asarray(fwhm_mm if fwhm_mm is not None else 0, dtype=float))
+    return fwhm if np.any(fwhm > 0) else None
 
 
 @dataclass(frozen=True)
@@ -168,8 +174,8 @@ def mean_map(paths: list[str], predicted=None, age=None, fwhm_mm=None) -> Popula
         positive = np.where(uncovered, np.nan, positive / np.maximum(count, 1))
         negative = np.where(uncovered, np.nan, negative / np.maximum(count, 1))
 
-    fwhm = np.atleast_1d(np.asarray(fwhm_mm if fwhm_mm is not None else 0, dtype=float))
-    smoothed = f" fwhm {'x'.join(f'{f:g}' for f in fwhm)} mm" if np.any(fwhm > 0) else ""
+    fwhm = _fwhm(fwhm_mm)
+    smoothed = "" if fwhm is None else f" fwhm {'x'.join(f'{f:g}' for f in fwhm)} mm"
 
     def image(data, what):
         return nifti_image(data, affine, f"ageatlas {what} n={n}{smoothed}")
