@@ -13,7 +13,7 @@ if SYNTHETIC:
             f"{BENCHMARKS}/synthetic_cohort.tsv"
         conda:
             "../../envs/ageatlas.yaml"
-        threads: 1
+        threads: 2  # participants written side by side, each by its own process
         resources:
             mem_mb=memory(2000),
             runtime=grows(30),

@@ -194,17 +194,27 @@ def _results(work, tasks: list[Task], log_dir: Path, threads: int, base: Mapping
         for task in tasks:
             yield task, _run_one(work, task, logs[task.eid], base)
         return
-    # spawn: a forked child would inherit the parent's threads (torch, BLAS) mid-state.
+    with process_pool(min(threads, len(tasks))) as pool:
+        futures = {pool.submit(_run_one, work, t, logs[t.eid], base): t for t in tasks}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+@contextlib.contextmanager
+def process_pool(workers: int):
+    """A pool of ``workers`` spawned processes that a workflow script may start.
+
+    Spawned, not forked: a forked child would inherit the parent's threads
+    (torch, BLAS) mid-state. Each worker turns SIGTERM into SystemExit.
+    """
     context = multiprocessing.get_context("spawn")
     with (
         _main_not_rerun(),
         ProcessPoolExecutor(
-            max_workers=min(threads, len(tasks)), mp_context=context, initializer=exit_on_sigterm
+            max_workers=workers, mp_context=context, initializer=exit_on_sigterm
         ) as pool,
     ):
-        futures = {pool.submit(_run_one, work, t, logs[t.eid], base): t for t in tasks}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+        yield pool
 
 
 @contextlib.contextmanager

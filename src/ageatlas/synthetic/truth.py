@@ -47,12 +47,23 @@ def write_truth(
 ) -> dict[str, Path]:
     """Write the participant's region label map and the label table.
 
-    The map ``{eid}_regions.nii.gz`` (uint8) covers every station's field of
-    view on a regular grid; its affine maps voxels to RAS mm (x_RAS = -x_LPS,
-    y_RAS = -y_LPS), in the same world frame as the DICOM
-    ImagePositionPatient, with voxel axes along patient left, posterior and
-    superior. ``regions.tsv`` lists value, name and age_region (0/1).
     Returns {"label_map": ..., "label_table": ...}.
+    """
+    return {
+        "label_map": write_label_map(out_dir, participant, spacing_mm=spacing_mm),
+        "label_table": write_label_table(out_dir),
+    }
+
+
+def write_label_map(
+    out_dir: str | Path, participant: SyntheticParticipant, *, spacing_mm=(4.0, 4.0, 4.0)
+) -> Path:
+    """Write ``{eid}_regions.nii.gz`` (uint8), the participant's region labels.
+
+    It covers every station's field of view on a regular grid; its affine
+    maps voxels to RAS mm (x_RAS = -x_LPS, y_RAS = -y_LPS), in the same world
+    frame as the DICOM ImagePositionPatient, with voxel axes along patient
+    left, posterior and superior.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,12 +77,21 @@ def write_truth(
     image.header.set_xyzt_units("mm")
     label_map = out / f"{participant.eid}_regions.nii.gz"
     nib.save(image, label_map)
+    return label_map
+
+
+def write_label_table(out_dir: str | Path) -> Path:
+    """Write ``regions.tsv``: value, name and age_region (0/1) of every label."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     label_table = out / "regions.tsv"
     region_table().to_csv(label_table, sep="\t", index=False)
-    return {"label_map": label_map, "label_table": label_table}
+    return label_table
 
 
 __all__ = [
     "region_table",
+    "write_label_map",
+    "write_label_table",
     "write_truth",
 ]

@@ -20,5 +20,6 @@ write_cohort(
     scale=snakemake.params.scale,
     defects_by_eid={int(k): v for k, v in snakemake.params.defects.items()},
     seed=snakemake.params.seed,
+    workers=snakemake.threads,
 )
 provenance.record(snakemake)
