@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -556,3 +560,33 @@ def test_channels_must_match_and_share_a_grid(pair):
         RegistrationSettings(channels=("W", "W"))
     with pytest.raises(ValueError, match="distinct contrasts"):
         RegistrationSettings(channels=("water",))
+
+
+_BENDING_GRADIENT = """
+import hashlib, sys, torch
+from ageatlas.explain.register import bending_energy
+torch.manual_seed(0)
+params = (0.01 * torch.randn(1, 3, 9, 7, 11)).requires_grad_()
+bending_energy(params).backward()
+sys.stdout.write(hashlib.sha256(params.grad.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_bending_energy_is_deepalis_with_a_gradient_that_does_not_change_between_processes():
+    """deepali builds the bending terms in a set's order, which follows Python's hash seed: the
+    gradient's rounding, and with it every registration, changed from one process to the next
+    (a rerun of the demo gave other atlases). Ours has deepali's value and one gradient."""
+    from deepali.losses import BSplineBending
+
+    torch.manual_seed(1)
+    params = 0.01 * torch.randn(1, 3, 9, 7, 11)
+    torch.testing.assert_close(reg.bending_energy(params), BSplineBending(stride=1)(params))
+    digests = set()
+    for seed in ("0", "1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        run = subprocess.run(
+            [sys.executable, "-c", _BENDING_GRADIENT], env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        digests.add(run.stdout)
+    assert len(digests) == 1
