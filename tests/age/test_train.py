@@ -21,7 +21,13 @@ import torch
 
 from ageatlas.age import preprocess
 from ageatlas.age.predict import predict
-from ageatlas.age.train import METRIC_COLUMNS, _finished, _train_loader, train
+from ageatlas.age.train import (
+    METRIC_COLUMNS,
+    _finished,
+    _train_loader,
+    batchnorm_statistics,
+    train,
+)
 from ageatlas.age.train_config import TrainConfig
 from ageatlas.age.train_data import CacheDataset
 from ageatlas.age.train_state import STALE_STATE, Progress
@@ -337,3 +343,20 @@ def test_a_tiny_run_learns(tmp_path):
         mae,
         baseline,
     )  # a model that learns nothing predicts the mean: ~1 x
+
+
+def test_batchnorm_statistics_average_every_batch_under_the_current_weights():
+    """Precise BN: the running mean and variance are the average of the batches' own (not a
+    momentum mix with the old ones), dropout draws nothing, momentum is restored and the model
+    is left in eval mode."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Dropout(0.9), torch.nn.BatchNorm1d(3))
+    norm = model[1]
+    norm.running_mean.fill_(100.0)
+    batches = [torch.randn(4, 3) * 2 + 5, torch.randn(4, 3) - 1]
+    assert batchnorm_statistics(model, iter(batches)) == [norm]
+    expected_mean = torch.stack([b.mean(0) for b in batches]).mean(0)
+    expected_var = torch.stack([b.var(0) for b in batches]).mean(0)
+    torch.testing.assert_close(norm.running_mean, expected_mean)
+    torch.testing.assert_close(norm.running_var, expected_var)
+    assert norm.momentum == 0.1 and not model.training and not norm.training

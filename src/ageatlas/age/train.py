@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -309,31 +310,48 @@ def _train_one_epoch(job: Job, loader: DataLoader) -> torch.Tensor:
 
 def _precise_bn(job: Job, loader: DataLoader) -> None:
     """Set every BatchNorm's running mean and variance to their average over the training
-    batches, un-augmented, under the epoch's final weights.
+    batches, un-augmented, under the epoch's final weights (:func:`batchnorm_statistics`).
+    Several processes average their shards' statistics."""
+    with job.paths.autocast():
+        norms = batchnorm_statistics(
+            job.model,
+            (
+                x.to(job.device, non_blocking=True, memory_format=job.paths.memory_format)
+                for x, _ in loader
+            ),
+        )
+    if job.world > 1:
+        for norm in norms:
+            for stats in (norm.running_mean, norm.running_var):
+                stats.copy_(all_reduce(job, stats.clone()) / job.world)
+
+
+def batchnorm_statistics(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[nn.Module]:
+    """Set every BatchNorm's running statistics to their cumulative average over ``batches``
+    under the current weights ("precise BN"); returns the BatchNorm layers, the model in eval
+    mode.
 
     The running averages (momentum 0.1) mix statistics of weights several steps old: on a small
     cohort with small batches eval mode then sees other feature scales than training did (the
     demo's 2.5D model predicted ages 50 years off in eval mode while fitting in training mode).
-    Only the BatchNorm layers run in training mode: dropout draws nothing. Several processes
-    average their shards' statistics.
+    Only the BatchNorm layers run in training mode: dropout draws nothing.
     """
-    norms = [m for m in job.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.eval()
     if not norms:
-        return
-    job.model.eval()
+        return norms
     momenta = [m.momentum for m in norms]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average over the batches
         norm.train()
-    with torch.no_grad(), job.paths.autocast():
-        for x, _ in loader:
-            job.model(x.to(job.device, non_blocking=True, memory_format=job.paths.memory_format))
+    with torch.no_grad():
+        for x in batches:
+            model(x)
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
-        if job.world > 1:
-            for stats in (norm.running_mean, norm.running_var):
-                stats.copy_(all_reduce(job, stats.clone()) / job.world)
+        norm.eval()
+    return norms
 
 
 def _validate(job: Job, loader: DataLoader) -> torch.Tensor:
