@@ -12,12 +12,11 @@ from synthetic_helpers import LABEL, lps_axes, slab, station_series, volume
 
 from ageatlas.synthetic.acquisition import INTENSITY
 from ageatlas.synthetic.phantom import AGE_REGIONS, REGION_LABELS, region_labels
-from ageatlas.synthetic.truth import write_truth
+from ageatlas.synthetic.truth import write_label_map, write_label_table
 
 
 def test_truth_label_map_matches_the_phantom_and_the_dicom_frame(tmp_path, participant, clean):
-    paths = write_truth(tmp_path, participant)
-    image = nib.load(paths["label_map"])
+    image = nib.load(write_label_map(tmp_path, participant))
     labels = np.asarray(image.dataobj)
     assert labels.dtype == np.uint8 and image.header.get_xyzt_units()[0] == "mm"
     assert nib.aff2axcodes(image.affine) == ("L", "P", "S")
@@ -37,7 +36,7 @@ def test_truth_label_map_matches_the_phantom_and_the_dicom_frame(tmp_path, parti
         and z_hi >= max(slab(s)[1] for s in clean.values()) - 4
     )
     assert set(np.unique(labels)) == set(REGION_LABELS)
-    table = pd.read_csv(paths["label_table"], sep="\t")
+    table = pd.read_csv(write_label_table(tmp_path), sep="\t")
     assert dict(zip(table["value"], table["name"])) == REGION_LABELS
     assert set(table.loc[table["age_region"] == 1, "name"]) == set(AGE_REGIONS)
 
@@ -69,7 +68,7 @@ def tissue_agreement(series, affine, labels) -> dict[str, float]:
 
 
 def test_truth_and_dicom_share_one_world_frame(tmp_path, participant, clean):
-    image = nib.load(write_truth(tmp_path, participant)["label_map"])
+    image = nib.load(write_label_map(tmp_path, participant))
     labels = np.asarray(image.dataobj)
     good = tissue_agreement(clean, image.affine, labels)
     assert set(good) == {"lung", "subcutaneous_fat", "heart", "liver"}

@@ -42,19 +42,6 @@ def _truth_grid(spacing_mm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(axes)
 
 
-def write_truth(
-    out_dir: str | Path, participant: SyntheticParticipant, *, spacing_mm=(4.0, 4.0, 4.0)
-) -> dict[str, Path]:
-    """Write the participant's region label map and the label table.
-
-    Returns {"label_map": ..., "label_table": ...}.
-    """
-    return {
-        "label_map": write_label_map(out_dir, participant, spacing_mm=spacing_mm),
-        "label_table": write_label_table(out_dir),
-    }
-
-
 def write_label_map(
     out_dir: str | Path, participant: SyntheticParticipant, *, spacing_mm=(4.0, 4.0, 4.0)
 ) -> Path:
@@ -93,5 +80,4 @@ __all__ = [
     "region_table",
     "write_label_map",
     "write_label_table",
-    "write_truth",
 ]
