@@ -248,6 +248,60 @@ def test_deformable_stops_when_loss_stops_falling(pair):
     assert steps == {0: 4}
 
 
+def _one_level(pair, settings):
+    """An SVFFD at zero, an identity affine and the pair as deepali images: one level's inputs."""
+    moving = reg.to_image(pair["moving"], settings.clip, torch.device("cpu"))
+    fixed = reg.to_image(pair["fixed"], settings.clip, torch.device("cpu"))
+    svffd = spatial.StationaryVelocityFreeFormDeformation(fixed.grid(), stride=(4, 4, 4), steps=5)
+    return svffd, spatial.AffineTransform(fixed.grid()), moving, fixed
+
+
+def test_level_ends_on_its_best_parameters(pair):
+    # A learning rate far too large throws the field about; the level must still not end
+    # worse than it began (it used to keep whatever its last step left).
+    settings = RegistrationSettings(levels=1, deformable_lr=0.5, max_steps=6, patience=100)
+    svffd, affine, moving, fixed = _one_level(pair, settings)
+    objective = reg.level_objective(svffd, affine, moving, fixed, settings)
+    with torch.no_grad():
+        start = float(sum(objective()))
+    assert reg._fit_level(svffd, affine, moving, fixed, settings) == 6
+    with torch.no_grad():
+        assert float(sum(objective())) <= start + 1e-6
+
+
+def test_warmup_scales_the_first_step(pair):
+    # Adam's first step moves each parameter by about the learning rate; warm-up over 10
+    # steps makes it a tenth. Two steps: the parameters after the first step (a small one
+    # here, so it lowers the loss and is kept).
+    lr = 0.005
+    moved = {}
+    for warmup in (0, 10):
+        settings = RegistrationSettings(
+            levels=1, deformable_lr=lr, max_steps=2, patience=100, warmup_steps=warmup
+        )
+        svffd, affine, moving, fixed = _one_level(pair, settings)
+        reg._fit_level(svffd, affine, moving, fixed, settings)
+        moved[warmup] = float(svffd.data().abs().max())
+    assert 0.5 * lr < moved[0] <= 1.01 * lr
+    assert 0 < moved[10] <= 1.01 * lr / 10
+
+
+def test_trace_records_every_step_of_every_level(pair):
+    settings = RegistrationSettings(affine_iterations=5, levels=2, max_steps=7, patience=100)
+    trace = {}
+    steps = register(pair["moving"], pair["fixed"], settings, trace=trace).metrics[
+        "deformable_steps"
+    ]
+    assert sorted(trace) == [0, 1]
+    assert {level: len(terms) for level, terms in trace.items()} == steps == {0: 7, 1: 7}
+    assert all(similarity < 1 and bending >= 0 for similarity, bending in trace[0])
+
+
+def test_warmup_steps_is_checked():
+    with pytest.raises(ValueError, match="warmup_steps"):
+        RegistrationSettings(warmup_steps=-1)
+
+
 def test_folding_share_detects_folds():
     # A plain FFD with large random coefficients folds; a zero one does not.
     grid = grid_from_nifti(_affine([0.0, 0.0, 0.0]), SHAPE)

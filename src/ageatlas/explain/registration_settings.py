@@ -49,10 +49,13 @@ class RegistrationSettings:
     bending_weight: float = 0.01
     deformable_lr: float = 1e-3
     max_steps: int = 1000
-    # Stop a pyramid level once the loss fell by less than min_delta
-    # (relative) over the last `patience` steps: "stops falling".
+    # Stop a pyramid level once the loss has not fallen by more than min_delta
+    # (relative) below its best for `patience` steps: "stops falling".
     min_delta: float = 1e-4
     patience: int = 20
+    # Steps over which a level's learning rate rises linearly to deformable_lr
+    # (the authors: none).
+    warmup_steps: int = 0
     scaling_squaring_steps: int = 5
     clip: float = 0.6
     stride: tuple[int, int, int] | None = None
@@ -85,6 +88,8 @@ class RegistrationSettings:
                 f"got {list(channels)}"
             )
         object.__setattr__(self, "channels", channels)
+        if self.warmup_steps < 0:
+            raise ValueError(f"registration warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.lncc_kernel is not None and self.lncc_kernel < 1:
             raise ValueError(f"registration lncc_kernel must be >= 1, got {self.lncc_kernel}")
 
