@@ -17,6 +17,11 @@ table and the records go to --out (default benchmarks/runs/registration/).
 
 --set takes YAML values: ``--set registration.control_point_spacing_mm=[36,36,48]``;
 ``--set registration.lncc_kernel=null`` removes a key (back to its default).
+--trace records each test participant's loss per deformable step (LNCC and
+weighted bending energy, per pyramid level) in the record and prints, per
+level, the median loss at a few steps and the step at which it first fell
+below its start; with ``--set registration.patience=100000`` no level stops
+early, so the whole curve is seen.
 --rebuild-atlas first builds each group's atlas again, as the workflow would with
 this config (atlas.n_members members, atlas.iterations template passes, the
 registration settings), into --out; the test participants are then registered
@@ -56,10 +61,14 @@ def main() -> None:
             )
             for job in jobs:
                 job["atlas"], job["built_atlas"] = atlases[job["group"]], True
+        for job in jobs:
+            job["trace"] = args.trace
         done = list(pool.map(register_one, [(job, config["registration"]) for job in jobs]))
     wall = time.perf_counter() - start
     table = summarise(done)
     print_table(table, wall, args)
+    if args.trace:
+        print_trace(done)
     if atlas_seconds:
         print(
             f"atlas building: {len(atlas_seconds)} registrations, "
@@ -96,6 +105,9 @@ def parse_args():
         "--rebuild-atlas", action="store_true", help="build the atlases again with these settings"
     )
     parser.add_argument("--name", help="record name (default: a time stamp)")
+    parser.add_argument(
+        "--trace", action="store_true", help="record and summarise the loss per deformable step"
+    )
     args = parser.parse_args()
     args.argv = sys.argv[1:]
     return args
@@ -251,8 +263,13 @@ def register_one(item) -> dict:
     settings = registration_settings.settings_from_config(section)
     atlas = reg.load_channels(job["atlas"])
     start, cpu = time.perf_counter(), time.process_time()
+    trace = {} if job.get("trace") else None
     registration = reg.register(
-        reg.load_channels(job["images"]), atlas, settings, fixed_normalised=job["built_atlas"]
+        reg.load_channels(job["images"]),
+        atlas,
+        settings,
+        fixed_normalised=job["built_atlas"],
+        trace=trace,
     )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     maps = labels_in_atlas(registration, nib.load(job["labels"]), atlas[0])
@@ -269,6 +286,7 @@ def register_one(item) -> dict:
         "steps": m["deformable_steps"],
         "levels": m["levels"],
         "maps": maps,
+        **({"trace": trace} if trace is not None else {}),
     }
 
 
@@ -293,6 +311,29 @@ def summarise(done: list[dict]) -> dict:
             entry[f"all_{stage}"] = float(np.nanmean(leave_one_out_dice(maps, every)))
         table[group] = entry
     return table
+
+
+def print_trace(done: list[dict]) -> None:
+    """Per pyramid level, the median over participants of the loss (LNCC + weighted bending)
+    at a few steps, and of the first step at which the loss fell below its start."""
+    for level in sorted({lv for d in done for lv in d["trace"]}, reverse=True):
+        curves = [np.asarray(d["trace"][level]) for d in done if level in d["trace"]]
+        cells = []
+        for step in (0, 5, 10, 20, 30, 49, 99):
+            at = [c[step] for c in curves if len(c) > step]
+            if len(at) == len(curves):
+                similarity, bending = np.median(at, axis=0)
+                cells.append(f"{step}: {similarity:.4f} + {bending:.4f}")
+        below = [
+            int(np.argmax(total[1:] < total[0])) + 1 if (total[1:] < total[0]).any() else None
+            for total in (c.sum(axis=1) for c in curves)
+        ]
+        reached = [b for b in below if b is not None]
+        print(
+            f"level {level}: median LNCC + bending at step {'; '.join(cells)}; below its start "
+            f"after {np.median(reached) if reached else '-'} steps (median, "
+            f"{len(reached)} of {len(curves)} participants)"
+        )
 
 
 def print_table(table: dict, wall: float, args) -> None:

@@ -143,7 +143,7 @@ def _fit_level(
     objective than it found it. Adam's first steps move every control point
     by about the learning rate whatever its gradient: on a finer level's new
     control points this roughens the field (the demo's bending energy rose
-    40-fold in 5 steps), and a level stopped in that transient used to keep
+    77-fold in 5 steps), and a level stopped in that transient used to keep
     it. ``warmup_steps`` raises the learning rate linearly to soften it.
     ``trace``, a list, gets (LNCC, weighted bending energy) of every step.
     """
@@ -157,7 +157,7 @@ def _fit_level(
         loss = similarity + bending
         steps += 1
         if trace is not None:
-            trace.append((float(similarity), float(bending)))
+            trace.append((float(similarity.detach()), float(bending.detach())))
         best.see(float(loss.detach()), svffd.data(), settings.min_delta)
         if best.steps_since_gain >= settings.patience:
             break
