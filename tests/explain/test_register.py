@@ -332,6 +332,35 @@ def test_finest_level_fits_at_half_resolution_and_warps_full_grid(pair):
         register(pair["moving"], pair["fixed"], RegistrationSettings(levels=2, finest_level=2))
 
 
+# deepali resamples a 2-level pyramid of 32 x 32 x 48 so that level 1 subdivides into
+# level 0: 33 x 33 x 49 and 17 x 17 x 25.
+@pytest.mark.parametrize("affine_level, fitted", [(None, (17, 17, 25)), (0, (33, 33, 49))])
+def test_affine_fits_at_affine_level(pair, monkeypatch, affine_level, fitted):
+    # The affine fit runs at affine_level (by default finest_level) whatever level the
+    # deformable fit stops at.
+    seen = []
+    fit_affine = reg._fit_affine
+
+    def recording(moving, fixed, settings):
+        seen.append(tuple(int(n) for n in fixed.grid().size()))
+        return fit_affine(moving, fixed, settings)
+
+    monkeypatch.setattr(reg, "_fit_affine", recording)
+    settings = RegistrationSettings(
+        affine_iterations=5, levels=2, finest_level=1, affine_level=affine_level, max_steps=2
+    )
+    result = register(pair["moving"], pair["fixed"], settings)
+    assert seen == [fitted]
+    assert result.warp(pair["moving_labels"], order=0).shape == pair["fixed"].shape
+
+
+def test_affine_level_is_checked():
+    with pytest.raises(ValueError, match="affine_level must be in"):
+        RegistrationSettings(levels=2, affine_level=2)
+    assert RegistrationSettings(levels=3, finest_level=1).affine_fit_level == 1
+    assert RegistrationSettings(levels=3, finest_level=1, affine_level=0).affine_fit_level == 0
+
+
 def test_displacement_of_a_pure_shift_is_the_shift(pair):
     fixed = pair["fixed"]
     shifted_affine = fixed.affine.copy()

@@ -366,10 +366,11 @@ def register_to(moving: Channels, fixed: FixedImage, trace: dict | None = None) 
     metrics = {"before": _similarity(identity.warp_tensor(moving_img.tensor()), target)}
 
     moving_levels = _pyramid(moving_img, settings, "moving")
-    finest = settings.finest_level
-    affine = _fit_affine(moving_levels[finest], fixed_levels[finest], settings)
+    level = settings.affine_fit_level
+    affine = _fit_affine(moving_levels[level], fixed_levels[level], settings)
     result = Registration(fixed_img.grid(), moving_img.grid(), affine, None, settings)
     metrics["affine"] = _similarity(result.warp_tensor(moving_img.tensor()), target)
+    metrics["affine_level"] = level
 
     svffd, steps = _fit_deformable(moving_levels, fixed_levels, affine, settings, trace)
     result.svffd = svffd

@@ -42,10 +42,13 @@ class RegistrationSettings:
     control_point_spacing_mm: tuple[float, float, float] = AUTHORS_CONTROL_POINT_SPACING_MM
     lncc_window_mm: tuple[float, float, float] = AUTHORS_LNCC_WINDOW_MM
     levels: int = 3
-    # Pyramid level the affine fit and the last deformable level run at:
-    # 0 is full resolution, 1 half. Transforms live in cube coordinates, so
-    # they still warp full-resolution images.
+    # Pyramid level the last deformable level runs at: 0 is full resolution,
+    # 1 half. Transforms live in cube coordinates, so they still warp
+    # full-resolution images.
     finest_level: int = 0
+    # Pyramid level the affine fit runs at; None: finest_level. The authors fit
+    # it at full resolution (0); its 12 parameters cost little there.
+    affine_level: int | None = None
     bending_weight: float = 0.01
     deformable_lr: float = 1e-3
     max_steps: int = 1000
@@ -71,6 +74,11 @@ class RegistrationSettings:
             raise ValueError(
                 f"registration finest_level must be in [0, levels - 1] = "
                 f"[0, {self.levels - 1}] (levels {self.levels}), got {self.finest_level}"
+            )
+        if self.affine_level is not None and not 0 <= self.affine_level < self.levels:
+            raise ValueError(
+                f"registration affine_level must be in [0, levels - 1] = "
+                f"[0, {self.levels - 1}] (levels {self.levels}), got {self.affine_level}"
             )
         for name in ("control_point_spacing_mm", "lncc_window_mm"):
             value = tuple(float(v) for v in getattr(self, name))
@@ -100,6 +108,11 @@ class RegistrationSettings:
         return cls(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
         )
+
+    @property
+    def affine_fit_level(self) -> int:
+        """The pyramid level the affine fit runs at."""
+        return self.finest_level if self.affine_level is None else self.affine_level
 
     def stride_for(self, voxel_mm) -> tuple[int, int, int]:
         """SVFFD stride (voxels) on a grid of ``voxel_mm`` that fits at ``finest_level``."""
