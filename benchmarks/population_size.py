@@ -8,7 +8,10 @@ truth_check rule scores the group's own: enrichment in the planted age
 regions of the group's consensus labels, divided by the ceiling (the planted
 mask at the map's resolution, warped the same way) of the same participants.
 A share that rises with n points at participant-level noise that averaging
-removes; one that stays flat points at the model or the method.
+removes; one that stays flat points at the model or the method. With
+--adjust-bmi the per-year slopes are taken with BMI held fixed (each age's
+residual on the draw's BMI: by Frisch-Waugh-Lovell, the age's coefficient in
+map ~ age + BMI), so evidence that follows BMI within a group cancels too.
 
     PYTHONPATH=src .venv/bin/python benchmarks/population_size.py --results results/demo \
         --sizes 3 5 --save benchmarks/records/population_size_demo.json
@@ -53,6 +56,7 @@ def group_members(results: Path, group: str, method: dict) -> tuple[list[dict], 
     atlas = nib.load(str(results / paths.ATLAS / f"{group}.nii.gz"))
     members, warped_labels = [], []
     test = cohort[(cohort["group"] == group) & (cohort["split"] == "test")]
+    bmi = test.set_index(test["eid"].astype(str))["bmi"]
     for eid in sorted(test["eid"].astype(str)):
         warped = results / paths.EXPLAIN / group / "warped" / f"{eid}.nii.gz"
         try:
@@ -79,6 +83,7 @@ def group_members(results: Path, group: str, method: dict) -> tuple[list[dict], 
                 "map": str(warped),
                 "predicted": float(predictions.loc[eid, "predicted"]),
                 "age": float(predictions.loc[eid, "age"]),
+                "bmi": float(bmi[eid]),
                 "ceiling": np.asarray(registration.warp(best, order=1).dataobj, dtype=np.float64),
             }
         )
@@ -86,17 +91,22 @@ def group_members(results: Path, group: str, method: dict) -> tuple[list[dict], 
 
 
 def score_draw(
-    members: list[dict], consensus: np.ndarray, by_label: bool = False, fwhm_mm=None
+    members: list[dict],
+    consensus: np.ndarray,
+    by_label: bool = False,
+    fwhm_mm=None,
+    adjust_bmi: bool = False,
 ) -> dict:
     """Share of the ceiling of one draw's mean |map| and per-year maps, smoothed by ``fwhm_mm``
     as the population_map rule does; with ``by_label``, also where the per-year map's mass sits
-    (``per_year_mass_by_label``, :func:`mass_by_label`)."""
-    maps = mean_map(
-        [m["map"] for m in members],
-        predicted=[m["predicted"] for m in members],
-        age=[m["age"] for m in members],
-        fwhm_mm=fwhm_mm,
-    )
+    (``per_year_mass_by_label``, :func:`mass_by_label`); with ``adjust_bmi``, the slopes at
+    fixed BMI (:func:`bmi_residual`)."""
+    predicted = [m["predicted"] for m in members]
+    age = [m["age"] for m in members]
+    if adjust_bmi:
+        bmi = [m["bmi"] for m in members]
+        predicted, age = bmi_residual(predicted, bmi), bmi_residual(age, bmi)
+    maps = mean_map([m["map"] for m in members], predicted=predicted, age=age, fwhm_mm=fwhm_mm)
     affine = maps.mean.affine
     ceilings = [smooth(m["ceiling"], affine, fwhm_mm) for m in members]
     ceiling = enrichment(np.mean(ceilings, axis=0), consensus, AGE_LABELS)
@@ -110,6 +120,14 @@ def score_draw(
     if by_label:
         shares["per_year_mass_by_label"] = mass_by_label(maps.per_year.get_fdata(), consensus)
     return shares
+
+
+def bmi_residual(values, bmi) -> np.ndarray:
+    """``values`` less their least-squares fit on BMI (with an intercept), plus their mean: a
+    slope on these is the coefficient of ``values`` in a fit on them and BMI together."""
+    values, design = np.asarray(values, float), np.column_stack([np.ones(len(bmi)), bmi])
+    fitted = design @ np.linalg.lstsq(design, values, rcond=None)[0]
+    return values - fitted + values.mean()
 
 
 def mass_by_label(per_year: np.ndarray, consensus: np.ndarray) -> dict[str, float]:
@@ -143,6 +161,9 @@ def main() -> None:
     parser.add_argument(
         "--fwhm", type=float, nargs="+", default=[0.0], help="smoothing FWHMs (mm) to compare"
     )
+    parser.add_argument(
+        "--adjust-bmi", action="store_true", help="per-year slopes at fixed BMI (FWL residuals)"
+    )
     parser.add_argument("--save", type=Path)
     args = parser.parse_args()
     truth = pd.read_csv(args.results / paths.TRUTH_CHECK, sep="\t")
@@ -155,7 +176,7 @@ def main() -> None:
         for fwhm, size in itertools.product(args.fwhm, sizes):
             everyone = size == len(members)
             shares = [
-                score_draw([members[i] for i in draw], consensus, everyone, fwhm)
+                score_draw([members[i] for i in draw], consensus, everyone, fwhm, args.adjust_bmi)
                 for draw in draws(len(members), size, args.repeats, rng)
             ]
             row = {"group": group, "fwhm_mm": fwhm, "n": size, "draws": len(shares)}

@@ -307,7 +307,11 @@ def summarise(done: list[dict]) -> dict:
         entry["failed_qc"] = sum(bool(d["qc"]) for d in rows)
         for stage in STAGES:
             maps = [d["maps"][stage] for d in rows]
-            entry[f"age_{stage}"] = float(np.nanmean(leave_one_out_dice(maps, age)))
+            per_label = leave_one_out_dice(maps, age)
+            entry[f"age_{stage}"] = float(np.nanmean(per_label))
+            # Each age region apart: thin ones (the discs) move most between stages.
+            for label, dice in zip(age, np.nanmean(per_label, axis=0)):
+                entry[f"{REGION_LABELS[label]}_{stage}"] = float(dice)
             entry[f"all_{stage}"] = float(np.nanmean(leave_one_out_dice(maps, every)))
         table[group] = entry
     return table
@@ -337,6 +341,9 @@ def print_trace(done: list[dict]) -> None:
 
 
 def print_table(table: dict, wall: float, args) -> None:
+    from ageatlas.explain.truth import STAGES
+    from ageatlas.synthetic.phantom import AGE_LABELS, REGION_LABELS
+
     print(f"settings: {' '.join(args.set) or '(config as is)'}  config: {args.configfile}")
     print(
         "| group | n | age none | age affine | age deformable | all none | all affine "
@@ -356,6 +363,9 @@ def print_table(table: dict, wall: float, args) -> None:
         f"| {mean['age_deformable']:.3f} | {mean['all_none']:.3f} | {mean['all_affine']:.3f} "
         f"| {mean['all_deformable']:.3f} | {mean['cpu_seconds']:.1f} | |"
     )
+    print("age region, mean of the groups: none / affine / deformable")
+    for name in (REGION_LABELS[label] for label in AGE_LABELS):
+        print(f"  {name}: " + " / ".join(f"{mean[f'{name}_{s}']:.3f}" for s in STAGES))
     print(f"wall {wall:.0f} s with {args.jobs} job(s)")
 
 
