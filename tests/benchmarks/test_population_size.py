@@ -63,3 +63,44 @@ def test_smoothing_lowers_the_ceiling_with_the_maps(tmp_path):
     smoothed = bench.score_draw(members, consensus, fwhm_mm=2.0)
     assert smoothed["ceiling"] < sharp["ceiling"]
     assert smoothed["enrichment_per_year"] < sharp["enrichment_per_year"]
+
+
+def test_bmi_residual_gives_the_coefficient_of_a_fit_on_age_and_bmi():
+    rng = np.random.default_rng(3)
+    bmi = rng.uniform(25, 30, 8)
+    age = 60 + 2 * (bmi - 27) + rng.normal(0, 3, 8)
+    y = rng.normal(0, 1, 8)
+    design = np.column_stack([np.ones(8), age, bmi])
+    coefficient = np.linalg.lstsq(design, y, rcond=None)[0][1]
+    residual = bench.bmi_residual(age, bmi)
+    assert np.polyfit(residual, y, 1)[0] == pytest.approx(coefficient)
+    assert residual.mean() == pytest.approx(age.mean())
+
+
+def test_evidence_that_follows_bmi_cancels_at_fixed_bmi(tmp_path):
+    """The age region rises with the prediction; the muscle follows BMI, which the predictions
+    follow too: it enters the per-year map, and leaves it when BMI is held fixed."""
+    rng = np.random.default_rng(4)
+    consensus = np.full((4, 4, 4), 2, np.uint8)  # muscle
+    consensus[:2] = bench.AGE_LABELS[0]
+    age_region = consensus == bench.AGE_LABELS[0]
+    members = []
+    for i in range(12):
+        bmi, own = rng.uniform(25, 30), rng.normal(0, 5)
+        predicted = 60 + 3 * (bmi - 27.5) + own
+        data = np.where(age_region, own, bmi - 27.5).astype(np.float32)
+        path = tmp_path / f"{i}.nii.gz"
+        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+        members.append(
+            {
+                "map": str(path),
+                "predicted": predicted,
+                "age": predicted,
+                "bmi": bmi,
+                "ceiling": age_region.astype(float),
+            }
+        )
+    plain = bench.score_draw(members, consensus)
+    fixed = bench.score_draw(members, consensus, adjust_bmi=True)
+    assert plain["per_year"] < 0.9
+    assert fixed["per_year"] == pytest.approx(1.0, abs=0.01)

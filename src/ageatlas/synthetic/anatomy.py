@@ -31,7 +31,7 @@ from ageatlas.synthetic.participants import SyntheticParticipant
 # clipped to anatomical limits), times the cohort's ``age_effect_scale``: at 3,
 # a small model trained for minutes on 2 CPU cores at 17-24 mm voxels learns
 # them well enough for its Grad-CAM maps to be checked against where age was
-# planted (tests/test_interpretability.py).
+# planted (tests/explain/test_interpretability.py).
 # --------------------------------------------------------------------------
 AGE_REFERENCE = 60.0
 #: Share of the disc compartment height filled by disc tissue (the rest is endplate).
