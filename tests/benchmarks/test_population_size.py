@@ -14,25 +14,42 @@ def test_draws_are_distinct_members_or_everyone():
     assert all(len(set(d)) == 3 and d.max() < 10 for d in subsets)
 
 
+def two_regions() -> tuple[np.ndarray, np.ndarray]:
+    """Consensus labels of a 4 x 4 x 4 body, half an age region and half muscle, and the age
+    region's mask."""
+    consensus = np.full((4, 4, 4), 2, np.uint8)  # muscle
+    consensus[:2] = bench.AGE_LABELS[0]
+    return consensus, consensus == bench.AGE_LABELS[0]
+
+
+def member(tmp_path, i: int, data, predicted: float, age_region, **more) -> dict:
+    """Member ``i`` of a draw: its map written to ``tmp_path``, the age mask its ceiling, the
+    prediction its age."""
+    path = tmp_path / f"{i}.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), np.eye(4)), path)
+    return {
+        "map": str(path),
+        "predicted": predicted,
+        "age": predicted,
+        "ceiling": age_region.astype(float),
+        **more,
+    }
+
+
 def members_on(tmp_path, n: int, rng) -> tuple[list[dict], np.ndarray]:
     """n maps whose age region rises 1 per year of predicted age and whose other half is noise
     that does not; the ceiling is the age mask itself."""
-    consensus = np.full((4, 4, 4), 2, np.uint8)  # muscle
-    consensus[:2] = bench.AGE_LABELS[0]
-    age = consensus == bench.AGE_LABELS[0]
-    members = []
-    for i, predicted in enumerate(rng.uniform(45, 80, n)):
-        data = np.where(age, predicted - 60.0, rng.normal(0, 3, age.shape)).astype(np.float32)
-        path = tmp_path / f"{i}.nii.gz"
-        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-        members.append(
-            {
-                "map": str(path),
-                "predicted": predicted,
-                "age": predicted,
-                "ceiling": age.astype(float),
-            }
+    consensus, age = two_regions()
+    members = [
+        member(
+            tmp_path,
+            i,
+            np.where(age, predicted - 60.0, rng.normal(0, 3, age.shape)),
+            predicted,
+            age,
         )
+        for i, predicted in enumerate(rng.uniform(45, 80, n))
+    ]
     return members, consensus
 
 
@@ -81,25 +98,13 @@ def test_evidence_that_follows_bmi_cancels_at_fixed_bmi(tmp_path):
     """The age region rises with the prediction; the muscle follows BMI, which the predictions
     follow too: it enters the per-year map, and leaves it when BMI is held fixed."""
     rng = np.random.default_rng(4)
-    consensus = np.full((4, 4, 4), 2, np.uint8)  # muscle
-    consensus[:2] = bench.AGE_LABELS[0]
-    age_region = consensus == bench.AGE_LABELS[0]
+    consensus, age_region = two_regions()
     members = []
     for i in range(12):
         bmi, own = rng.uniform(25, 30), rng.normal(0, 5)
         predicted = 60 + 3 * (bmi - 27.5) + own
-        data = np.where(age_region, own, bmi - 27.5).astype(np.float32)
-        path = tmp_path / f"{i}.nii.gz"
-        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-        members.append(
-            {
-                "map": str(path),
-                "predicted": predicted,
-                "age": predicted,
-                "bmi": bmi,
-                "ceiling": age_region.astype(float),
-            }
-        )
+        data = np.where(age_region, own, bmi - 27.5)
+        members.append(member(tmp_path, i, data, predicted, age_region, bmi=bmi))
     plain = bench.score_draw(members, consensus)
     fixed = bench.score_draw(members, consensus, adjust_bmi=True)
     assert plain["per_year"] < 0.9
