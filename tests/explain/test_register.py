@@ -361,6 +361,33 @@ def test_affine_level_is_checked():
     assert RegistrationSettings(levels=3, finest_level=1, affine_level=0).affine_fit_level == 0
 
 
+def test_pyramid_axes_keep_the_slice_axis(pair, monkeypatch):
+    # With pyramid_axes (x, y) a coarser level halves x and y only: the 48 slices stay.
+    seen = []
+    fit_affine = reg._fit_affine
+
+    def recording(moving, fixed, settings):
+        seen.append(tuple(int(n) for n in fixed.grid().size()))
+        return fit_affine(moving, fixed, settings)
+
+    monkeypatch.setattr(reg, "_fit_affine", recording)
+    settings = RegistrationSettings(
+        affine_iterations=5, levels=2, finest_level=1, max_steps=2, pyramid_axes=("x", "y")
+    )
+    result = register(pair["moving"], pair["fixed"], settings)
+    assert seen == [(17, 17, 48)]
+    assert result.metrics["levels"][1]["voxel_mm"][2] == pytest.approx(
+        float(pair["fixed"].header.get_zooms()[2])
+    )
+    assert result.warp(pair["moving_labels"], order=0).shape == pair["fixed"].shape
+
+
+@pytest.mark.parametrize("axes", [(), ("x", "x"), ("x", "w")])
+def test_pyramid_axes_are_checked(axes):
+    with pytest.raises(ValueError, match="pyramid_axes must be distinct axes"):
+        RegistrationSettings(pyramid_axes=axes)
+
+
 def test_displacement_of_a_pure_shift_is_the_shift(pair):
     fixed = pair["fixed"]
     shifted_affine = fixed.affine.copy()

@@ -270,7 +270,7 @@ def _fit_deformable(
 
 
 def _pyramid(image: Image, settings: RegistrationSettings, name: str) -> dict:
-    levels = image.pyramid(settings.levels)
+    levels = image.pyramid(settings.levels, dims=list(settings.pyramid_axes))
     size = tuple(int(n) for n in levels[max(levels)].grid().size())
     if min(size) < MIN_LEVEL_SIZE:
         raise ValueError(
