@@ -332,12 +332,8 @@ def test_finest_level_fits_at_half_resolution_and_warps_full_grid(pair):
         register(pair["moving"], pair["fixed"], RegistrationSettings(levels=2, finest_level=2))
 
 
-# deepali resamples a 2-level pyramid of 32 x 32 x 48 so that level 1 subdivides into
-# level 0: 33 x 33 x 49 and 17 x 17 x 25.
-@pytest.mark.parametrize("affine_level, fitted", [(None, (17, 17, 25)), (0, (33, 33, 49))])
-def test_affine_fits_at_affine_level(pair, monkeypatch, affine_level, fitted):
-    # The affine fit runs at affine_level (by default finest_level) whatever level the
-    # deformable fit stops at.
+def _record_affine_grids(monkeypatch) -> list:
+    """The grid size (x, y, z) of every level the affine is fitted on, as register runs."""
     seen = []
     fit_affine = reg._fit_affine
 
@@ -346,6 +342,16 @@ def test_affine_fits_at_affine_level(pair, monkeypatch, affine_level, fitted):
         return fit_affine(moving, fixed, settings)
 
     monkeypatch.setattr(reg, "_fit_affine", recording)
+    return seen
+
+
+# deepali resamples a 2-level pyramid of 32 x 32 x 48 so that level 1 subdivides into
+# level 0: 33 x 33 x 49 and 17 x 17 x 25.
+@pytest.mark.parametrize("affine_level, fitted", [(None, (17, 17, 25)), (0, (33, 33, 49))])
+def test_affine_fits_at_affine_level(pair, monkeypatch, affine_level, fitted):
+    # The affine fit runs at affine_level (by default finest_level) whatever level the
+    # deformable fit stops at.
+    seen = _record_affine_grids(monkeypatch)
     settings = RegistrationSettings(
         affine_iterations=5, levels=2, finest_level=1, affine_level=affine_level, max_steps=2
     )
@@ -363,14 +369,7 @@ def test_affine_level_is_checked():
 
 def test_pyramid_axes_keep_the_slice_axis(pair, monkeypatch):
     # With pyramid_axes (x, y) a coarser level halves x and y only: the 48 slices stay.
-    seen = []
-    fit_affine = reg._fit_affine
-
-    def recording(moving, fixed, settings):
-        seen.append(tuple(int(n) for n in fixed.grid().size()))
-        return fit_affine(moving, fixed, settings)
-
-    monkeypatch.setattr(reg, "_fit_affine", recording)
+    seen = _record_affine_grids(monkeypatch)
     settings = RegistrationSettings(
         affine_iterations=5, levels=2, finest_level=1, max_steps=2, pyramid_axes=("x", "y")
     )
