@@ -1,4 +1,7 @@
-"""Tests for ageatlas.explain.register on small synthetic blob volumes."""
+"""Tests for ageatlas.explain.register on small SYNTHETIC blob volumes (registration_phantom).
+
+The settings' own checks: test_registration_settings.py; batch registration and devices:
+test_registration_jobs.py."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from deepali import spatial
+from registration_phantom import FAST, SHAPE, grid_affine, world_points
 
 from ageatlas.explain import register as reg
 from ageatlas.explain.register import (
@@ -25,59 +29,7 @@ from ageatlas.explain.register import (
     register_files,
     save_outcome,
 )
-from ageatlas.explain.registration_settings import (
-    RegistrationSettings,
-    lncc_kernel_for,
-    settings_from_config,
-    stride_for,
-)
-
-SHAPE = (32, 32, 48)
-SPACING = (2.232, 2.232, 3.0)
-FAST = RegistrationSettings(
-    affine_iterations=40, affine_lr=0.05, levels=2, deformable_lr=1e-2, max_steps=20
-)
-
-
-def _affine(origin) -> np.ndarray:
-    # Non-identity orientation (flipped first axis) with anisotropic spacing.
-    affine = np.diag([-SPACING[0], SPACING[1], SPACING[2], 1.0])
-    affine[:3, 3] = origin
-    return affine
-
-
-def _world(affine: np.ndarray) -> np.ndarray:
-    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij"), axis=-1)
-    return ijk @ affine[:3, :3].T + affine[:3, 3]
-
-
-def _phantom(points: np.ndarray):
-    """Soft ellipsoid body with an off-centre inner organ; labels 0/1/2."""
-    body = ((points / np.array([22.0, 20.0, 45.0])) ** 2).sum(-1)
-    organ = (((points - np.array([6.0, -4.0, 10.0])) / np.array([8.0, 7.0, 14.0])) ** 2).sum(-1)
-    image = 1 / (1 + np.exp((body - 1) * 8)) + 0.8 / (1 + np.exp((organ - 1) * 6))
-    labels = (body < 1).astype(np.int16) + ((organ < 1) & (body < 1))
-    return image.astype(np.float32), labels.astype(np.int16)
-
-
-def _moving_points(points: np.ndarray) -> np.ndarray:
-    """Fixed-space location of each moving-image point: scale, shift, bend."""
-    shifted = (points - np.array([5.0, -4.0, 8.0])) / 1.12
-    bend = 3.0 * np.sin(points[..., 2:3] / 15.0) * np.array([1.0, 0.0, 0.0])
-    return shifted + bend
-
-
-@pytest.fixture(scope="module")
-def pair():
-    fixed_affine, moving_affine = _affine([35.0, -30.0, -70.0]), _affine([38.0, -33.0, -66.0])
-    fixed_img, fixed_lab = _phantom(_world(fixed_affine))
-    moving_img, moving_lab = _phantom(_moving_points(_world(moving_affine)))
-    return {
-        "fixed": nib.Nifti1Image(fixed_img, fixed_affine),
-        "moving": nib.Nifti1Image(moving_img * 500.0, moving_affine),
-        "fixed_labels": fixed_lab,
-        "moving_labels": nib.Nifti1Image(moving_lab, moving_affine),
-    }
+from ageatlas.explain.registration_settings import RegistrationSettings, stride_for
 
 
 @pytest.fixture(scope="module")
@@ -91,38 +43,6 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
             [2 * ((a == k) & (b == k)).sum() / ((a == k).sum() + (b == k).sum()) for k in (1, 2)]
         )
     )
-
-
-def test_defaults_match_method_notes():
-    s = RegistrationSettings()
-    assert (s.affine_iterations, s.affine_lr, s.levels, s.finest_level) == (200, 0.01, 3, 0)
-    assert (s.bending_weight, s.deformable_lr, s.max_steps) == (0.01, 1e-3, 1000)
-    assert (s.scaling_squaring_steps, s.clip) == (5, 0.6)
-    # In millimetres, they are the authors' voxel choices at UK Biobank's full grid.
-    ukbb = (2.232, 2.232, 3.0)
-    assert s.stride_for(ukbb) == (4, 4, 8)
-    assert s.lncc_kernel_for(ukbb) == (7, 7, 7)
-
-
-def test_control_point_spacing_to_stride():
-    assert stride_for((8.928, 8.928, 24.0), (2.232, 2.232, 3.0)) == (4, 4, 8)
-    # The demo grid at half resolution (level 1): the old stride (4, 4, 8) was 71 x 71 x 192 mm.
-    assert stride_for((36.0, 36.0, 48.0), (17.86, 17.86, 24.0)) == (2, 2, 2)
-    assert stride_for((9.0, 9.0, 24.0), (17.86, 17.86, 24.0)) == (1, 1, 1)  # at least 1
-    assert stride_for((30.0, 30.0, 30.0), (8.0, 12.0, 20.0)) == (4, 2, 2)  # nearest
-
-
-def test_lncc_window_to_odd_kernel_per_level():
-    window = (15.624, 15.624, 21.0)
-    assert lncc_kernel_for(window, (2.232, 2.232, 3.0)) == (7, 7, 7)
-    assert lncc_kernel_for(window, (4.464, 4.464, 6.0)) == (3, 3, 3)  # 3.5 voxels -> 3
-    assert lncc_kernel_for(window, (8.928, 8.928, 12.0)) == (3, 3, 3)  # at least 3
-    assert lncc_kernel_for((40.0, 40.0, 40.0), (8.0, 6.0, 4.0)) == (5, 7, 11)
-    assert all(k % 2 == 1 for k in lncc_kernel_for((30.0,) * 3, (4.0, 5.0, 6.0)))
-    # never wider than the grid
-    assert RegistrationSettings(lncc_window_mm=(80.0,) * 3).lncc_kernel_for(
-        (2.0,) * 3, (9, 8, 50)
-    ) == (9, 7, 41)
 
 
 def test_level_plan_doubles_spacing_per_coarser_level(pair):
@@ -140,21 +60,6 @@ def test_level_plan_doubles_spacing_per_coarser_level(pair):
         assert a == pytest.approx(2 * b, rel=0.1)
 
 
-def test_settings_validation_errors():
-    with pytest.raises(ValueError, match="finest_level must be in"):
-        RegistrationSettings(levels=2, finest_level=2)
-    with pytest.raises(ValueError, match="levels must be at least 1"):
-        RegistrationSettings(levels=0)
-    with pytest.raises(ValueError, match="control_point_spacing_mm must be 3 positive"):
-        RegistrationSettings(control_point_spacing_mm=(9.0, 0.0, 24.0))
-    with pytest.raises(ValueError, match="lncc_window_mm must be 3 positive"):
-        RegistrationSettings(lncc_window_mm=(15.0, 15.0))
-    with pytest.raises(ValueError, match="not both"):
-        settings_from_config({"stride": [4, 4, 8], "control_point_spacing_mm": [9, 9, 24]})
-    with pytest.raises(ValueError, match="not both"):
-        settings_from_config({"lncc_kernel": 3, "lncc_window_mm": [15, 15, 21]})
-
-
 def test_too_many_levels_is_a_clear_error(pair):
     # 32 x 32 x 48 voxels: the 5th level would be 2-3 voxels wide.
     with pytest.raises(ValueError, match="too many for the fixed image"):
@@ -168,7 +73,7 @@ def test_normalise_clips_and_rescales():
 
 
 def test_grid_keeps_world_geometry():
-    affine = _affine([35.0, -30.0, -70.0])
+    affine = grid_affine([35.0, -30.0, -70.0])
     grid = grid_from_nifti(affine, SHAPE)
     index = np.array([[3.0, 5.0, 7.0]])
     world_lps = grid.index_to_world(index).numpy()
@@ -297,14 +202,9 @@ def test_trace_records_every_step_of_every_level(pair):
     assert all(similarity < 1 and bending >= 0 for similarity, bending in trace[0])
 
 
-def test_warmup_steps_is_checked():
-    with pytest.raises(ValueError, match="warmup_steps"):
-        RegistrationSettings(warmup_steps=-1)
-
-
 def test_folding_share_detects_folds():
     # A plain FFD with large random coefficients folds; a zero one does not.
-    grid = grid_from_nifti(_affine([0.0, 0.0, 0.0]), SHAPE)
+    grid = grid_from_nifti(grid_affine([0.0, 0.0, 0.0]), SHAPE)
     ffd = spatial.FreeFormDeformation(grid, stride=(4, 4, 8))
     assert folding_share(ffd) == 0
     torch.manual_seed(0)
@@ -360,13 +260,6 @@ def test_affine_fits_at_affine_level(pair, monkeypatch, affine_level, fitted):
     assert result.warp(pair["moving_labels"], order=0).shape == pair["fixed"].shape
 
 
-def test_affine_level_is_checked():
-    with pytest.raises(ValueError, match="affine_level must be in"):
-        RegistrationSettings(levels=2, affine_level=2)
-    assert RegistrationSettings(levels=3, finest_level=1).affine_fit_level == 1
-    assert RegistrationSettings(levels=3, finest_level=1, affine_level=0).affine_fit_level == 0
-
-
 def test_pyramid_axes_keep_the_slice_axis(pair, monkeypatch):
     # With pyramid_axes (x, y) a coarser level halves x and y only: the 48 slices stay.
     seen = _record_affine_grids(monkeypatch)
@@ -379,12 +272,6 @@ def test_pyramid_axes_keep_the_slice_axis(pair, monkeypatch):
         float(pair["fixed"].header.get_zooms()[2])
     )
     assert result.warp(pair["moving_labels"], order=0).shape == pair["fixed"].shape
-
-
-@pytest.mark.parametrize("axes", [(), ("x", "x"), ("x", "w")])
-def test_pyramid_axes_are_checked(axes):
-    with pytest.raises(ValueError, match="pyramid_axes must be distinct axes"):
-        RegistrationSettings(pyramid_axes=axes)
 
 
 def test_displacement_of_a_pure_shift_is_the_shift(pair):
@@ -433,27 +320,6 @@ def test_outcome_round_trip(tmp_path, pair, result):
     np.testing.assert_allclose(
         loaded.warp(pair["moving"]).get_fdata(), result.warp(pair["moving"]).get_fdata(), atol=1e-5
     )
-
-
-def test_settings_from_config_ignores_other_keys():
-    settings = settings_from_config(
-        {
-            "control_point_spacing_mm": [18, 18, 24],
-            "lncc_window_mm": [20, 20, 20],
-            "levels": 2,
-            "max_folding_share": 0.1,
-            "gpus": 1,
-        }
-    )
-    assert settings.control_point_spacing_mm == (18.0, 18.0, 24.0) and settings.levels == 2
-    assert settings.lncc_window_mm == (20.0, 20.0, 20.0) and settings.stride is None
-
-
-def test_voxel_settings_still_read_and_win():
-    settings = settings_from_config({"stride": [2, 2, 4], "lncc_kernel": 3, "levels": 2})
-    assert settings.stride == (2, 2, 4) and settings.levels == 2
-    assert settings.stride_for((1.0, 1.0, 1.0)) == (2, 2, 4)
-    assert settings.lncc_kernel_for((1.0, 1.0, 1.0)) == (3, 3, 3)
 
 
 def test_coverage_marks_outside_the_field_of_view_nan(pair):
@@ -509,122 +375,6 @@ def test_old_transform_state_loads_with_voxel_settings(tmp_path, pair, result):
     assert loaded.settings.stride == (4, 4, 8) and loaded.settings.lncc_kernel == 7
 
 
-# Few steps: these tests are about who registers what where, not about how well.
-QUICK = RegistrationSettings(
-    affine_iterations=10, affine_lr=0.05, levels=2, deformable_lr=1e-2, max_steps=4
-)
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-@pytest.fixture
-def files(tmp_path, pair):
-    paths = {name: tmp_path / f"{name}.nii.gz" for name in ("fixed", "moving")}
-    for name, path in paths.items():
-        nib.save(pair[name], path)
-    paths["broken"] = tmp_path / "broken.nii.gz"
-    paths["broken"].write_bytes(b"not a nifti")
-    return paths
-
-
-def test_register_many_prepares_the_atlas_once_and_registers_as_register_files(files, monkeypatch):
-    prepared = []
-    real = reg.prepare_fixed
-    monkeypatch.setattr(reg, "prepare_fixed", lambda *a, **k: prepared.append(1) or real(*a, **k))
-    done = list(
-        reg.register_many(
-            [files["broken"], files["moving"]],
-            files["fixed"],
-            QUICK,
-            max_folding_share=1.0,
-            device="cpu",
-        )
-    )
-    assert len(prepared) == 1 and len(done) == 2
-    assert [record["status"] for _, record in done] == ["failed", "ok"]
-    assert done[0][0] is None and "broken.nii.gz" in done[0][1]["reasons"][0]
-    alone, record = register_files(
-        files["moving"], files["fixed"], QUICK, max_folding_share=1.0, device="cpu"
-    )
-    registration, many = done[1]
-    for stage in ("before", "affine", "deformable"):
-        assert many[stage]["ncc"] == pytest.approx(record[stage]["ncc"], rel=1e-6)
-    assert many["deformable"]["ncc"] > many["before"]["ncc"]
-    assert registration.device == torch.device("cpu")
-
-
-def test_register_many_raises_for_an_unreadable_atlas_before_any_participant(files):
-    with pytest.raises(Exception, match="broken.nii.gz"):
-        reg.register_many([files["moving"]], files["broken"], QUICK, max_folding_share=1.0)
-    # One participant's job keeps its old contract: a failed record.
-    registration, record = register_files(
-        files["moving"], files["broken"], QUICK, max_folding_share=1.0
-    )
-    assert registration is None and record["status"] == "failed"
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_a_transform_fitted_on_a_device_is_saved_on_the_cpu_and_warps_anywhere(
-    tmp_path, files, pair, device
-):
-    ((registration, record),) = reg.register_many(
-        [files["moving"]], files["fixed"], QUICK, max_folding_share=1.0, device=device
-    )
-    assert registration.device.type == device
-    on_device = registration.warp(pair["moving"])
-    save_outcome(registration, record, tmp_path / "t.pt", tmp_path / "t.json")
-    state = torch.load(tmp_path / "t.pt", weights_only=True)
-    assert all(v.device.type == "cpu" for v in state["affine"].values())
-    assert state["svffd"]["params"].device.type == "cpu"
-    loaded = load_outcome(tmp_path / "t.pt")
-    assert loaded.device == torch.device("cpu")
-    np.testing.assert_allclose(
-        loaded.warp(pair["moving"]).get_fdata(), on_device.get_fdata(), atol=1e-4
-    )
-    # warp(device=...) moves the loaded transform there, as the warp rule on a GPU node would
-    moved = loaded.warp(pair["moving"], device=device)
-    assert loaded.device.type == device
-    np.testing.assert_allclose(moved.get_fdata(), on_device.get_fdata(), atol=1e-4)
-    # An affine-only transform on the device (no buffers to tell where it is) still displaces.
-    affine_only = Registration(
-        registration.fixed_grid, registration.moving_grid, loaded.affine, None, QUICK
-    )
-    assert affine_only.displacement_mm().shape == pair["fixed"].shape[::-1] + (3,)
-
-
-def test_batch_registration_prepares_the_atlas_once_per_job(files, tmp_path, monkeypatch):
-    """The register batch rule's work (explain.registration_jobs): participants in turn in one
-    process share the prepared atlas; each gets its transform and record."""
-    from ageatlas.explain import registration_jobs
-
-    registration_jobs._prepared_atlas.cache_clear()
-    prepared = []
-    real = reg.prepare_fixed
-    monkeypatch.setattr(reg, "prepare_fixed", lambda *a, **k: prepared.append(1) or real(*a, **k))
-    section = {
-        "affine_iterations": 10,
-        "levels": 2,
-        "finest_level": 0,
-        "max_steps": 4,
-        "max_folding_share": 1.0,
-    }
-    statuses = []
-    for eid, moving in (("1", files["moving"]), ("2", files["broken"])):
-        info = registration_jobs.register_to_atlas(
-            eid=eid,
-            group="F_healthy",
-            images=[str(moving)],
-            atlas=[str(files["fixed"])],
-            transform_out=str(tmp_path / f"{eid}.pt"),
-            record_out=str(tmp_path / f"{eid}.json"),
-            section=section,
-            built_atlas=False,
-        )
-        statuses.append(info["status"])
-    assert len(prepared) == 1
-    assert statuses == ["ok", "failed"]  # a broken image is a failed record, not an exception
-    assert (tmp_path / "1.pt").exists() and (tmp_path / "2.json").exists()
-
-
 def _two_contrasts(points: np.ndarray, organ_shift_mm) -> tuple:
     """Water: the body alone, uniform inside; fat: an inner organ alone (it cannot be seen in
     water), shifted within the body by ``organ_shift_mm``; and the organ's mask."""
@@ -639,8 +389,8 @@ def _two_contrasts(points: np.ndarray, organ_shift_mm) -> tuple:
 def test_a_second_channel_aligns_what_the_first_cannot_see():
     """An organ that moved inside the body is visible only in the fat image: registering water
     alone leaves it where it was, water + fat brings it onto the fixed organ."""
-    affine = _affine([35.0, -30.0, -70.0])
-    points = _world(affine)
+    affine = grid_affine([35.0, -30.0, -70.0])
+    points = world_points(affine)
     fixed = [nib.Nifti1Image(a, affine) for a in _two_contrasts(points, (0, 0, 0))[:2]]
     *moving, organ = _two_contrasts(points, (0.0, 0.0, 12.0))
     moving = [nib.Nifti1Image(a * 300.0, affine) for a in moving]
