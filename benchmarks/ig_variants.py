@@ -16,9 +16,11 @@ ceiling (the planted mask at the model input's resolution, warped alike).
   smoothgrad:S  captum's NoiseTunnel: the mean of 6 maps of the volume plus
                 N(0, S) noise (input units: the cache is z-scored)
   smoothed:S    the base map smoothed (signed) by a Gaussian of S input voxels
+  shifted:KxS   the mean over K^3 shifts of the input with S steps each
+                (``gradcam.shifts``: K, ``steps``: S)
 
     PYTHONPATH=src .venv/bin/python benchmarks/ig_variants.py --results results/demo \
-        --variants base highpass:0.6 smoothed:0.6 smoothgrad:0.2 \
+        --variants base highpass:0.6 smoothed:0.6 smoothgrad:0.2 shifted:2x4 \
         --save benchmarks/records/ig_variants_demo.json
 """
 
@@ -61,6 +63,17 @@ NOISE_SAMPLES = 6
 def variant_map(model, volume, reference, variant: str, steps: int) -> np.ndarray:
     """One variant's map on the input grid (signed, channels summed)."""
     name, _, value = variant.partition(":")
+    if name == "shifted":
+        shifts, _, shift_steps = value.partition("x")
+        return attribute_against_reference(
+            model,
+            volume,
+            reference,
+            "integrated_gradients",
+            steps=int(shift_steps or steps),
+            batch=int(shift_steps or steps),
+            shifts=int(shifts),
+        )[0].numpy()
     sigma = float(value or 0)
     if name == "highpass":
         own = volume[0, 0].numpy()

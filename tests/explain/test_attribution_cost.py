@@ -22,6 +22,13 @@ def test_integrated_gradients_cost_a_forward_pass_and_a_layer_map_per_step():
     assert relative_cost(section("integrated_gradients", steps=64), FULL_INPUT) > 55
 
 
+def test_shifted_integrated_gradients_cost_their_steps_for_every_shift():
+    shifted = dict(section("integrated_gradients", steps=4), shifts=2)  # 8 shifts x 4 steps
+    assert relative_cost(shifted, FULL_INPUT) == pytest.approx(
+        relative_cost(section("integrated_gradients"), FULL_INPUT)
+    )
+
+
 def test_occlusion_costs_a_forward_pass_per_block():
     full = relative_cost(section("occlusion"), FULL_INPUT)
     assert full == pytest.approx(56 * 43 * 92 * 51.3 / 4 / 110.5, rel=1e-6)

@@ -13,7 +13,11 @@ from torch import nn
 from ageatlas.age.model import build_model
 from ageatlas.age.train_config import TrainConfig
 from ageatlas.explain.gradcam import cam_for_participant
-from ageatlas.explain.reference_attribution import attribute_against_reference, mean_volume
+from ageatlas.explain.reference_attribution import (
+    attribute_against_reference,
+    mean_volume,
+    shift_offsets,
+)
 
 SHAPE = (8, 16, 16)
 
@@ -53,6 +57,68 @@ def test_only_the_region_the_model_reads_is_attributed(method):
     inside[4:8, 8:12, 0:4] = True
     assert predicted == pytest.approx(50 + 2 * 64) and above == pytest.approx(128)
     assert torch.all(attribution[~inside] == 0) and torch.all(attribution[inside] > 0)
+
+
+class _StrideGrid(nn.Module):
+    """A linear model whose weight is 1 plus a +-1 checkerboard: the pattern a stride-2 grid
+    leaves in gradients, on top of a uniform dependence on every voxel."""
+
+    def __init__(self, shape):
+        super().__init__()
+        index = np.indices(shape).sum(axis=0)
+        self.register_buffer("weight", torch.from_numpy(1.0 + (-1.0) ** index).float())
+
+    def forward(self, x):
+        return (x[:, 0] * self.weight).sum(dim=(1, 2, 3))
+
+
+def test_shift_averaging_removes_the_stride_grid_pattern_and_keeps_the_evidence():
+    torch.manual_seed(0)
+    volume, reference = torch.randn(1, 1, *SHAPE), torch.zeros(1, 1, *SHAPE)
+    model = _StrideGrid(SHAPE)
+    one, _, _ = attribute_against_reference(
+        model, volume, reference, "integrated_gradients", steps=4
+    )
+    averaged, predicted, _ = attribute_against_reference(
+        model, volume, reference, "integrated_gradients", steps=4, shifts=2
+    )
+    # One map: (volume - reference) x weight, the checkerboard in it (0 or 2 a voxel).
+    torch.testing.assert_close(one, volume[0, 0] * model.weight, rtol=1e-4, atol=1e-5)
+    # Over the 8 offsets of {0, 1}^3 each voxel meets both signs of the grid equally often:
+    # what is left is the uniform dependence, on the voxel that carries it.
+    torch.testing.assert_close(averaged, volume[0, 0], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        assert predicted == pytest.approx(float(model(volume)[0]), rel=1e-5)  # unshifted
+    assert len(shift_offsets(2)) == 8 and shift_offsets(1) == [(0, 0, 0)]
+
+
+def test_shift_averaging_keeps_a_region_where_it_is():
+    volume = torch.ones(1, 1, *SHAPE)
+    attribution, _, _ = attribute_against_reference(
+        _Region(), volume, torch.zeros_like(volume), "integrated_gradients", shifts=2
+    )
+    inside = torch.zeros(SHAPE, dtype=torch.bool)
+    inside[4:8, 8:12, 0:4] = True
+    # Shifted inputs move the block under the fixed region the model reads; shifted back,
+    # the attributions stay within one voxel of it and keep the total.
+    near = torch.zeros(SHAPE, dtype=torch.bool)
+    near[3:8, 7:12, 0:4] = True
+    near[3:8, 7:12, 15] = True  # circular: offset 1 along the last axis wraps voxel 15 in
+    assert torch.all(attribution[~near] == 0) and float(attribution[inside].min()) > 0
+    assert float(attribution.sum()) == pytest.approx(128, rel=1e-4)
+
+
+def test_shifts_are_for_integrated_gradients():
+    volume = torch.ones(1, 1, *SHAPE)
+    with pytest.raises(ValueError, match="shifts"):
+        attribute_against_reference(_Region(), volume, volume * 0, "occlusion", shifts=2)
+    with pytest.raises(ValueError, match="shifts"):
+        attribute_against_reference(_Region(), volume, volume * 0, "integrated_gradients", shifts=0)
+    # A layer method's map is not shift-averaged: the config is refused, before any file is read.
+    with pytest.raises(ValueError, match="shifts apply to integrated_gradients"):
+        cam_for_participant(
+            "no.pt", "no.npy", "no.nii.gz", "out.nii.gz", method="hirescam", shifts=2
+        )
 
 
 def test_shapes_and_method_are_checked():

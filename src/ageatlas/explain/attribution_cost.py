@@ -4,7 +4,8 @@ gradcam rule's jobs.
 The rule's per-participant minutes (workflow/resources/batch_requests.yaml) are
 measured for the layer methods (Grad-CAM, HiResCAM: one forward and one
 backward pass). Integrated gradients run one forward pass of the volume and
-its reference, then a forward and backward pass per step; occlusion one
+its reference, then a forward and backward pass per step (per step and shift
+with ``shifts``); occlusion one
 forward pass per block. Figures at the full UK Biobank grid on 2 CPU cores
 (docs/measurements.md, "Attribution time at the full grid"); a GPU is
 assumed to keep the same ratios. Plain arithmetic, no torch: the workflow
@@ -33,7 +34,8 @@ def relative_cost(section: Mapping, input_shape: Sequence[int]) -> float:
     method's map, on a model input of ``input_shape`` voxels (occlusion's blocks)."""
     method = section["method"]
     if method == "integrated_gradients":
-        return (IG_FORWARD_SECONDS + IG_STEP_SECONDS * section["steps"]) / LAYER_SECONDS
+        steps = section["steps"] * section.get("shifts", 1) ** len(input_shape)
+        return (IG_FORWARD_SECONDS + IG_STEP_SECONDS * steps) / LAYER_SECONDS
     if method == "occlusion":
         blocks = math.prod(max(1, n // section["block"]) for n in input_shape)
         return blocks * OCCLUSION_SECONDS_PER_BLOCK / LAYER_SECONDS

@@ -252,6 +252,7 @@ def cam_for_participant(
     atlas=None,
     steps: int = 32,
     block: int = 4,
+    shifts: int = 1,
 ) -> dict:
     """One participant's attribution map of its cached input, saved on the stitched grid with its
     true affine.
@@ -260,7 +261,8 @@ def cam_for_participant(
     or an input-level one with a reference (:mod:`reference_attribution`):
     ``reference_path``, a volume on the cache grid such as the mean training
     volume, or ``atlas``, (group atlas, the participant's registration to it)
-    paths, the atlas brought into the participant's body.
+    paths, the atlas brought into the participant's body; integrated gradients are
+    averaged over ``shifts``^3 shifts of the input (``reference_attribution.shift_averaged``).
     The cache may be the stitched volume block-averaged by an integer factor
     (preprocess.downsample); the factor is inferred from the two shapes unless
     given. Returns {"predicted_age", "seconds", "device", ...}.
@@ -272,6 +274,8 @@ def cam_for_participant(
         raise ValueError(f"layer_name must be one of {LAYERS}, not {layer_name!r}")
     if method not in CAM_METHODS + reference_attribution.INPUT_METHODS:
         raise ValueError(f"unknown attribution method {method!r}")
+    if shifts != 1 and method != "integrated_gradients":
+        raise ValueError(f"shifts apply to integrated_gradients, not {method!r}; got {shifts}")
     # Header only: check the grids before the costly part.
     participant = read_participant(cache_path, water_nifti_path, downsample_factor)
     cached = participant.cached
@@ -301,7 +305,13 @@ def cam_for_participant(
         )
         attribution, predicted_age, above_reference = (
             reference_attribution.attribute_against_reference(
-                model, volume.to(device), reference.to(device), method, steps=steps, block=block
+                model,
+                volume.to(device),
+                reference.to(device),
+                method,
+                steps=steps,
+                block=block,
+                shifts=shifts,
             )
         )
         cam = (scale_map(attribution, signed=True) if normalise else attribution).numpy()

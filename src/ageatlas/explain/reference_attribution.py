@@ -12,6 +12,16 @@
   independent check the layer methods are compared with
   (benchmarks/attribution.py).
 
+Integrated gradients may be averaged over shifts of the input (``shifts``):
+the network's strided convolutions make its gradients depend on where a
+structure falls on their stride grid, so one map carries a pattern of that
+grid (voxels of both signs side by side) on top of the evidence. The map of
+the volume and reference shifted together by each offset in {0, ..., shifts
+- 1} voxels per axis, shifted back, and averaged keeps what does not depend
+on the grid (:func:`shift_averaged`). Shifts are circular: what leaves one
+face enters at the other, at the demo's sizes background or one slice of
+neck or knee.
+
 The reference (``gradcam.reference``) is the mean training volume by default
 (``mean_volume``; the workflow writes it once per model, rule
 ``reference_volume``, on the cache grid), or, with ``group_atlas``, each
@@ -25,6 +35,7 @@ body differently. Both maps are signed, at the input's own resolution.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -51,16 +62,20 @@ def attribute_against_reference(
     steps: int = 32,
     block: int = 4,
     batch: int | None = None,
+    shifts: int = 1,
 ) -> tuple[torch.Tensor, float, float]:
     """(map at the input's spatial shape, predicted age, f(volume) - f(reference)) for one volume.
 
     ``volume`` and ``reference`` are (1, C, ...) on the model's device. The
     model runs in eval mode (its previous mode is restored). ``steps``: the
     integral's Riemann steps; ``block``: occlusion's cube edge in voxels;
-    ``batch``: volumes per forward pass (memory; default :func:`volumes_per_pass`).
+    ``batch``: volumes per forward pass (memory; default :func:`volumes_per_pass`);
+    ``shifts``: integrated gradients averaged over shifts^3 offsets (:func:`shift_averaged`).
     """
     if method not in INPUT_METHODS:
         raise ValueError(f"reference attribution method must be one of {INPUT_METHODS}")
+    if shifts < 1 or (shifts > 1 and method != "integrated_gradients"):
+        raise ValueError(f"shifts must be 1, or above 1 for integrated_gradients; got {shifts}")
     batch = batch or volumes_per_pass(method, volume.shape[2:])
     if volume.shape != reference.shape or volume.shape[0] != 1:
         raise ValueError(
@@ -73,9 +88,14 @@ def attribute_against_reference(
         with torch.no_grad():
             ages = model(torch.cat([volume, reference]))
         if method == "integrated_gradients":
-            attribution = IntegratedGradients(model).attribute(
-                volume, baselines=reference, n_steps=steps, internal_batch_size=batch
-            )
+            integrated = IntegratedGradients(model)
+
+            def attribute(shifted, shifted_reference):
+                return integrated.attribute(
+                    shifted, baselines=shifted_reference, n_steps=steps, internal_batch_size=batch
+                )
+
+            attribution = shift_averaged(attribute, volume, reference, shifts)
         else:
             window = (volume.shape[1],) + (block,) * (volume.ndim - 2)
             attribution = Occlusion(model).attribute(
@@ -89,6 +109,28 @@ def attribute_against_reference(
         model.train(was_training)
     predicted, at_reference = (float(a) for a in ages.detach().reshape(-1))
     return attribution.detach().sum(dim=1)[0].float().cpu(), predicted, predicted - at_reference
+
+
+def shift_offsets(shifts: int, ndim: int = 3) -> list[tuple[int, ...]]:
+    """Every offset in {0, ..., shifts - 1} voxels along each of ``ndim`` axes."""
+    return list(itertools.product(range(shifts), repeat=ndim))
+
+
+def shift_averaged(attribute, volume: torch.Tensor, reference: torch.Tensor, shifts: int):
+    """The mean over :func:`shift_offsets` of ``attribute(volume, reference)`` with both
+    rolled by the offset along their spatial axes and the map rolled back, so each of its
+    voxels is the same input voxel's; ``shifts`` 1 is one unshifted call."""
+    dims = tuple(range(2, volume.ndim))
+    total = None
+    for offset in shift_offsets(shifts, len(dims)):
+        back = tuple(-n for n in offset)
+        rolled = attribute(
+            torch.roll(volume, offset, dims) if any(offset) else volume,
+            torch.roll(reference, offset, dims) if any(offset) else reference,
+        )
+        rolled = torch.roll(rolled, back, dims) if any(offset) else rolled
+        total = rolled if total is None else total + rolled
+    return total / shifts ** len(dims)
 
 
 def volumes_per_pass(method: str, shape) -> int:

@@ -24,6 +24,7 @@ common = dict(
     reference_path=inputs.reference or None,
     steps=settings["steps"],
     block=settings["block"],
+    shifts=settings["shifts"],
     downsample_factor=params.downsample,
 )
 group_of = cohort.set_index("eid")["group"]
