@@ -173,3 +173,11 @@ def test_atlases_need_members(given):
         *given, atlas={"splits": ["train"], "given": {g: f"{g}.nii.gz" for g in groups}}
     )
     assert given_model.problems(all_given, INSTALLED) == []
+
+
+def test_shifts_are_refused_for_a_method_they_do_not_average():
+    """The workflow's layer methods would draw one map and ignore the setting."""
+    problems = given_model.problems(config(gradcam={"method": "hirescam", "shifts": 2}), INSTALLED)
+    assert len(problems) == 1 and "gradcam.shifts 2" in problems[0] and "hirescam" in problems[0]
+    shifted = config(gradcam={"method": "integrated_gradients", "shifts": 2})
+    assert given_model.problems(shifted, INSTALLED) == []

@@ -148,6 +148,12 @@ def problems(config: Mapping, installed_checkpoint: str) -> list[str]:
             f"gradcam.target deviation needs the training mean age (the train split's), but "
             f"split.sizes is {sizes}: use target age or a train size"
         )
+    if gradcam.get("shifts", 1) != 1 and gradcam["method"] != "integrated_gradients":
+        out.append(
+            f"gradcam.shifts {gradcam['shifts']} averages integrated_gradients over shifts of the "
+            f"input, not gradcam.method {gradcam['method']}: set shifts 1 or method "
+            "integrated_gradients"
+        )
     atlas = config["atlas"]
     splits = atlas["splits"]
     built = set(group_names()) - set(atlas["given"])
