@@ -56,6 +56,7 @@ def load_rules(tmp: Path, **overrides) -> dict:
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     for section, values in overrides.items():
         config[section] = {**config.get(section, {}), **values}
+    tmp.mkdir(parents=True, exist_ok=True)
     configfile = tmp / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
     with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
@@ -78,7 +79,7 @@ def gpu_rules(tmp_path_factory) -> dict:
         train={"gpus": 1},
         registration={"gpus": 1},
         baseline={"gpus": 1},
-        gradcam={"method": "hirescam"},  # the default; the requests file's unit
+        gradcam={"method": "hirescam", "shifts": 1},  # the default; the requests file's unit
     )
 
 
@@ -90,7 +91,7 @@ def cpu_rules(tmp_path_factory) -> dict:
         train={"gpus": 0},
         registration={"gpus": 0},
         baseline={"gpus": 0},
-        gradcam={"method": "hirescam"},
+        gradcam={"method": "hirescam", "shifts": 1},
     )
 
 
@@ -184,11 +185,20 @@ def test_gradcam_jobs_ask_for_the_time_their_method_needs(gpu_rules, tmp_path):
     """Integrated gradients cost about 28 HiResCAM maps (32 steps): their batch jobs ask for
     that much longer instead of being killed at a layer method's limit."""
     ig = load_rules(
-        tmp_path, train={"gpus": 1}, gradcam={"method": "integrated_gradients", "steps": 32}
+        tmp_path / "one",
+        train={"gpus": 1},
+        gradcam={"method": "integrated_gradients", "steps": 32, "shifts": 1},
     )
     hirescam = at_attempt(gpu_rules["gradcam"], "runtime", 1) - batches.STARTUP_MINUTES
     integrated = at_attempt(ig["gradcam"], "runtime", 1) - batches.STARTUP_MINUTES
     assert integrated == pytest.approx(27.9 * hirescam, rel=0.05)
+    # The demo's 8 shifts of 4 steps run as many passes as 32 steps, and ask for as long.
+    shifted = load_rules(
+        tmp_path / "shifted",
+        train={"gpus": 1},
+        gradcam={"method": "integrated_gradients", "steps": 4, "shifts": 2},
+    )
+    assert at_attempt(shifted["gradcam"], "runtime", 1) == at_attempt(ig["gradcam"], "runtime", 1)
 
 
 def test_gradcam_jobs_ask_for_the_memory_their_method_needs(gpu_rules, tmp_path):
