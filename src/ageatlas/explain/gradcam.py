@@ -274,8 +274,7 @@ def cam_for_participant(
         raise ValueError(f"layer_name must be one of {LAYERS}, not {layer_name!r}")
     if method not in CAM_METHODS + reference_attribution.INPUT_METHODS:
         raise ValueError(f"unknown attribution method {method!r}")
-    if shifts != 1 and method != "integrated_gradients":
-        raise ValueError(f"shifts apply to integrated_gradients, not {method!r}; got {shifts}")
+    reference_attribution.check_shifts(method, shifts)
     # Header only: check the grids before the costly part.
     participant = read_participant(cache_path, water_nifti_path, downsample_factor)
     cached = participant.cached

@@ -74,8 +74,7 @@ def attribute_against_reference(
     """
     if method not in INPUT_METHODS:
         raise ValueError(f"reference attribution method must be one of {INPUT_METHODS}")
-    if shifts < 1 or (shifts > 1 and method != "integrated_gradients"):
-        raise ValueError(f"shifts must be 1, or above 1 for integrated_gradients; got {shifts}")
+    check_shifts(method, shifts)
     batch = batch or volumes_per_pass(method, volume.shape[2:])
     if volume.shape != reference.shape or volume.shape[0] != 1:
         raise ValueError(
@@ -111,6 +110,15 @@ def attribute_against_reference(
     return attribution.detach().sum(dim=1)[0].float().cpu(), predicted, predicted - at_reference
 
 
+def check_shifts(method: str, shifts: int) -> None:
+    """Raise unless ``shifts`` is 1, or above 1 for integrated gradients (the one method
+    averaged over shifts)."""
+    if shifts < 1 or (shifts > 1 and method != "integrated_gradients"):
+        raise ValueError(
+            f"shifts apply to integrated_gradients and are at least 1; got {shifts} for {method!r}"
+        )
+
+
 def shift_offsets(shifts: int, ndim: int = 3) -> list[tuple[int, ...]]:
     """Every offset in {0, ..., shifts - 1} voxels along each of ``ndim`` axes."""
     return list(itertools.product(range(shifts), repeat=ndim))
@@ -121,15 +129,10 @@ def shift_averaged(attribute, volume: torch.Tensor, reference: torch.Tensor, shi
     rolled by the offset along their spatial axes and the map rolled back, so each of its
     voxels is the same input voxel's; ``shifts`` 1 is one unshifted call."""
     dims = tuple(range(2, volume.ndim))
-    total = None
+    total = 0
     for offset in shift_offsets(shifts, len(dims)):
-        back = tuple(-n for n in offset)
-        rolled = attribute(
-            torch.roll(volume, offset, dims) if any(offset) else volume,
-            torch.roll(reference, offset, dims) if any(offset) else reference,
-        )
-        rolled = torch.roll(rolled, back, dims) if any(offset) else rolled
-        total = rolled if total is None else total + rolled
+        rolled = attribute(torch.roll(volume, offset, dims), torch.roll(reference, offset, dims))
+        total = total + torch.roll(rolled, tuple(-n for n in offset), dims)
     return total / shifts ** len(dims)
 
 
