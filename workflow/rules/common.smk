@@ -14,7 +14,7 @@ from ageatlas.cohort import table as cohort_lib
 from ageatlas.core import batches, file_state, paths
 from ageatlas.core.field20201 import zip_name
 from ageatlas.core.jobenv import export_source_path
-from ageatlas.core.vocabulary import SUBSETS, group_names
+from ageatlas.core.vocabulary import REFERENCE_METHODS, SUBSETS, group_names
 from ageatlas.explain.attribution_cost import relative_cost, relative_memory
 
 export_source_path(os.path.join(workflow.basedir, "src"))
@@ -319,7 +319,7 @@ def plan_members(splits, per_group=False):
 # Whose training cache is made: val and test are predicted; train is needed to
 # train, and for the default reference volume (gradcam.reference not given).
 _TRAIN_CACHES = not GIVEN_CHECKPOINT or (
-    config["gradcam"]["method"] in given_model.REFERENCE_METHODS
+    config["gradcam"]["method"] in REFERENCE_METHODS
     and not config["gradcam"]["reference"]
 )
 CACHED_SPLITS = ("train", "val", "test") if _TRAIN_CACHES else ("val", "test")
@@ -444,7 +444,7 @@ REFERENCE_VOLUME = f"{EXPLAIN}/reference_volume.npy"
 # gradcam.reference group_atlas: each participant's map is drawn against their
 # group's atlas in their own body, so gradcam waits for their registration.
 ATLAS_REFERENCE = (
-    config["gradcam"]["method"] in given_model.REFERENCE_METHODS
+    config["gradcam"]["method"] in REFERENCE_METHODS
     and config["gradcam"]["reference"] == given_model.GROUP_ATLAS
 )
 
@@ -452,10 +452,7 @@ ATLAS_REFERENCE = (
 def gradcam_reference(wildcards):
     """The reference volume (gradcam.reference, else the mean training volume), for the methods
     that attribute against one (group_atlas: gradcam_atlases)."""
-    if (
-        config["gradcam"]["method"] in given_model.REFERENCE_METHODS
-        and not ATLAS_REFERENCE
-    ):
+    if config["gradcam"]["method"] in REFERENCE_METHODS and not ATLAS_REFERENCE:
         return config["gradcam"]["reference"] or REFERENCE_VOLUME
     return []
 

@@ -20,11 +20,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from ageatlas.core.vocabulary import group_names
+from ageatlas.core.vocabulary import REFERENCE_METHODS, group_names
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 COEFFICIENT_METHODS = ("delta", "cole")  # ageatlas.age.bias.METHODS (statsmodels left unloaded)
-REFERENCE_METHODS = ("integrated_gradients", "occlusion")  # attribute against a reference volume
 # gradcam.reference: each participant's group atlas in their own body (needs their registration)
 GROUP_ATLAS = "group_atlas"
 

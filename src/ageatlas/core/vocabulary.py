@@ -1,4 +1,5 @@
-"""The workflow's stable names: sexes, BMI groups, age bands, ageing classes, splits, map subsets.
+"""The workflow's stable names: sexes, BMI groups, age bands, ageing classes, splits, map subsets,
+attribution methods.
 
 They appear in file names and as Snakemake wildcards, so they never change
 spelling; every module takes them from here. Kept free of heavy imports:
@@ -21,6 +22,14 @@ SUBSETS: tuple[str, ...] = (
     *(f"age_band-{band}" for band in AGE_BANDS),
     *(f"ageing_class-{cls}" for cls in AGEING_CLASSES),
 )
+
+#: gradcam.method values. Layer methods weigh a layer's activations by their
+#: gradients (one backward pass); reference methods attribute every input voxel
+#: against a reference volume (integrated gradients, occlusion of blocks).
+CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam_signed", "hirescam")
+REFERENCE_METHODS: tuple[str, ...] = ("integrated_gradients", "occlusion")
+#: Methods whose maps keep their sign (contributions in years, not a ReLU'd weight).
+SIGNED_METHODS: tuple[str, ...] = ("gradcam_signed", "hirescam", *REFERENCE_METHODS)
 
 
 def group_names() -> list[str]:

@@ -51,14 +51,13 @@ from ageatlas.age.model import load_trained
 from ageatlas.age.preprocess import model_input
 from ageatlas.core.device import pick_device
 from ageatlas.core.files import load_npy, nifti_image, save_nifti
+from ageatlas.core.vocabulary import CAM_METHODS, REFERENCE_METHODS, SIGNED_METHODS
 from ageatlas.explain.cells import PLACEMENTS, CellGeometry, cell_geometry, place_cells
 
 log = logging.getLogger("ageatlas.explain.gradcam")
 
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 TARGETS = ("age", "deviation")
-CAM_METHODS = ("gradcam", "gradcam_signed", "hirescam")
-SIGNED_METHODS = ("gradcam_signed", "hirescam", "integrated_gradients", "occlusion")
 
 
 @dataclass(frozen=True)
@@ -272,7 +271,7 @@ def cam_for_participant(
     start = time.perf_counter()
     if layer_name not in LAYERS:
         raise ValueError(f"layer_name must be one of {LAYERS}, not {layer_name!r}")
-    if method not in CAM_METHODS + reference_attribution.INPUT_METHODS:
+    if method not in CAM_METHODS + REFERENCE_METHODS:
         raise ValueError(f"unknown attribution method {method!r}")
     reference_attribution.check_shifts(method, shifts)
     # Header only: check the grids before the costly part.

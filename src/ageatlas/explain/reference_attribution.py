@@ -43,7 +43,8 @@ import torch
 from captum.attr import IntegratedGradients, Occlusion
 from torch import nn
 
-INPUT_METHODS = ("integrated_gradients", "occlusion")
+from ageatlas.core.vocabulary import REFERENCE_METHODS
+
 # Voxels per forward pass of integrated gradients: each step keeps its
 # activations for the backward pass, and the gradcam rule's memory request is
 # sized on one volume of the full UK Biobank grid a pass (13.9 GiB on the CPU,
@@ -72,8 +73,8 @@ def attribute_against_reference(
     ``batch``: volumes per forward pass (memory; default :func:`volumes_per_pass`);
     ``shifts``: integrated gradients averaged over shifts^3 offsets (:func:`shift_averaged`).
     """
-    if method not in INPUT_METHODS:
-        raise ValueError(f"reference attribution method must be one of {INPUT_METHODS}")
+    if method not in REFERENCE_METHODS:
+        raise ValueError(f"reference attribution method must be one of {REFERENCE_METHODS}")
     check_shifts(method, shifts)
     batch = batch or volumes_per_pass(method, volume.shape[2:])
     if volume.shape != reference.shape or volume.shape[0] != 1:
