@@ -38,15 +38,16 @@ import numpy as np
 import pandas as pd
 import torch
 from captum.attr import IntegratedGradients, NoiseTunnel
+from run_inputs import against_group_atlas
 from scipy.ndimage import gaussian_filter
 
 from ageatlas.age.model import load_trained
 from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.core import paths
 from ageatlas.explain.cells import CellGeometry
-from ageatlas.explain.gradcam import model_seed, read_participant, to_stitched_grid
+from ageatlas.explain.gradcam import to_stitched_grid
 from ageatlas.explain.maps import mean_map
-from ageatlas.explain.reference_attribution import atlas_in_body, attribute_against_reference
+from ageatlas.explain.reference_attribution import attribute_against_reference
 from ageatlas.explain.register import RegistrationFailed, load_outcome
 from ageatlas.explain.truth import (
     enrichment,
@@ -135,11 +136,7 @@ def main() -> None:
             truth = nib.load(results / paths.SYNTHETIC / "truth" / f"{eid}_regions.nii.gz")
             labels_warped.append(labels_in_atlas(registration, truth, atlas)["deformable"])
             labels = np.asarray(labels_on(water, truth).dataobj)
-            participant = read_participant(
-                str(results / paths.CACHE).format(eid=eid), water.get_filename()
-            )
-            volume = participant.volume(model_seed(meta))
-            reference = atlas_in_body(registration, atlas, participant, volume)
+            participant, volume, reference = against_group_atlas(results, eid, group, meta)
             mask = np.isin(labels, AGE_LABELS).astype(np.float32)
             best = resolution_ceiling(
                 mask, participant.factor, CellGeometry.identity(3), tuple(volume.shape[2:])
