@@ -12,7 +12,8 @@ next epoch (`train_state`). The data order of epoch e is a function of
 noise (`ageatlas.age.preprocess.model_input`, drawn from (seed, eid, e) at
 every training read), which is what makes resuming exact. When done,
 ``checkpoint.pt`` holds the weights of the epoch with the best validation
-MAE; ``metrics.tsv`` has a row per epoch.
+MAE (with ``ema_decay``, their moving average as it stood after that epoch);
+``metrics.tsv`` has a row per epoch.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ageatlas.age.distributed import all_reduce, spawn
@@ -190,6 +192,7 @@ def _setup(
         generator=generator,
         paths=paths,
         accumulate=max(1, round(config.accumulate / world)),
+        average=_moving_average(model, config.ema_decay),
     )
     progress = load_state(job) if resume else Progress()
     if world > 1:
@@ -197,6 +200,14 @@ def _setup(
     if rank == 0:
         _log_start(job, len(train_items), progress)
     return job, progress
+
+
+def _moving_average(model: nn.Module, decay: float) -> AveragedModel | None:
+    """The exponential moving average of ``model``'s weights (and BatchNorm statistics), or
+    None for ``decay`` 0; its first update copies the weights."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _log_start(job: Job, n_train: int, progress: Progress) -> None:
@@ -305,16 +316,19 @@ def _train_one_epoch(job: Job, loader: DataLoader) -> torch.Tensor:
         if stepping:
             job.optimizer.step()
             job.optimizer.zero_grad(set_to_none=True)
+            if job.average is not None:
+                job.average.update_parameters(job.model)
     return torch.stack([abs_error, torch.tensor(float(n), dtype=torch.float64, device=job.device)])
 
 
 def _precise_bn(job: Job, loader: DataLoader) -> None:
     """Set every BatchNorm's running mean and variance to their average over the training
-    batches, un-augmented, under the epoch's final weights (:func:`batchnorm_statistics`).
-    Several processes average their shards' statistics."""
+    batches, un-augmented, under the weights validated (``Job.evaluated``: the epoch's
+    last, or their moving average; :func:`batchnorm_statistics`). Several processes average
+    their shards' statistics."""
     with job.paths.autocast():
         norms = batchnorm_statistics(
-            job.model,
+            job.evaluated,
             (
                 x.to(job.device, non_blocking=True, memory_format=job.paths.memory_format)
                 for x, _ in loader
@@ -360,12 +374,13 @@ def _validate(job: Job, loader: DataLoader) -> torch.Tensor:
     Runs the bare model: DDP's forward broadcasts buffers, a collective that
     would hang when the shards differ in length.
     """
-    job.model.eval()
+    model = job.evaluated
+    model.eval()
     abs_error = torch.zeros((), dtype=torch.float64, device=job.device)
     with torch.inference_mode(), job.paths.autocast():
         for x, age in loader:
             x = x.to(job.device, non_blocking=True, memory_format=job.paths.memory_format)
-            abs_error += (job.model(x).float() - age.to(job.device, non_blocking=True)).abs().sum()
+            abs_error += (model(x).float() - age.to(job.device, non_blocking=True)).abs().sum()
     return torch.stack(
         [
             abs_error,
@@ -404,7 +419,7 @@ def _record(job: Job, progress: Progress, row: dict) -> None:
         progress.best_val_mae, progress.best_epoch = row["val_mae"], row["epoch"]
         progress.bad_epochs = 0
         progress.best_model = {
-            k: v.detach().to("cpu", copy=True) for k, v in job.model.state_dict().items()
+            k: v.detach().to("cpu", copy=True) for k, v in job.evaluated.state_dict().items()
         }
     else:
         progress.bad_epochs += 1

@@ -8,8 +8,9 @@ The defaults are the authors' recipe (docs/sources.md): L1 loss, Adam lr 1e-4,
 batch 1 with 32 accumulated steps, ReduceLROnPlateau(0.1, patience 3) on
 validation MAE, 100 epochs, seed 42. Additions: the output bias starts at
 the training mean age (``init_output_bias``, so short runs start at the mean
-predictor instead of at 0 years), optional early stopping, and optional
-precise BatchNorm statistics (``precise_bn``).
+predictor instead of at 0 years), optional early stopping, optional
+precise BatchNorm statistics (``precise_bn``) and an optional moving average
+of the weights (``ema_decay``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class TrainConfig:
     # validation ("precise BN"; the authors: off). Small batches of few samples let the running
     # averages lag the weights, and eval mode then predicts something else than training did.
     precise_bn: bool = False
+    # Validate, keep and predict with an exponential moving average of the weights, updated
+    # after every optimizer step (torch.optim.swa_utils; 0 = off, the authors). On a few
+    # dozen training volumes the weights of one epoch jump, and so do the maps drawn from them.
+    ema_decay: float = 0.0
 
     # What a model family defines; the 2.5D baseline (ageatlas.baseline.model.BaselineConfig)
     # overrides these, the training loop, resume, DDP and prediction are shared.

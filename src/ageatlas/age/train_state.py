@@ -60,6 +60,13 @@ class Job:
     generator: torch.Generator
     paths: FastPaths  # bf16, channels_last, fused Adam, pinned memory: on CUDA or when asked
     accumulate: int  # steps per process
+    # the moving average of the weights (config.ema_decay), or None
+    average: torch.optim.swa_utils.AveragedModel | None = None
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights validated and kept: the moving average when there is one."""
+        return self.model if self.average is None else self.average.module
 
 
 def check_state(out_dir: Path, keys: dict) -> bool:
@@ -98,6 +105,7 @@ def save_state(job: Job, progress: Progress, keys: dict) -> None:
         "metrics": progress.metrics,
         "best_model": progress.best_model,
         "model": job.model.state_dict(),
+        "average": None if job.average is None else job.average.state_dict(),
         "optimizer": job.optimizer.state_dict(),
         "scheduler": job.scheduler.state_dict(),
         "rng": _rng_state(job.generator, job.device),
@@ -108,6 +116,8 @@ def save_state(job: Job, progress: Progress, keys: dict) -> None:
 def load_state(job: Job) -> Progress:
     state = torch.load(job.out_dir / STATE, map_location="cpu", weights_only=True)
     job.model.load_state_dict(state["model"])
+    if job.average is not None:
+        job.average.load_state_dict(state["average"])
     job.optimizer.load_state_dict(state["optimizer"])
     job.scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"], job.generator, job.device)
