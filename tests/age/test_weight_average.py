@@ -3,6 +3,8 @@ checkpoint keeps and what a resumed run carries on averaging."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -60,7 +62,7 @@ def test_a_resumed_run_carries_on_the_same_average(tmp_path, items):
     it (restarted from the live weights, it would differ)."""
     whole = TinyConfig(epochs=2, batch_size=1, accumulate=2, ema_decay=0.9)
     train(*items, tmp_path / "whole", whole, device="cpu")
-    train(*items, tmp_path / "split", TinyConfig(**{**whole.__dict__, "epochs": 1}), device="cpu")
+    train(*items, tmp_path / "split", replace(whole, epochs=1), device="cpu")
     assert train(*items, tmp_path / "split", whole, device="cpu")["resumed_after"] == 1
 
     a, b = load(tmp_path / "whole" / "state.pt"), load(tmp_path / "split" / "state.pt")

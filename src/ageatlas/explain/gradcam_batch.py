@@ -24,8 +24,8 @@ import torch
 
 from ageatlas.age.model import load_trained
 from ageatlas.core.device import pick_device
+from ageatlas.core.vocabulary import CAM_METHODS
 from ageatlas.explain.gradcam import (
-    CAM_METHODS,
     LAYERS,
     ParticipantInput,
     check_input_shape,

@@ -4,7 +4,8 @@ affine; one process, so the model loads once per batch."""
 from ageatlas.cohort.table import read_participant_tsv
 from ageatlas.core.batch_run import Task, Together, run_for_rule
 from ageatlas.core.paths import stitched_path
-from ageatlas.explain.gradcam import CAM_METHODS, cam_for_participant
+from ageatlas.core.vocabulary import CAM_METHODS
+from ageatlas.explain.gradcam import cam_for_participant
 from ageatlas.explain.gradcam_batch import cams_for_participants
 
 params, inputs = snakemake.params, snakemake.input
